@@ -1,0 +1,1 @@
+"""Recurrence Search: Ray Tune + Optuna + ASHA over recurrence spaces."""

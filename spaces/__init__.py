@@ -1,0 +1,1 @@
+"""Recurrence Search spaces: declarative search spaces and the artifact size model."""

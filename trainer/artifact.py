@@ -1,0 +1,158 @@
+"""The size-limited artifact: quantized weights in a flat, pickle-free container, zstd-compressed.
+
+Layout of the uncompressed payload:
+    MAGIC (8 bytes) | header length (uint32 LE) | header JSON | int8 codes | fp16 scales | fp16 tensors
+The header holds the run config and, per tensor, its name, shape, kind and offsets. Shared blocks
+are stored once because the state_dict itself holds them once (see schedule.tensor_layout).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import zstandard
+
+from trainer import config as config_mod
+from trainer.config import ExportConfig, RunConfig
+from trainer.quant import FLOAT_DTYPE, SCALE_DTYPE, dequantize_rows, is_quantized, quantize_rows, stored_bytes
+from trainer.schedule import TensorSpec, tensor_layout
+
+MAGIC = b"RSART01\n"
+FORMAT_VERSION = 1
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Source files a user needs to rebuild the model from the artifact and run it.
+CODE_FILES = ("__init__.py", "config.py", "schedule.py", "model.py", "quant.py", "artifact.py")
+
+
+class ArtifactError(ValueError):
+    """The artifact file is not one this code can read."""
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Sizes of a written artifact, in bytes."""
+
+    model_bytes: int
+    payload_bytes: int
+    code_bytes: int
+
+    @property
+    def artifact_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+
+def code_bytes() -> int:
+    """Bytes of the source files needed to rebuild and run the model, read from disk."""
+    return sum((PACKAGE_DIR / name).stat().st_size for name in CODE_FILES)
+
+
+def _tensor_table(cfg: RunConfig) -> list[dict]:
+    """Per-tensor entries with offsets, in payload order: codes, then scales, then floats."""
+    specs = tensor_layout(cfg.model)
+    quantized = [s for s in specs if is_quantized(s, cfg.export)]
+    floats = [s for s in specs if not is_quantized(s, cfg.export)]
+    table, offset = [], 0
+    for s in quantized:
+        table.append({"name": s.name, "shape": list(s.shape), "kind": "q", "codes": offset})
+        offset += s.numel
+    by_name = {e["name"]: e for e in table}
+    for s in quantized:
+        by_name[s.name]["scales"] = offset
+        offset += s.shape[0] * SCALE_DTYPE.itemsize
+    for s in floats:
+        table.append({"name": s.name, "shape": list(s.shape), "kind": "f16", "data": offset})
+        offset += s.numel * FLOAT_DTYPE.itemsize
+    return table
+
+
+def header_bytes(cfg: RunConfig) -> bytes:
+    """The JSON header exactly as written (deterministic for a config)."""
+    header = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "tensors": _tensor_table(cfg)}
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def payload_bytes(cfg: RunConfig) -> int:
+    """Exact uncompressed payload size for a config, computed without any weights."""
+    data = sum(stored_bytes(s, cfg.export) for s in tensor_layout(cfg.model))
+    return len(MAGIC) + 4 + len(header_bytes(cfg)) + data
+
+
+def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
+    """Quantize a state_dict and lay it out as the uncompressed payload."""
+    specs = {s.name: s for s in tensor_layout(cfg.model)}
+    missing = sorted(set(specs) - set(state))
+    if missing:
+        raise ArtifactError(f"state_dict lacks tensors {missing[:5]}: it does not match the config")
+    codes, scales, floats = [], [], []
+    for entry in _tensor_table(cfg):
+        tensor = state[entry["name"]].detach().cpu()
+        if tuple(tensor.shape) != tuple(entry["shape"]):
+            raise ArtifactError(f"{entry['name']}: shape {tuple(tensor.shape)} != layout {entry['shape']}")
+        if entry["kind"] == "q":
+            q, s = quantize_rows(tensor, cfg.export.quant_bits, cfg.export.clip_quantile)
+            codes.append(q.numpy().tobytes())
+            scales.append(s.numpy().tobytes())
+        else:
+            floats.append(tensor.to(FLOAT_DTYPE).numpy().tobytes())
+    header = header_bytes(cfg)
+    return MAGIC + struct.pack("<I", len(header)) + header + b"".join(codes + scales + floats)
+
+
+def save(state: dict[str, torch.Tensor], cfg: RunConfig, path: Path) -> ArtifactInfo:
+    """Write the compressed artifact and return its sizes."""
+    payload = pack(state, cfg)
+    blob = zstandard.ZstdCompressor(level=cfg.export.zstd_level).compress(payload)
+    Path(path).write_bytes(blob)
+    return ArtifactInfo(model_bytes=len(blob), payload_bytes=len(payload), code_bytes=code_bytes())
+
+
+def _read_payload(path: Path) -> tuple[dict, memoryview]:
+    blob = Path(path).read_bytes()
+    try:
+        payload = zstandard.ZstdDecompressor().decompress(blob)
+    except zstandard.ZstdError as exc:
+        raise ArtifactError(f"{path}: not a zstd artifact ({exc}); pass the model.ptz written by training") from None
+    if not payload.startswith(MAGIC):
+        raise ArtifactError(f"{path}: wrong magic; this is not a Recurrence Search artifact")
+    (length,) = struct.unpack_from("<I", payload, len(MAGIC))
+    start = len(MAGIC) + 4
+    header = json.loads(payload[start : start + length])
+    if header.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (this code reads {FORMAT_VERSION})")
+    return header, memoryview(payload)[start + length :]
+
+
+def _tensor_at(data: memoryview, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    count = 1
+    for d in shape:
+        count *= d
+    return torch.frombuffer(bytearray(data[offset : offset + count * dtype.itemsize]), dtype=dtype).reshape(shape)
+
+
+def load(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    """Read an artifact back: its config and a dequantized float32 state_dict."""
+    header, data = _read_payload(path)
+    cfg = config_mod.from_dict(header["config"], where=str(path))
+    state = {}
+    for entry in header["tensors"]:
+        shape = entry["shape"]
+        if entry["kind"] == "q":
+            codes = _tensor_at(data, entry["codes"], torch.int8, shape)
+            scales = _tensor_at(data, entry["scales"], SCALE_DTYPE, [shape[0]])
+            state[entry["name"]] = dequantize_rows(codes, scales)
+        else:
+            state[entry["name"]] = _tensor_at(data, entry["data"], FLOAT_DTYPE, shape).float()
+    return cfg, state
+
+
+def layout_for(cfg: RunConfig) -> list[TensorSpec]:
+    """The tensors an artifact of this config stores (re-exported for the size model)."""
+    return tensor_layout(cfg.model)
+
+
+def within_limit(info: ArtifactInfo, export: ExportConfig) -> bool:
+    """True when the artifact (model + code) fits the hard byte limit."""
+    return info.artifact_bytes <= export.limit_bytes

@@ -1,0 +1,306 @@
+"""Typed run configuration: frozen dataclasses, loaded from YAML/TOML and validated once here."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or file is wrong; the message names the key and the fix."""
+
+
+UNTIE_MLP_POLICIES = ("none", "full")
+DEPTH_SIGNALS = ("none", "learned", "sinusoidal")
+ACTIVATIONS = ("relu2", "leaky_relu2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the GPT and its recurrence schedule."""
+
+    vocab_size: int = 1024
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2.0
+    unique_blocks: int = 9
+    # Order in which physical blocks run; empty means each block once, in order.
+    virtual_layers: tuple[int, ...] = ()
+    # "none": a repeat reuses the whole block; "full": every repeat gets its own MLP;
+    # a tuple: those virtual positions get their own MLP.
+    untie_mlp: Union[str, tuple[int, ...]] = "none"
+    depth_signal: str = "none"
+    activation: str = "relu2"
+    unet_skips: bool = True
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    tied_embed_init_std: float = 0.005
+
+    @property
+    def schedule_order(self) -> tuple[int, ...]:
+        """Block index per virtual layer (the explicit list, or each block once)."""
+        return self.virtual_layers or tuple(range(self.unique_blocks))
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.mlp_mult * self.model_dim))
+
+    def validate(self) -> None:
+        """Raise ConfigError on an impossible shape or schedule."""
+        _require(self.vocab_size > 0, "model.vocab_size", "must be positive")
+        _require(self.unique_blocks > 0, "model.unique_blocks", "must be at least 1")
+        _require(
+            self.model_dim % self.num_heads == 0,
+            "model.model_dim",
+            f"{self.model_dim} is not divisible by num_heads={self.num_heads}; pick a multiple",
+        )
+        _require(
+            self.num_heads % self.num_kv_heads == 0,
+            "model.num_kv_heads",
+            f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}",
+        )
+        _require(self.head_dim % 2 == 0, "model.model_dim", "head_dim must be even for RoPE")
+        _require(self.mlp_hidden > 0, "model.mlp_mult", "must give a positive hidden width")
+        order = self.schedule_order
+        bad = [b for b in order if not 0 <= b < self.unique_blocks]
+        _require(
+            not bad,
+            "model.virtual_layers",
+            f"refers to blocks {bad} but unique_blocks={self.unique_blocks} (valid: 0..{self.unique_blocks - 1})",
+        )
+        unused = sorted(set(range(self.unique_blocks)) - set(order))
+        _require(not unused, "model.virtual_layers", f"never runs blocks {unused}; drop them or use them")
+        if isinstance(self.untie_mlp, str):
+            _require(
+                self.untie_mlp in UNTIE_MLP_POLICIES,
+                "model.untie_mlp",
+                f"'{self.untie_mlp}' is not one of {UNTIE_MLP_POLICIES} or a list of virtual positions",
+            )
+        else:
+            bad_pos = [p for p in self.untie_mlp if not 0 <= p < len(order)]
+            _require(
+                not bad_pos,
+                "model.untie_mlp",
+                f"positions {bad_pos} are outside 0..{len(order) - 1} (there are {len(order)} virtual layers)",
+            )
+        _require(self.depth_signal in DEPTH_SIGNALS, "model.depth_signal", f"must be one of {DEPTH_SIGNALS}")
+        _require(self.activation in ACTIVATIONS, "model.activation", f"must be one of {ACTIVATIONS}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, batch and budget settings."""
+
+    seq_len: int = 1024
+    batch_tokens: int = 524_288
+    micro_batch_tokens: int = 65_536
+    max_steps: int = 20_000
+    budget_s: float = 600.0
+    warmdown_steps: int = 1200
+    compile_warmup_steps: int = 20
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    embed_lr: float = 0.05
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+    seed: int = 1337
+    compile: bool = True
+    report_every_s: float = 0.0  # 0: no intermediate reports
+    val_prefix_tokens: int = 262_144  # val tokens scored for intermediate reports
+    val_batch_tokens: int = 524_288
+    log_every_steps: int = 50
+
+    def validate(self) -> None:
+        """Raise ConfigError on inconsistent batch or budget settings."""
+        _require(self.seq_len > 0, "train.seq_len", "must be positive")
+        _require(
+            self.micro_batch_tokens % self.seq_len == 0,
+            "train.micro_batch_tokens",
+            f"{self.micro_batch_tokens} is not a multiple of seq_len={self.seq_len}",
+        )
+        _require(
+            self.batch_tokens % self.micro_batch_tokens == 0,
+            "train.batch_tokens",
+            f"{self.batch_tokens} is not a multiple of micro_batch_tokens={self.micro_batch_tokens}",
+        )
+        _require(self.budget_s > 0, "train.budget_s", "must be positive seconds")
+        _require(self.max_steps > 0, "train.max_steps", "must be positive")
+        _require(self.val_prefix_tokens >= self.seq_len, "train.val_prefix_tokens", "must hold one sequence")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How the trained weights become the size-limited artifact."""
+
+    quant_bits: int = 8
+    clip_quantile: float = 0.99999
+    keep_float_max_numel: int = 65_536
+    zstd_level: int = 22
+    limit_bytes: int = 16_000_000
+
+    def validate(self) -> None:
+        """Raise ConfigError on unsupported quantization settings."""
+        _require(self.quant_bits in (5, 6, 8), "export.quant_bits", "must be 5, 6 or 8")
+        _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
+        _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.train.validate()
+        self.export.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists) that from_dict reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/TOML/CLI value to the annotated type, or raise naming the key."""
+    origin = get_origin(hint)
+    if origin is Union:
+        errors = []
+        for option in get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = get_args(hint)
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build and validate a RunConfig from a nested dict with sections model/train/export."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with sections {sorted(SECTIONS)}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; valid sections are {sorted(SECTIONS)}")
+    parts = {}
+    for name, cls in SECTIONS.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: section '{name}' must be a mapping")
+        parts[name] = _build_section(cls, section, f"{where}:{name}")
+    cfg = RunConfig(**parts)
+    try:
+        return cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML or TOML file into a dict, with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file; pass an existing .yaml or .toml path")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    return data or {}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split 'section.key=value' into a key path and a YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. model.unique_blocks=3")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2:
+        raise ConfigError(f"--set {item!r}: key must be section.key, e.g. train.budget_s=180")
+    return path, yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of data with each 'section.key=value' applied."""
+    merged = {k: dict(v or {}) for k, v in data.items()}
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def load(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a config file (or defaults), apply --set overrides, validate."""
+    data = read_mapping(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data, where=str(path) if path else "config")

@@ -1,0 +1,54 @@
+"""Per-row symmetric integer quantization of weight matrices (pure functions)."""
+from __future__ import annotations
+
+import torch
+
+from trainer.config import ExportConfig
+from trainer.schedule import TensorSpec
+
+SCALE_DTYPE = torch.float16
+FLOAT_DTYPE = torch.float16
+
+
+def qmax(bits: int) -> int:
+    """Largest code of a signed symmetric `bits`-bit grid (127 for int8, 31 for int6)."""
+    return (1 << (bits - 1)) - 1
+
+
+def is_quantized(spec: TensorSpec, export: ExportConfig) -> bool:
+    """Large matrices and the embedding are quantized; small tensors stay float16."""
+    return spec.role in ("matrix", "embedding") and len(spec.shape) == 2 and spec.numel > export.keep_float_max_numel
+
+
+def stored_bytes(spec: TensorSpec, export: ExportConfig) -> int:
+    """Exact uncompressed bytes this tensor takes in the artifact payload."""
+    if is_quantized(spec, export):
+        rows = spec.shape[0]
+        return spec.numel * 1 + rows * SCALE_DTYPE.itemsize  # int8 containers + one fp16 scale per row
+    return spec.numel * FLOAT_DTYPE.itemsize
+
+
+def row_clip(weight: torch.Tensor, clip_quantile: float) -> torch.Tensor:
+    """Per-row clipping threshold: the given quantile of |w| in each row."""
+    absw = weight.abs().float()
+    if clip_quantile >= 1.0:
+        return absw.amax(dim=1)
+    return torch.quantile(absw, clip_quantile, dim=1)
+
+
+def quantize_rows(weight: torch.Tensor, bits: int, clip_quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D float tensor per row; returns (int8 codes, fp16 scales)."""
+    if weight.ndim != 2:
+        raise ValueError(f"quantize_rows needs a 2-D tensor, got shape {tuple(weight.shape)}")
+    w = weight.detach().float()
+    clip = row_clip(w, clip_quantile).clamp_min(1e-8)
+    scale = (clip / qmax(bits)).to(SCALE_DTYPE)
+    # Quantize against the fp16 scale actually stored, so dequantization is exact to it.
+    s = scale.float().clamp_min(torch.finfo(SCALE_DTYPE).tiny)[:, None]
+    codes = torch.clamp(torch.round(w / s), -qmax(bits), qmax(bits)).to(torch.int8)
+    return codes.contiguous(), scale.contiguous()
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of quantize_rows, in float32."""
+    return codes.float() * scale.float()[:, None]
