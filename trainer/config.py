@@ -125,6 +125,7 @@ class TrainConfig:
     report_every_s: float = 0.0  # 0: no intermediate reports
     val_prefix_tokens: int = 262_144  # val tokens scored for intermediate reports
     val_batch_tokens: int = 524_288
+    final_val_tokens: int = 0  # 0: score the whole val split at the end (the challenge's figure)
     log_every_steps: int = 50
 
     def validate(self) -> None:
@@ -179,6 +180,27 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists) that from_dict reads back."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def smoke_version(cfg: RunConfig) -> RunConfig:
+    """Same model, tiny training: a few CPU steps on short sequences and a val prefix."""
+    seq = min(cfg.train.seq_len, 64)
+    train = dataclasses.replace(
+        cfg.train,
+        seq_len=seq,
+        micro_batch_tokens=4 * seq,
+        batch_tokens=4 * seq,
+        max_steps=min(cfg.train.max_steps, 8),
+        budget_s=min(cfg.train.budget_s, 20.0),
+        warmdown_steps=min(cfg.train.warmdown_steps, 4),
+        compile_warmup_steps=0,
+        compile=False,
+        val_prefix_tokens=8 * seq,
+        val_batch_tokens=8 * seq,
+        final_val_tokens=16 * seq + 1,
+        log_every_steps=1,
+    )
+    return dataclasses.replace(cfg, train=train).validate()
 
 
 def _require(ok: bool, key: str, problem: str) -> None:

@@ -1,0 +1,68 @@
+"""`python -m trainer`: train a config, or manage data shards."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from trainer import config as config_mod
+
+
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one config, evaluate val_bpb, export the artifact",
+        description="Train one config within its wallclock budget, evaluate the whole val split before and "
+        "after the quantization round trip, and write metrics.json, model.ptz and train.log to --out.",
+    )
+    p.add_argument("--config", type=Path, help="YAML or TOML run config (sections model/train/export)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set train.budget_s=180 (repeatable)")
+    p.add_argument("--data", type=Path, required=True, help="folder with fineweb_train_*.bin and fineweb_val_*.bin")
+    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    p.add_argument("--out", type=Path, required=True, help="output folder for metrics.json, model.ptz, train.log")
+    p.add_argument("--smoke", action="store_true",
+                   help="same code path, tiny training on the CPU (seconds): checks any config without a GPU")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    cfg = config_mod.load(args.config, args.overrides)
+    device = args.device
+    if args.smoke:
+        cfg = config_mod.smoke_version(cfg)
+        device = device or "cpu"
+    metrics = train(cfg, args.data, args.tokenizer, args.out, device=device)
+    summary = {k: metrics[k] for k in ("val_bpb", "val_bpb_prequant", "artifact_bytes", "over_limit", "steps", "train_s")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_command(sub)
+    try:
+        from trainer.data_cli import add_data_commands
+    except ImportError:  # data commands are optional at import time
+        add_data_commands = None
+    if add_data_commands is not None:
+        add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors in user input print one clear line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        from trainer.data_cli import run_data_command
+
+        return run_data_command(args)
+    except (config_mod.ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

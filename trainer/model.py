@@ -1,0 +1,188 @@
+"""A small GPT whose depth is a schedule of virtual layers over shared physical blocks.
+
+Read top to bottom: norms and rotary embeddings, attention, MLP, the per-virtual-layer scalars,
+then GPT, whose forward() walks `self.schedule` (data from trainer.schedule), not branches.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.attention import causal_attention
+from trainer.config import ModelConfig
+from trainer.schedule import build_schedule, num_mlps, num_skip_weights
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    """Weightless RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class CastedLinear(nn.Linear):
+    """Linear layer whose float32 master weight is cast to the activation dtype (bf16 under autocast)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding with cos/sin cached per sequence length."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with QK-norm; the query gain lives in LayerScalars."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.c_q = CastedLinear(cfg.model_dim, cfg.model_dim, bias=False)
+        self.c_k = CastedLinear(cfg.model_dim, kv_dim, bias=False)
+        self.c_v = CastedLinear(cfg.model_dim, kv_dim, bias=False)
+        self.proj = CastedLinear(cfg.model_dim, cfg.model_dim, bias=False)
+        self.proj.weight.data.zero_()  # each layer starts as the identity on the residual stream
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+
+    def forward(self, x: torch.Tensor, q_gain: torch.Tensor, use_flash: bool) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self.c_q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rms_norm(q), rms_norm(k)
+        cos, sin = self.rotary(t, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = q * q_gain.to(q.dtype)[None, :, None, None]
+        y = causal_attention(q, k, v, use_flash)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    """Two-layer MLP with a squared (leaky) ReLU."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = CastedLinear(cfg.model_dim, cfg.mlp_hidden, bias=False)
+        self.proj = CastedLinear(cfg.mlp_hidden, cfg.model_dim, bias=False)
+        self.proj.weight.data.zero_()
+        self.leaky = cfg.activation == "leaky_relu2"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        h = F.leaky_relu(h, 0.5) if self.leaky else torch.relu(h)
+        return self.proj(h.square())
+
+
+class LayerScalars(nn.Module):
+    """Per-virtual-layer learnable scalars, never shared between repeats of a block."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.model_dim
+        self.attn_scale = nn.Parameter(torch.ones(d))
+        self.mlp_scale = nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))  # mix of x and x0
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+
+
+def sinusoidal_depth(depth: int, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal code of each virtual position, shape (depth, dim), unit RMS."""
+    pos = torch.arange(depth, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    code = torch.zeros(depth, dim)
+    code[:, 0::2], code[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return code / code.pow(2).mean(dim=1, keepdim=True).sqrt()
+
+
+class GPT(nn.Module):
+    """Token embedding, a schedule of virtual layers over shared blocks, tied soft-capped output."""
+
+    def __init__(self, cfg: ModelConfig, use_flash: bool = True, compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        # Weights stay float32 (optimizer masters); activations run in compute_dtype (bf16 on GPU).
+        self.cfg, self.use_flash, self.compute_dtype = cfg, use_flash, compute_dtype
+        self.schedule = build_schedule(cfg)
+        depth = len(self.schedule)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
+        self.attns = nn.ModuleList(Attention(cfg) for _ in range(cfg.unique_blocks))
+        self.mlps = nn.ModuleList(MLP(cfg) for _ in range(num_mlps(cfg)))
+        self.layers = nn.ModuleList(LayerScalars(cfg) for _ in range(depth))
+        if cfg.depth_signal == "learned":
+            self.depth_embed = nn.Parameter(torch.zeros(depth, cfg.model_dim))
+        if cfg.depth_signal == "sinusoidal":
+            self.depth_gain = nn.Parameter(torch.zeros(depth))  # starts silent; training decides the use
+            self.register_buffer("depth_code", sinusoidal_depth(depth, cfg.model_dim), persistent=False)
+        self.num_skips = num_skip_weights(cfg)
+        if self.num_skips:
+            self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim))
+
+    def depth_signal(self, position: int) -> torch.Tensor | None:
+        """What is added to the residual stream before virtual layer `position`."""
+        if self.cfg.depth_signal == "learned":
+            return self.depth_embed[position]
+        if self.cfg.depth_signal == "sinusoidal":
+            return self.depth_gain[position] * self.depth_code[position]
+        return None
+
+    def run_layer(self, x: torch.Tensor, x0: torch.Tensor, position: int) -> torch.Tensor:
+        """One virtual layer: its block's attention, its MLP, its own scalars."""
+        layer = self.schedule[position]
+        s = self.layers[position]
+        signal = self.depth_signal(position)
+        if signal is not None:
+            x = x + signal.to(x.dtype)
+        mix = s.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](rms_norm(x), s.q_gain, self.use_flash)
+        x = x + s.mlp_scale.to(x.dtype) * self.mlps[layer.mlp](rms_norm(x))
+        return x
+
+    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Final normalized hidden states, (B, T, D)."""
+        x = rms_norm(self.tok_emb(input_ids).to(self.compute_dtype))
+        x0 = x
+        depth = len(self.schedule)
+        # U-Net over virtual depth: the first half's outputs feed the second half, innermost first.
+        encoder = self.num_skips
+        skips = []
+        for position in range(depth):
+            if position >= encoder and skips:
+                x = x + self.skip_weights[position - encoder].to(x.dtype) * skips.pop()
+            x = self.run_layer(x, x0, position)
+            if position < encoder:
+                skips.append(x)
+        return rms_norm(x)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Soft-capped logits from the tied embedding, in float32."""
+        h = self.hidden(input_ids)
+        raw = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(raw / cap)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy in nats (mean, or per token with reduction='none')."""
+        logits = self.logits(input_ids)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)

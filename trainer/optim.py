@@ -1,0 +1,104 @@
+"""Muon for weight matrices (orthogonalized momentum), plus the parameter grouping and LR schedule."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer.config import TrainConfig
+
+# Quintic Newton-Schulz coefficients tuned to push singular values toward 1 in few steps.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(grad: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
+    """Approximate U V^T of grad's SVD with a bf16 Newton-Schulz iteration."""
+    a, b, c = NS_COEFFS
+    x = grad.bfloat16()
+    x = x / (x.norm() + eps)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD-momentum whose update is orthogonalized; under DDP each rank does a share of the matrices."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self):
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world == rank:
+                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                    update = orthogonalize(g, group["backend_steps"])
+                    update = update * max(1.0, update.size(0) / update.size(1)) ** 0.5
+                    flat[offset : offset + p.numel()] = update.flatten()
+                offset += p.numel()
+            if distributed:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for p in params:
+                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                offset += p.numel()
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Adam for the embedding and scalars, Muon for the block matrices; each group remembers its base LR."""
+    matrices, scalars = [], []
+    for name, p in model.named_parameters():
+        if name == "tok_emb.weight":
+            continue
+        (matrices if p.ndim == 2 and name.startswith(("attns.", "mlps.")) else scalars).append(p)
+    fused = next(model.parameters()).is_cuda
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
+    optimizers = [
+        torch.optim.Adam([{"params": [model.tok_emb.weight], "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
+        Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps),
+        torch.optim.Adam([{"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr}], **adam),
+    ]
+    for group in optimizers[1].param_groups:
+        group["base_lr"] = cfg.matrix_lr
+    return optimizers
+
+
+def lr_scale(cfg: TrainConfig, step: int, train_s: float) -> float:
+    """Linear warmdown to zero over the last warmdown_steps, counted in steps or in remaining wallclock."""
+    if cfg.warmdown_steps <= 0:
+        return 1.0
+    by_steps = max(cfg.max_steps - step, 0) / cfg.warmdown_steps
+    step_s = train_s / max(step, 1)
+    remaining_s = max(cfg.budget_s - train_s, 0.0)
+    by_time = remaining_s / max(cfg.warmdown_steps * step_s, 1e-9)
+    return min(1.0, by_steps, by_time)
+
+
+def muon_momentum(cfg: TrainConfig, step: int) -> float:
+    """Momentum warms up from muon_momentum_warmup_start to muon_momentum."""
+    frac = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
+    return (1 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum
+
+
+def set_schedule(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, step: int, train_s: float) -> None:
+    """Apply this step's LR scale and Muon momentum to every group."""
+    scale = lr_scale(cfg, step, train_s)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
+            if isinstance(opt, Muon):
+                group["momentum"] = muon_momentum(cfg, step)

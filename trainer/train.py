@@ -1,0 +1,304 @@
+"""The training run: budgeted training with optional rung reports, full evaluation, export and round trip.
+
+One code path serves the CLI, search trials (with a `report` callback) and full-scale reruns (torchrun).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import artifact
+from trainer.bpb import byte_table, load_sentencepiece
+from trainer.config import RunConfig
+from trainer.data import DistributedBatches, TokenStream, load_val_tokens
+from trainer.evaluate import evaluate
+from trainer.model import GPT
+from trainer.optim import build_optimizers, set_schedule
+from trainer.schedule import unique_params
+
+Report = Callable[[dict, Callable[[Path], None]], None]
+STATE_FILE = "trainer_state.rank{rank}.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: device and its place in a distributed group."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str | None) -> Runtime:
+    """Join the process group started by torchrun or Ray Train, or run alone."""
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if device is None:
+        if torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+            device = f"cuda:{local_rank}"
+        else:
+            device = "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device=dev, rank=rank, world_size=world)
+
+
+class RunLog:
+    """Progress lines to the terminal and to out_dir/train.log (main rank only)."""
+
+    def __init__(self, path: Path, enabled: bool, echo: bool = True):
+        self.path, self.enabled, self.echo = path, enabled, echo
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.perf_counter() - self.start:8.1f}s] {message}"
+        if self.echo:
+            print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training loss is {loss} at step {step}; lower the learning rates or check the config")
+
+
+def train(
+    cfg: RunConfig,
+    data_dir: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    report: Report | None = None,
+    resume_from: Path | None = None,
+    device: str | None = None,
+    echo: bool = True,
+) -> dict:
+    """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics."""
+    wall_start = time.perf_counter()
+    rt = setup_runtime(device)
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(out_dir / "train.log", rt.is_main, echo)
+    log(f"config {json.dumps(cfg.to_dict(), sort_keys=True)}")
+
+    sp = load_sentencepiece(tokenizer_path)
+    if sp.vocab_size() > cfg.model.vocab_size:
+        raise ValueError(
+            f"tokenizer has {sp.vocab_size()} pieces but model.vocab_size={cfg.model.vocab_size}; raise vocab_size"
+        )
+    table = byte_table(sp, cfg.model.vocab_size)
+    val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, tc.final_val_tokens or None)
+    val_prefix = val_tokens[: tc.val_prefix_tokens + 1]
+    local_tokens = tc.micro_batch_tokens
+    grad_accum = tc.batch_tokens // (local_tokens * rt.world_size)
+    if grad_accum < 1:
+        raise ValueError(
+            f"train.batch_tokens={tc.batch_tokens} is smaller than micro_batch_tokens x {rt.world_size} ranks; "
+            "raise batch_tokens or lower micro_batch_tokens"
+        )
+
+    torch.manual_seed(tc.seed)
+    on_gpu = rt.device.type == "cuda"
+    model = GPT(cfg.model, compute_dtype=torch.bfloat16 if on_gpu else torch.float32).to(rt.device)
+    optimizers = build_optimizers(model, tc)
+    compiled = torch.compile(model, dynamic=False) if tc.compile and on_gpu else model
+    net = (
+        DistributedDataParallel(compiled, device_ids=[rt.device.index] if on_gpu else None, broadcast_buffers=False)
+        if rt.world_size > 1
+        else compiled
+    )
+    stream = TokenStream(data_dir, cfg.model.vocab_size)
+    batches = DistributedBatches(stream, rt.rank, rt.world_size, rt.device)
+    log(
+        f"unique_params {unique_params(cfg.model):,} virtual_layers {len(model.schedule)} "
+        f"grad_accum {grad_accum} world {rt.world_size} device {rt.device}"
+    )
+
+    def train_step(step: int, train_s: float) -> torch.Tensor:
+        set_schedule(optimizers, tc, step, train_s)
+        total = torch.zeros((), device=rt.device)
+        for micro in range(grad_accum):
+            x, y = batches.next(local_tokens, tc.seq_len)
+            if rt.world_size > 1:
+                net.require_backward_grad_sync = micro == grad_accum - 1
+            loss = net(x, y)
+            (loss / grad_accum).backward()
+            total += loss.detach()
+        if tc.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip_norm)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        return total / grad_accum
+
+    # Compile and warm the kernels on real steps, then rewind: warm-up never counts as training.
+    compile_start = time.perf_counter()
+    if tc.compile_warmup_steps > 0:
+        initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers]
+        for _ in range(tc.compile_warmup_steps):
+            train_step(0, 0.0)
+        if report is not None:
+            evaluate(compiled, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
+        model.load_state_dict(initial[0])
+        for opt, state in zip(optimizers, initial[1]):
+            opt.load_state_dict(state)
+        stream.restore({"shard_index": 0, "position": 0})
+        _sync(rt.device)
+    compile_s = time.perf_counter() - compile_start
+
+    step, train_s, train_tokens = 0, 0.0, 0
+    if resume_from is not None:
+        state_path = Path(resume_from) / STATE_FILE.format(rank=rt.rank)
+        if not state_path.is_file():
+            state_path = Path(resume_from) / STATE_FILE.format(rank=0)
+        state = torch.load(state_path, map_location=rt.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        step, train_s, train_tokens = state["step"], state["train_s"], state["train_tokens"]
+        stream.restore(state["stream"])
+        log(f"resumed from {resume_from} at step {step}, train_s {train_s:.1f}")
+
+    def save_checkpoint(path: Path) -> None:
+        """Write this rank's full training state (model, optimizers, counters, data position)."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": model.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers],
+            "step": step,
+            "train_s": train_s,
+            "train_tokens": train_tokens,
+            "stream": stream.state(),
+        }
+        torch.save(state, Path(path) / STATE_FILE.format(rank=rt.rank))
+
+    eval_s = 0.0
+    next_report_s = (math.floor(train_s / tc.report_every_s) + 1) * tc.report_every_s if tc.report_every_s else None
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    _sync(rt.device)
+    t0 = time.perf_counter()
+    while True:
+        loss = train_step(step, train_s + time.perf_counter() - t0)
+        step += 1
+        train_tokens += tc.batch_tokens
+        now_s = train_s + time.perf_counter() - t0
+        stop = step >= tc.max_steps or now_s >= tc.budget_s
+        if rt.world_size > 1:  # every rank must stop on the same step
+            flag = torch.tensor(int(stop), device=rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if step == 1 or step % tc.log_every_steps == 0 or stop:
+            value = loss.item()
+            _check_finite(value, step)
+            log(f"step {step} loss {value:.4f} train_s {now_s:.1f} step_ms {1000 * now_s / step:.1f} "
+                f"tokens_per_s {train_tokens / max(now_s, 1e-9):,.0f}")
+        if report is not None and next_report_s is not None and now_s >= next_report_s and not stop:
+            _sync(rt.device)
+            train_s += time.perf_counter() - t0
+            eval_start = time.perf_counter()
+            res = evaluate(compiled, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
+            eval_s += time.perf_counter() - eval_start
+            _check_finite(res.val_loss, step)
+            report(
+                {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": res.val_bpb, "val_loss": res.val_loss},
+                save_checkpoint,
+            )
+            while next_report_s <= train_s:
+                next_report_s += tc.report_every_s
+            t0 = time.perf_counter()
+        if stop:
+            break
+    _sync(rt.device)
+    train_s += time.perf_counter() - t0
+    peak_mem_bytes = torch.cuda.max_memory_allocated(rt.device) if on_gpu else 0
+    log(f"training done: {step} steps, {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, "
+        f"peak_mem {peak_mem_bytes / 2**30:.2f} GiB")
+
+    eval_start = time.perf_counter()
+    pre = evaluate(compiled, val_tokens, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
+    eval_s += time.perf_counter() - eval_start
+    log(f"val_bpb_prequant {pre.val_bpb:.4f} val_loss {pre.val_loss:.4f} over {pre.tokens:,} tokens / {pre.bytes:,} bytes")
+
+    export_start = time.perf_counter()
+    artifact_path = out_dir / "model.ptz"
+    if rt.is_main:
+        info = artifact.save(model.state_dict(), cfg, artifact_path)
+    if rt.world_size > 1:
+        dist.barrier()
+    _, restored = artifact.load(artifact_path)
+    model.load_state_dict(restored)
+    export_s = time.perf_counter() - export_start
+    eval_start = time.perf_counter()
+    post = evaluate(compiled, val_tokens, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
+    eval_s += time.perf_counter() - eval_start
+    if not rt.is_main:
+        info = artifact.ArtifactInfo(artifact_path.stat().st_size, artifact.payload_bytes(cfg), artifact.code_bytes())
+
+    metrics = {
+        "val_bpb": post.val_bpb,
+        "val_loss": post.val_loss,
+        "val_bpb_prequant": pre.val_bpb,
+        "val_loss_prequant": pre.val_loss,
+        "val_tokens": post.tokens,
+        "val_bytes": post.bytes,
+        "artifact_bytes": info.artifact_bytes,
+        "model_bytes": info.model_bytes,
+        "code_bytes": info.code_bytes,
+        "payload_bytes": info.payload_bytes,
+        "limit_bytes": cfg.export.limit_bytes,
+        "over_limit": not artifact.within_limit(info, cfg.export),
+        "unique_params": unique_params(cfg.model),
+        "virtual_layers": len(model.schedule),
+        "steps": step,
+        "train_tokens": train_tokens,
+        "train_s": train_s,
+        "step_ms": 1000 * train_s / max(step, 1),
+        "tokens_per_s": train_tokens / max(train_s, 1e-9),
+        "peak_mem_bytes": peak_mem_bytes,
+        "compile_s": compile_s,
+        "eval_s": eval_s,
+        "export_s": export_s,
+        "wall_s": time.perf_counter() - wall_start,
+        "world_size": rt.world_size,
+        "device": torch.cuda.get_device_name(rt.device) if on_gpu else "cpu",
+        "config": cfg.to_dict(),
+    }
+    log(f"val_bpb {post.val_bpb:.4f} (round trip) artifact_bytes {info.artifact_bytes:,} "
+        f"(model {info.model_bytes:,} + code {info.code_bytes:,}) limit {cfg.export.limit_bytes:,}")
+    if rt.is_main:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
