@@ -262,9 +262,14 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def is_shard(name: str) -> bool:
+    """Whether a file name (final or partial) is a token shard with a header to check."""
+    return name.removesuffix(PARTIAL_SUFFIX).endswith(".bin")
+
+
 def verify_file(path: Path, expected: RemoteFile) -> str:
     """Check a local file (shard header/size, expected size and sha256); return its sha256."""
-    if path.suffix == ".bin":
+    if is_shard(path.name):
         read_header(path)  # raises ShardError naming the file
     size = path.stat().st_size
     if expected.size_bytes is not None and size != expected.size_bytes:
@@ -282,7 +287,7 @@ def _already_complete(path: Path, expected: RemoteFile, record: dict | None, reh
     try:
         if record and not rehash:
             # Cheap check: a file recorded as verified with the same size and hash is trusted as is.
-            if path.suffix == ".bin":
+            if is_shard(path.name):
                 read_header(path)
             same_size = path.stat().st_size == record.get("size_bytes")
             same_sha = expected.sha256 is None or expected.sha256 == record.get("sha256")
