@@ -1,0 +1,78 @@
+import zstandard
+import pytest
+import torch
+
+from trainer import artifact, config
+from trainer.model import GPT
+
+
+def small_cfg(*overrides):
+    base = ["model.model_dim=128", "model.num_heads=4", "model.num_kv_heads=2", "model.vocab_size=512",
+            "export.keep_float_max_numel=4096"]
+    return config.load(None, base + list(overrides))
+
+
+def test_save_load_round_trip_and_exact_payload_size(tmp_path):
+    cfg = small_cfg("model.unique_blocks=3", "model.virtual_layers=[0,1,2,0,1,2]", "model.depth_signal=learned")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    info = artifact.save(model.state_dict(), cfg, tmp_path / "m.ptz")
+    assert info.payload_bytes == artifact.payload_bytes(cfg)
+    assert info.model_bytes == (tmp_path / "m.ptz").stat().st_size
+    loaded_cfg, state = artifact.load(tmp_path / "m.ptz")
+    assert loaded_cfg == cfg
+    original = model.state_dict()
+    assert set(state) == set(original)
+    for name, tensor in state.items():
+        assert tensor.shape == original[name].shape
+        tol = 0.02 if tensor.ndim == 2 and tensor.numel() > 4096 else 1e-3
+        assert (tensor - original[name]).abs().max() < tol, name
+    GPT(loaded_cfg.model).load_state_dict(state)  # strict load works
+
+
+def test_shared_blocks_are_stored_once():
+    once = small_cfg("model.unique_blocks=2")
+    looped = small_cfg("model.unique_blocks=2", "model.virtual_layers=[0,1,0,1,0,1]")
+    quantized_once = sum(1 for e in artifact._tensor_table(once) if e["kind"] == "q")
+    quantized_looped = sum(1 for e in artifact._tensor_table(looped) if e["kind"] == "q")
+    assert quantized_once == quantized_looped  # repeats add no matrices
+    grow = artifact.payload_bytes(looped) - artifact.payload_bytes(once)
+    assert 0 < grow < 20_000  # only per-layer scalars, skip weights and header text
+
+
+def test_int6_codes_stay_in_range(tmp_path):
+    cfg = small_cfg("export.quant_bits=6")
+    model = GPT(cfg.model)
+    for p in model.parameters():
+        p.data.normal_()
+    artifact.save(model.state_dict(), cfg, tmp_path / "m.ptz")
+    payload = zstandard.ZstdDecompressor().decompress((tmp_path / "m.ptz").read_bytes())
+    table = artifact._tensor_table(cfg)
+    start = len(payload) - sum(artifact.stored_bytes(s, cfg.export) for s in artifact.layout_for(cfg))
+    first = next(e for e in table if e["kind"] == "q")
+    n = first["shape"][0] * first["shape"][1]
+    codes = torch.frombuffer(bytearray(payload[start + first["codes"] : start + first["codes"] + n]), dtype=torch.int8)
+    assert codes.abs().max().item() <= 31
+
+
+def test_code_bytes_are_read_from_the_files():
+    expected = sum((artifact.PACKAGE_DIR / f).stat().st_size for f in artifact.CODE_FILES)
+    assert artifact.code_bytes() == expected > 10_000
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    (tmp_path / "junk.ptz").write_bytes(b"not an artifact")
+    with pytest.raises(artifact.ArtifactError, match="not a zstd artifact"):
+        artifact.load(tmp_path / "junk.ptz")
+    (tmp_path / "other.ptz").write_bytes(zstandard.ZstdCompressor().compress(b"PK\x03\x04 pickle or zip"))
+    with pytest.raises(artifact.ArtifactError, match="wrong magic"):
+        artifact.load(tmp_path / "other.ptz")
+
+
+def test_state_that_does_not_match_config_is_rejected(tmp_path):
+    cfg = small_cfg("model.unique_blocks=2")
+    other = small_cfg("model.unique_blocks=3")
+    with pytest.raises(artifact.ArtifactError, match="does not match"):
+        artifact.save(GPT(cfg.model).state_dict(), other, tmp_path / "m.ptz")

@@ -1,0 +1,69 @@
+import pytest
+
+from trainer import config
+from trainer.config import ConfigError
+
+
+def test_defaults_are_the_challenge_baseline():
+    cfg = config.load()
+    assert (cfg.model.unique_blocks, cfg.model.model_dim, cfg.model.num_heads, cfg.model.num_kv_heads) == (9, 512, 8, 4)
+    assert cfg.model.schedule_order == tuple(range(9))
+    assert cfg.train.batch_tokens == 524_288 and cfg.export.limit_bytes == 16_000_000
+
+
+def test_yaml_and_toml_load_the_same_config(tmp_path):
+    yml = tmp_path / "a.yaml"
+    yml.write_text("model:\n  unique_blocks: 3\n  virtual_layers: [0, 1, 2, 0, 1, 2]\n  untie_mlp: full\ntrain:\n  budget_s: 60\n")
+    tml = tmp_path / "a.toml"
+    tml.write_text('[model]\nunique_blocks = 3\nvirtual_layers = [0, 1, 2, 0, 1, 2]\nuntie_mlp = "full"\n[train]\nbudget_s = 60\n')
+    a, b = config.load(yml), config.load(tml)
+    assert a == b
+    assert a.model.virtual_layers == (0, 1, 2, 0, 1, 2) and a.train.budget_s == 60.0
+
+
+def test_overrides_and_round_trip():
+    cfg = config.load(None, ["model.unique_blocks=2", "model.virtual_layers=[0,1,0,1]", "model.untie_mlp=[2]"])
+    assert cfg.model.untie_mlp == (2,)
+    assert config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["model.unique_blocks=2", "model.virtual_layers=[0,1,2]"], "refers to blocks [2]"),
+        (["model.unique_blocks=3", "model.virtual_layers=[0,1]"], "never runs blocks [2]"),
+        (["model.model_dim=500"], "not divisible by num_heads"),
+        (["model.num_kv_heads=3"], "multiple of num_kv_heads"),
+        (["model.untie_mlp=sometimes"], "untie_mlp"),
+        (["model.untie_mlp=[40]"], "outside 0..8"),
+        (["train.micro_batch_tokens=1000"], "multiple of seq_len"),
+        (["export.quant_bits=7"], "quant_bits"),
+        (["model.unique_blocks=many"], "expected an integer"),
+    ],
+)
+def test_invalid_values_name_the_key_and_problem(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        config.load(None, overrides)
+
+
+def test_unknown_key_names_file_key_and_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  unique_block: 3\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    msg = str(err.value)
+    assert str(path) in msg and "unique_block" in msg and "unique_blocks" in msg
+
+
+def test_missing_file_and_bad_override_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.load(None, ["unique_blocks"])
+
+
+def test_smoke_version_keeps_the_model_and_shrinks_training():
+    cfg = config.load(None, ["model.model_dim=832", "model.num_heads=13", "model.num_kv_heads=1"])
+    smoke = config.smoke_version(cfg)
+    assert smoke.model == cfg.model
+    assert smoke.train.batch_tokens <= 256 and not smoke.train.compile and smoke.train.final_val_tokens > 0

@@ -1,0 +1,74 @@
+import torch
+
+from trainer.config import from_dict
+from trainer.model import GPT
+
+
+def make(**model):
+    base = {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "unique_blocks": 2}
+    return GPT(from_dict({"model": {**base, **model}}).model)
+
+
+def randomize(model):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_(0, 0.2)
+    return model
+
+
+def test_loss_shape_and_value_at_init():
+    model = make()
+    x = torch.randint(0, 64, (2, 16))
+    loss = model(x, x)
+    assert loss.ndim == 0 and abs(loss.item() - torch.log(torch.tensor(64.0)).item()) < 0.2
+    assert model(x, x, reduction="none").shape == (32,)
+
+
+def test_attention_is_causal():
+    model = randomize(make(unique_blocks=2, virtual_layers=[0, 1, 0, 1]))
+    x = torch.randint(0, 64, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 7) % 64
+    assert torch.allclose(model.logits(x)[0, :8], model.logits(y)[0, :8], atol=1e-5)
+    assert not torch.allclose(model.logits(x)[0, 8:], model.logits(y)[0, 8:])
+
+
+def test_repeats_run_the_same_weights_and_both_positions_train_them():
+    model = randomize(make(unique_blocks=2, virtual_layers=[0, 1, 0, 1]))
+    calls = []
+    hook = model.attns[0].register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randint(0, 64, (2, 8))
+    model(x, x).backward()
+    hook.remove()
+    assert len(calls) == 2  # block 0 ran at positions 0 and 2
+    assert model.attns[0].c_q.weight.grad.abs().sum() > 0
+    assert all(layer.attn_scale.grad is not None for layer in model.layers)  # scalars are per virtual layer
+
+
+def test_untied_mlps_are_distinct_modules():
+    model = make(unique_blocks=2, virtual_layers=[0, 1, 0, 1], untie_mlp="full")
+    assert len(model.attns) == 2 and len(model.mlps) == 4
+    assert [l.mlp for l in model.schedule] == [0, 1, 2, 3]
+
+
+def test_depth_signals_change_the_output_only_when_trained():
+    for signal in ("learned", "sinusoidal"):
+        model = randomize(make(unique_blocks=1, virtual_layers=[0, 0, 0], depth_signal=signal))
+        x = torch.randint(0, 64, (1, 8))
+        with torch.no_grad():
+            if signal == "learned":
+                model.depth_embed.zero_()
+            else:
+                model.depth_gain.zero_()
+            silent = model.logits(x)
+            if signal == "learned":
+                model.depth_embed[1].fill_(0.5)
+            else:
+                model.depth_gain[1] = 0.5
+            assert not torch.allclose(silent, model.logits(x))
+
+
+def test_leaky_activation_differs():
+    a, b = randomize(make()), randomize(make(activation="leaky_relu2"))
+    x = torch.randint(0, 64, (1, 8))
+    assert not torch.allclose(a.logits(x), b.logits(x))

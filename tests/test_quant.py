@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from trainer.config import ExportConfig
+from trainer.quant import dequantize_rows, is_quantized, qmax, quantize_rows, stored_bytes
+from trainer.schedule import TensorSpec
+
+
+@pytest.mark.parametrize("bits", [8, 6, 5])
+def test_round_trip_error_is_within_half_a_step_per_row(bits):
+    torch.manual_seed(0)
+    w = torch.randn(64, 300) * torch.linspace(0.01, 2.0, 64)[:, None]
+    codes, scale = quantize_rows(w, bits, clip_quantile=1.0)
+    assert codes.dtype == torch.int8 and scale.dtype == torch.float16
+    assert codes.abs().max().item() <= qmax(bits)
+    err = (dequantize_rows(codes, scale) - w).abs()
+    step = scale.float()[:, None]
+    assert torch.all(err <= 0.5 * step + 1e-6 + w.abs() * 2e-3)  # fp16 scale rounding adds a relative term
+
+
+def test_clipping_limits_outliers_to_the_row_quantile():
+    w = torch.randn(4, 10_000)
+    w[0, 0] = 1000.0
+    codes, scale = quantize_rows(w, 8, clip_quantile=0.999)
+    restored = dequantize_rows(codes, scale)
+    assert restored[0, 0] < 10.0  # the outlier was clipped, not allowed to blow up the row's scale
+    assert scale[0].item() < 0.1
+
+
+def test_zero_rows_do_not_divide_by_zero():
+    codes, scale = quantize_rows(torch.zeros(3, 8), 8, 0.99)
+    assert torch.all(codes == 0) and torch.isfinite(dequantize_rows(codes, scale)).all()
+
+
+def test_which_tensors_are_quantized_and_their_bytes():
+    export = ExportConfig()
+    big = TensorSpec("mlps.0.fc.weight", (1024, 512), "matrix")
+    small = TensorSpec("layers.0.attn_scale", (512,), "scalar")
+    tiny_matrix = TensorSpec("attns.0.c_k.weight", (16, 16), "matrix")
+    assert is_quantized(big, export) and not is_quantized(small, export) and not is_quantized(tiny_matrix, export)
+    assert stored_bytes(big, export) == 1024 * 512 + 1024 * 2
+    assert stored_bytes(small, export) == 512 * 2
+    assert stored_bytes(tiny_matrix, export) == 256 * 2
+
+
+def test_rejects_non_matrix():
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_rows(torch.zeros(5), 8, 1.0)

@@ -1,0 +1,122 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from trainer import config
+from trainer.bpb import byte_table
+from trainer.data import load_val_tokens
+from trainer.evaluate import evaluate
+from trainer.model import GPT
+from trainer.train import TrainingDiverged, train
+
+REQUIRED = {"val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "unique_params",
+            "virtual_layers", "steps", "train_tokens", "train_s", "tokens_per_s"}
+
+
+def run(tiny_corpus, cfg_dict, out, **kw):
+    cfg = config.from_dict(cfg_dict)
+    return train(cfg, tiny_corpus["data"], tiny_corpus["tokenizer"], out, device="cpu", echo=False, **kw)
+
+
+def test_training_lowers_val_bpb_and_writes_everything(tiny_corpus, tiny_config_dict, tmp_path):
+    cfg_dict = tiny_config_dict
+    cfg_dict["model"].update(unique_blocks=2, virtual_layers=[0, 1, 0, 1])
+    cfg_dict["train"].update(max_steps=40, warmdown_steps=10)
+    torch.manual_seed(cfg_dict["train"].get("seed", 1337))
+    cfg = config.from_dict(cfg_dict)
+    untrained = evaluate(GPT(cfg.model), load_val_tokens(tiny_corpus["data"], 320), byte_table(tiny_corpus["sp"], 320),
+                         32, 1024, torch.device("cpu"))
+    metrics = run(tiny_corpus, cfg_dict, tmp_path)
+    assert REQUIRED <= set(metrics)
+    assert metrics["steps"] == 40 and metrics["virtual_layers"] == 4
+    assert metrics["val_bpb_prequant"] < untrained.val_bpb - 0.3
+    assert abs(metrics["val_bpb"] - metrics["val_bpb_prequant"]) < 0.05
+    assert metrics["artifact_bytes"] == metrics["model_bytes"] + metrics["code_bytes"]
+    assert metrics["model_bytes"] == (tmp_path / "model.ptz").stat().st_size
+    assert json.loads((tmp_path / "metrics.json").read_text())["val_bpb"] == metrics["val_bpb"]
+    assert "val_bpb" in (tmp_path / "train.log").read_text()
+
+
+def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_config_dict, tmp_path):
+    cfg_dict = tiny_config_dict
+    cfg_dict["train"].update(max_steps=30, report_every_s=0.05, budget_s=1000.0)
+    reports = []
+
+    def report(metrics, save_checkpoint):
+        if not reports:
+            save_checkpoint(tmp_path / "ckpt")
+        reports.append(metrics)
+
+    full = run(tiny_corpus, cfg_dict, tmp_path / "full", report=report)
+    assert len(reports) >= 2
+    assert [r["step"] for r in reports] == sorted(r["step"] for r in reports)
+    assert all(r["val_bpb"] > 0 and r["train_s"] > 0 for r in reports)
+    first = reports[0]
+    resumed_reports = []
+    resumed = run(tiny_corpus, cfg_dict, tmp_path / "resumed", report=lambda m, s: resumed_reports.append(m),
+                  resume_from=tmp_path / "ckpt")
+    assert resumed["steps"] == 30
+    assert all(r["step"] > first["step"] for r in resumed_reports)
+    # Same data position, same optimizer state, step-based schedule: the resumed run ends where the full one did.
+    assert resumed["val_bpb_prequant"] == pytest.approx(full["val_bpb_prequant"], abs=1e-5)
+
+
+def test_divergence_is_reported_not_hidden(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["train"].update(scalar_lr=1e18, embed_lr=1e18, matrix_lr=1e18, log_every_steps=1)
+    with pytest.raises(TrainingDiverged, match="lower the learning rates"):
+        run(tiny_corpus, tiny_config_dict, tmp_path)
+
+
+def write_config(tmp_path, cfg_dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg_dict))
+    return path
+
+
+def test_cli_smoke_writes_metrics(tiny_corpus, tiny_config_dict, tmp_path):
+    path = write_config(tmp_path, {"model": tiny_config_dict["model"]})
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--smoke", "--config", str(path), "--set", "model.unique_blocks=1",
+         "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED <= set(metrics) and metrics["unique_params"] > 0
+    assert "step 1 loss" in proc.stdout
+
+
+def test_cli_errors_are_one_clear_line(tiny_corpus, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--set", "model.model_dim=100", "--data", str(tiny_corpus["data"]),
+         "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "model.model_dim" in proc.stderr and "Traceback" not in proc.stderr
+    helped = subprocess.run([sys.executable, "-m", "trainer", "train", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--smoke" in helped.stdout
+
+
+def test_ddp_on_two_cpu_processes(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["train"].update(max_steps=6)
+    path = write_config(tmp_path, tiny_config_dict)
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "trainer",
+         "train", "--config", str(path), "--device", "cpu", "--data", str(tiny_corpus["data"]),
+         "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    # Both ranks share one global batch: the tokens counted are the configured global batch per step.
+    assert metrics["train_tokens"] == 6 * tiny_config_dict["train"]["batch_tokens"]
