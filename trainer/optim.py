@@ -12,21 +12,26 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(grad: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate U V^T of grad's SVD with a bf16 Newton-Schulz iteration."""
+    """Approximate U V^T of each matrix's SVD (batched over leading dims) with a bf16 Newton-Schulz iteration."""
     a, b, c = NS_COEFFS
     x = grad.bfloat16()
-    x = x / (x.norm() + eps)
-    tall = x.size(0) > x.size(1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if tall else x
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Optimizer):
-    """SGD-momentum whose update is orthogonalized; under DDP each rank does a share of the matrices."""
+    """SGD-momentum whose update is orthogonalized.
+
+    Matrices of one shape are orthogonalized together as one batch (a few large launches instead of
+    hundreds of small ones); under DDP each rank does every world_size-th matrix of each shape and
+    an all-reduce shares the updates.
+    """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
@@ -39,23 +44,35 @@ class Muon(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
-            offset = 0
+            by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, p in enumerate(params):
-                if i % world == rank:
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            updates: list[torch.Tensor | None] = [None] * len(params)
+            for shape, indices in by_shape.items():
+                mine = indices[rank::world]
+                if not mine:
+                    continue
+                grads = []
+                for i in mine:
+                    p = params[i]
                     buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                     buf.mul_(group["momentum"]).add_(p.grad)
-                    g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                    update = orthogonalize(g, group["backend_steps"])
-                    update = update * max(1.0, update.size(0) / update.size(1)) ** 0.5
-                    flat[offset : offset + p.numel()] = update.flatten()
-                offset += p.numel()
+                    grads.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+                ortho = orthogonalize(torch.stack(grads), group["backend_steps"])
+                ortho = ortho * max(1.0, shape[0] / shape[1]) ** 0.5
+                for i, u in zip(mine, ortho.unbind(0)):
+                    updates[i] = u
             if distributed:
+                flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+                offset = 0
+                for p, u in zip(params, updates):
+                    if u is not None:
+                        flat[offset : offset + p.numel()] = u.flatten()
+                    offset += p.numel()
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
-                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+                updates = list(torch.split(flat, [p.numel() for p in params]))
+            for p, u in zip(params, updates):
+                p.add_(u.view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
