@@ -1,0 +1,211 @@
+"""`python -m search`: run, resume, report and watch depth-recurrence searches.
+
+Each command is one `add_*` function registering a subparser with `func` set; later commands (e.g. `rerun`)
+add themselves to COMMANDS without touching the others.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from search import store
+from search.settings import SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
+
+DEFAULT_SPACE = "spaces/default.yaml"
+DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
+DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=None,
+                   help=f"local folder or cloud URI holding searches (default: ${store.STORAGE_ENV} or {store.DEFAULT_STORAGE})")
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="start a new search",
+        description="Start a Ray Tune search: Optuna (TPE or NSGA-II) proposes configs from the space, configs "
+        "predicted over the byte limit are rejected before launch, ASHA stops weak trials at rungs of training "
+        "time, and every trial checkpoints at each rung. Joins a running Ray cluster if there is one.")
+    p.add_argument("--space", default=DEFAULT_SPACE, help=f"search space YAML (default {DEFAULT_SPACE})")
+    p.add_argument("--name", required=True, help="name of the search (its folder under --storage)")
+    p.add_argument("--trials", type=int, default=16, help="trials to launch (size-rejected configs do not count)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial; >1 runs DDP via Ray Train (default: 1 if the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (or per DDP worker)")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default 0: as resources allow)")
+    p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per trial (default 600)")
+    p.add_argument("--grace-s", type=float, default=0.0,
+                   help="first ASHA rung in training seconds (default: budget / reduction_factor^2)")
+    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe: minimize val_bpb; nsga2: minimize (val_bpb, artifact_bytes) together")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting in every suggested config, e.g. --set train.compile=false")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"shard folder (default {DEFAULT_DATA})")
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"SentencePiece model (default {DEFAULT_TOKENIZER})")
+    p.add_argument("--ray-address", default="",
+                   help="Ray cluster to join (default: $RAY_ADDRESS, else a running one, else local); 'local' forces local")
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial after a lost worker/node")
+    p.add_argument("--local-dir", default="", help="where study.db and reports go when --storage is a cloud URI")
+    _storage_arg(p)
+    p.set_defaults(func=cmd_run)
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """Validate the run flags into SearchSettings (paths made absolute and checked)."""
+    storage = store.normalize_storage(args.storage)
+    settings = SearchSettings(
+        name=args.name,
+        space=resolve_local(args.space, "--space", must_exist=True),
+        storage=storage,
+        data_dir=resolve_local(args.data, "--data", must_exist=True),
+        tokenizer=resolve_local(args.tokenizer, "--tokenizer", must_exist=True),
+        trials=args.trials,
+        gpus_per_trial=0.0 if args.gpus_per_trial is None else args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        budget_s=args.budget_s,
+        grace_s=args.grace_s,
+        reduction_factor=args.reduction_factor,
+        sampler=args.sampler,
+        seed=args.seed,
+        overrides=tuple(args.overrides),
+        ray_address=args.ray_address,
+        max_failures=args.max_failures,
+        local_dir=resolve_local(args.local_dir, "--local-dir") if args.local_dir else "",
+    ).validate()
+    if is_uri(storage) and not args.local_dir:
+        settings = dataclasses.replace(settings, local_dir=str(Path(store.DEFAULT_STORAGE).resolve()))
+    return settings
+
+
+def _check_space(settings: SearchSettings) -> None:
+    """Load the space once in the driver so a bad file fails here, not inside Ray."""
+    from search.searcher import import_object
+    from search.tuner import space_loader_of
+
+    import_object(space_loader_of(settings))(settings.space)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search import tuner
+
+    settings = settings_from_args(args)
+    store.ensure_new(settings)
+    _check_space(settings)
+    print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
+    settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
+    print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each, "
+          f"budget {settings.budget_s:g}s, ASHA rungs from {settings.rung_s:g}s (x{settings.reduction_factor:g}), "
+          f"sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
+    tuner.run_search(settings)
+    return _finish(settings)
+
+
+def _finish(settings: SearchSettings) -> int:
+    from search.report import status_text, write_report
+
+    paths = write_report(settings, "md", Path("frontier.png"))
+    print(status_text(settings))
+    print(f"[search] report: {paths['table']}  plot: {paths['plot']}")
+    return 0
+
+
+def add_resume(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "resume", help="continue a search whose driver stopped",
+        description="Restore the Tune experiment and the Optuna study of NAME: finished trials are kept, "
+        "unfinished ones resume from their last rung checkpoint, and the search runs to its trial count.")
+    p.add_argument("name", help="search name")
+    p.add_argument("--ray-address", default=None, help="override the Ray cluster to join ('local' forces local)")
+    _storage_arg(p)
+    p.set_defaults(func=cmd_resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search import tuner
+
+    settings = store.load_settings(args.name, args.storage)
+    if args.ray_address is not None:
+        settings = dataclasses.replace(settings, ray_address=args.ray_address)
+    print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
+    print(f"[search] resuming {settings.name} from {store.experiment_path(settings)}", flush=True)
+    tuner.resume_search(settings)
+    return _finish(settings)
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="table of all trials and the (val_bpb, artifact_bytes) Pareto frontier",
+        description="Write the trial table (md, csv or html), frontier.csv, summary.json and optionally a plot "
+        "under <storage>/<name>/report/, and print the summary.")
+    p.add_argument("name", help="search name")
+    p.add_argument("--format", choices=("md", "csv", "html"), default="md", help="table format (default md)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG file (relative paths go in the report folder)")
+    _storage_arg(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    settings = store.load_settings(args.name, args.storage)
+    paths = write_report(settings, args.format, args.plot)
+    print(json.dumps(json.loads(paths["summary"].read_text()), indent=2))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="progress of a search (works while it runs)",
+                       description="Counts per status, running trials with their last rung value, best so far.")
+    p.add_argument("name", help="search name")
+    p.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    _storage_arg(p)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.report import status_text
+
+    settings = store.load_settings(args.name, args.storage)
+    while True:
+        print(status_text(settings), flush=True)
+        if args.watch <= 0:
+            return 0
+        time.sleep(args.watch)
+
+
+# Later commands (e.g. `rerun`) append their add_* function here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_resume, add_report, add_status]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; a wrong setting or name prints one line naming the fix and exits 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # ConfigError/SpaceError from the space or trainer config
+        if type(exc).__name__ in ("ConfigError", "SpaceError", "SizeLimitError", "ShardError"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,229 @@
+"""Tables, frontier, summary, plot and progress of a search, read from its Optuna study database."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from search import store
+from search.pareto import pareto_front
+from search.searcher import (
+    COMPLETE, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, PRUNED, REASON, RUNGS, RUNNING, STATUS,
+    STATUSES, TUNE_ID,
+)
+from search.settings import SearchSettings
+
+COLUMNS = [
+    "number", "status", "reason", "summary", "unique_params", "virtual_layers", "predicted_artifact_bytes",
+    "artifact_bytes", "val_bpb", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s", "steps",
+    "device_s", "gpu_s", "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
+]
+FORMATS = ("md", "csv", "html")
+
+
+def load_study(settings: SearchSettings) -> optuna.Study:
+    """Open the search's study read-mostly (no sampler work happens here)."""
+    return optuna.load_study(study_name=settings.name, storage=store.study_url(settings))
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per Optuna trial, including configs rejected by the size model, with the frontier marked."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        rungs = a.get(RUNGS) or []
+        status = a.get(STATUS) or (RUNNING if t.state == optuna.trial.TrialState.RUNNING else FAILED)
+        rows.append({
+            "number": t.number,
+            "status": status,
+            "reason": a.get(REASON, ""),
+            "summary": a.get("summary", ""),
+            "unique_params": a.get("unique_params"),
+            "virtual_layers": a.get("virtual_layers"),
+            "predicted_artifact_bytes": a.get("predicted_artifact_bytes"),
+            "artifact_bytes": a.get("artifact_bytes"),
+            "val_bpb": a.get("val_bpb"),
+            "val_bpb_prequant": a.get("val_bpb_prequant"),
+            "last_rung_val_bpb": rungs[-1][1] if rungs else None,
+            "rungs": len(rungs),
+            "final_train_s": a.get("final_train_s"),
+            "steps": a.get("steps"),
+            "device_s": float(a.get("device_s", 0.0)),
+            "gpu_s": float(a.get("gpu_s", 0.0)),
+            "optuna_state": t.state.name,
+            "tune_trial_id": a.get(TUNE_ID, ""),
+            "constraint_excess_bytes": a.get(EXCESS),
+            "predicted_fits": a.get("predicted_fits"),
+        })
+    df = pd.DataFrame(rows, columns=COLUMNS + ["predicted_fits"])
+    df["on_frontier"] = False
+    if len(df):
+        df.loc[frontier_table(df).index, "on_frontier"] = True
+    return df
+
+
+def feasible_finished(df: pd.DataFrame, limit_bytes: int = 16_000_000) -> pd.DataFrame:
+    """Trials that finished, exported and measured within the limit: the only frontier candidates."""
+    done = df[(df["status"] == COMPLETE) & df["val_bpb"].notna() & df["artifact_bytes"].notna()]
+    return done[done["artifact_bytes"].astype(float) <= limit_bytes]
+
+
+def frontier_table(df: pd.DataFrame, limit_bytes: int = 16_000_000) -> pd.DataFrame:
+    """The Pareto frontier of (val_bpb, artifact_bytes) among feasible finished trials, best val_bpb first."""
+    cand = feasible_finished(df, limit_bytes)
+    points = list(zip(cand["val_bpb"].astype(float), cand["artifact_bytes"].astype(float)))
+    keep = pareto_front(points)
+    return cand.iloc[keep].sort_values(["val_bpb", "artifact_bytes"])
+
+
+def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
+    """Counts per status, best trial, compute spent, and compute spent on predicted-infeasible configs."""
+    counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
+    front = frontier_table(df, settings.limit_bytes)
+    best = front.iloc[0] if len(front) else None
+    predicted_infeasible = df[df["predicted_fits"] == False]  # noqa: E712 (None means unknown)
+    launched = df[df["tune_trial_id"].astype(str) != ""]
+    return {
+        "name": settings.name,
+        "trials_requested": settings.trials,
+        "optuna_trials": int(len(df)),
+        "launched": int(len(launched)),
+        "counts": counts,
+        "rejected_by_size_model": counts[INFEASIBLE_PREDICTED],
+        "gpu_s_on_predicted_infeasible": float(predicted_infeasible["gpu_s"].sum()),
+        "device_s_on_predicted_infeasible": float(predicted_infeasible["device_s"].sum()),
+        "launched_predicted_infeasible": int((predicted_infeasible["tune_trial_id"].astype(str) != "").sum()),
+        "gpu_s_total": float(df["gpu_s"].sum()),
+        "device_s_total": float(df["device_s"].sum()),
+        "frontier_size": int(len(front)),
+        "best": None if best is None else {
+            "number": int(best["number"]), "val_bpb": float(best["val_bpb"]),
+            "artifact_bytes": int(best["artifact_bytes"]), "summary": best["summary"],
+        },
+        "limit_bytes": settings.limit_bytes,
+    }
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """GitHub markdown table of a frame (pandas' to_markdown needs tabulate, which is not a dependency)."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return str(v).replace("|", "\\|")
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.astype(object).itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict) -> str:
+    cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes")]
+    lines = [f"# Search `{info['name']}`", "",
+             f"- trials: {info['optuna_trials']} proposed, {info['launched']} launched "
+             f"(requested {info['trials_requested']})",
+             "- status: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v),
+             f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
+             f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
+             f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})"]
+    if info["best"]:
+        b = info["best"]
+        lines.append(f"- best: trial {b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes "
+                     f"({b['summary']})")
+    lines += ["", "## Pareto frontier (val_bpb, artifact_bytes)", "",
+              markdown_table(front[cols]) if len(front) else "_no feasible finished trial yet_",
+              "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_", ""]
+    return "\n".join(lines)
+
+
+def plot(df: pd.DataFrame, path: Path, limit_bytes: int = 16_000_000, title: str = "") -> Path:
+    """PNG of all trials (val_bpb vs artifact bytes; rung value for pruned) with the frontier and the limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colors = {COMPLETE: "tab:blue", PRUNED: "tab:orange", INFEASIBLE_MEASURED: "tab:red", FAILED: "tab:gray"}
+    for status, color in colors.items():
+        part = df[df["status"] == status]
+        x = part["artifact_bytes"].fillna(part["predicted_artifact_bytes"]).astype(float)
+        y = part["val_bpb"].fillna(part["last_rung_val_bpb"]).astype(float)
+        ok = x.notna() & y.notna()
+        if ok.any():
+            label = status + (" (last rung value)" if status == PRUNED else "")
+            ax.scatter(x[ok] / 1e6, y[ok], s=22, c=color, alpha=0.75, label=label)
+    rejected = int((df["status"] == INFEASIBLE_PREDICTED).sum())
+    front = frontier_table(df, limit_bytes)
+    if len(front):
+        f = front.sort_values("artifact_bytes")
+        ax.step(f["artifact_bytes"].astype(float) / 1e6, f["val_bpb"].astype(float), where="post",
+                c="black", lw=1.2, label="Pareto frontier")
+        ax.scatter(f["artifact_bytes"].astype(float) / 1e6, f["val_bpb"].astype(float), s=60,
+                   facecolors="none", edgecolors="black")
+    ax.axvline(limit_bytes / 1e6, c="tab:red", ls="--", lw=1, label=f"limit ({rejected} rejected before launch)")
+    ax.set_xlabel("artifact size (MB, 10^6 bytes)")
+    ax.set_ylabel("val_bpb")
+    ax.set_title(title or "search trials")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | None = None) -> dict[str, Path]:
+    """Write the table, frontier, summary (and plot) under the search folder; return the paths."""
+    df = trials_table(load_study(settings))
+    front = frontier_table(df, settings.limit_bytes)
+    info = summary(df, settings)
+    out = store.report_dir(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}
+    paths["summary"].write_text(json.dumps(info, indent=2))
+    front.to_csv(paths["frontier"], index=False)
+    if fmt == "csv":
+        paths["table"] = out / "trials.csv"
+        df.to_csv(paths["table"], index=False)
+    elif fmt == "html":
+        paths["table"] = out / "report.html"
+        paths["table"].write_text(
+            f"<html><head><meta charset='utf-8'><title>{settings.name}</title></head><body>"
+            f"<h1>Search {settings.name}</h1><pre>{json.dumps(info, indent=2)}</pre>"
+            f"<h2>Pareto frontier</h2>{front.to_html(index=False)}<h2>All trials</h2>{df.to_html(index=False)}"
+            "</body></html>"
+        )
+    else:
+        paths["table"] = out / "report.md"
+        paths["table"].write_text(_markdown(df, front, info))
+    if plot_path is not None:
+        target = plot_path if plot_path.is_absolute() else out / plot_path
+        paths["plot"] = plot(df, target, settings.limit_bytes, title=f"search {settings.name}")
+    return paths
+
+
+def status_text(settings: SearchSettings) -> str:
+    """A few lines of progress: counts, running trials with their last rung, best so far."""
+    df = trials_table(load_study(settings))
+    info = summary(df, settings)
+    finished = info["counts"][COMPLETE] + info["counts"][PRUNED] + info["counts"][INFEASIBLE_MEASURED] \
+        + int(((df["status"] == FAILED) & (df["tune_trial_id"].astype(str) != "")).sum())
+    lines = [f"search {settings.name} ({time.strftime('%H:%M:%S')}): {finished}/{settings.trials} trials finished, "
+             f"{info['counts'][RUNNING]} running; "
+             + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v)]
+    lines.append(f"rejected before launch (predicted > limit): {info['rejected_by_size_model']}, "
+                 f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f}")
+    for _, r in df[df["status"] == RUNNING].iterrows():
+        rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
+        lines.append(f"  running #{r['number']}: {r['summary']} ({rung})")
+    if info["best"]:
+        b = info["best"]
+        lines.append(f"best: #{b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes ({b['summary']})")
+    return "\n".join(lines)

@@ -1,0 +1,433 @@
+"""Full-scale rerun: train a candidate and a baseline config over several seeds the same way, then compare.
+
+Each (config, seed) run is one `python -m trainer train` under torchrun, DDP over every GPU of the node
+(or K gloo processes on the CPU), in out_dir/<candidate|baseline>/seed<S>/. A run whose metrics.json
+exists is kept and not retrained, so a crash or Ctrl-C loses only the run in flight. The comparison
+(seed means and stds, step time per GPU count, one-sided Welch tests on val_loss and val_bpb, the
+record criterion) goes to out_dir/rerun.json and out_dir/rerun.md, and the candidate's seeds become a
+records-style submission folder in out_dir/record/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from search.records import SubmissionInfo, write_record
+from search.stats import RecordVerdict, SeedSummary, WelchResult, record_criterion, summarize, welch_one_sided
+from trainer.config import RunConfig, from_dict, smoke_version
+
+CANDIDATE, BASELINE = "candidate", "baseline"
+CONFIG_FILE = "run_config.yaml"
+LAUNCH_LOG = "launch.log"  # everything torchrun and every rank printed; train.log is the trainer's own log
+RESULT_JSON, RESULT_MD, RECORD_DIR = "rerun.json", "rerun.md", "record"
+ERROR_TAIL_LINES = 15
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RerunError(ValueError):
+    """A rerun cannot start or a run failed; the message names the run, its log and the fix."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How each run is started: processes per node and the device the trainer is told to use."""
+
+    nproc: int
+    device: str | None  # "cpu", or None: each rank takes cuda:LOCAL_RANK
+    note: str = ""
+
+    @property
+    def describe(self) -> str:
+        where = "CPU process(es) (gloo)" if self.device == "cpu" else "GPU(s) (NCCL)"
+        return f"{self.nproc} {where}"
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """The numbers of one finished run, read from its metrics.json."""
+
+    label: str
+    seed: int
+    run_dir: Path
+    val_bpb: float
+    val_loss: float
+    artifact_bytes: int
+    steps: int
+    step_ms: float
+    train_s: float
+    tokens_per_s: float
+    world_size: int
+    device: str
+    trained_now: bool  # False when kept from an earlier call
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """All seeds of one config with their summaries."""
+
+    label: str
+    config: RunConfig
+    runs: tuple[SeedRun, ...]
+    val_bpb: SeedSummary
+    val_loss: SeedSummary
+
+    @property
+    def artifact_bytes_max(self) -> int:
+        return max(r.artifact_bytes for r in self.runs)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Mean training step time of one config at one world size (GPU or process count)."""
+
+    label: str
+    world_size: int
+    device: str
+    runs: int
+    step_ms_mean: float
+    step_ms_std: float
+    tokens_per_s_mean: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate vs baseline: plain one-sided Welch tests and the challenge's record criterion."""
+
+    val_loss: WelchResult  # nats, margin 0: is the candidate better at all?
+    val_bpb: WelchResult  # margin 0
+    record: RecordVerdict  # val_loss, margin 0.005 nats at p < 0.01
+
+
+@dataclass(frozen=True)
+class RerunResult:
+    """What a rerun produced and where it wrote it."""
+
+    name: str
+    out_dir: Path
+    candidate: ConfigResult
+    baseline: ConfigResult | None
+    step_times: tuple[StepTime, ...]
+    comparison: Comparison | None
+    json_path: Path
+    md_path: Path
+    record_dir: Path
+    notes: tuple[str, ...]
+
+
+def seed_config(cfg: RunConfig, seed: int, budget_s: float, smoke: bool = False) -> RunConfig:
+    """The config one seed trains: its seed and the shared budget; no rung reports (those are ASHA's)."""
+    train = dataclasses.replace(cfg.train, seed=seed, budget_s=float(budget_s), report_every_s=0.0)
+    out = dataclasses.replace(cfg, train=train)
+    # smoke_version is applied here rather than by `trainer train --smoke` so metrics.json holds
+    # exactly the written config, which is what the resume check compares.
+    return smoke_version(out) if smoke else out.validate()
+
+
+def plan_launch(gpus: int, cpu_procs: int = 1) -> Launch:
+    """DDP over `gpus` GPUs, or `cpu_procs` gloo processes when gpus is 0 or there is no CUDA."""
+    import torch
+
+    if gpus < 0 or cpu_procs < 1:
+        raise RerunError(f"--gpus {gpus} / --cpu-procs {cpu_procs}: gpus must be >= 0 and cpu-procs >= 1")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        return Launch(cpu_procs, "cpu")
+    if available == 0:
+        return Launch(cpu_procs, "cpu", note=f"--gpus {gpus} asked but CUDA is not available here: ran on the CPU")
+    if gpus > available:
+        raise RerunError(f"--gpus {gpus}: this node has {available} GPU(s); pass --gpus {available} or fewer")
+    return Launch(gpus, None)
+
+
+def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path, launch: Launch) -> list[str]:
+    """The torchrun command line of one run (--standalone picks a free rendezvous port itself)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={launch.nproc}",
+           "-m", "trainer", "train", "--config", str(config_path), "--data", str(data),
+           "--tokenizer", str(tokenizer), "--out", str(run_dir)]
+    if launch.device:
+        cmd += ["--device", launch.device]
+    return cmd
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # progress lines arrive as they are printed
+    # `-m trainer` must resolve to this checkout even when the driver runs from another directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None) -> tuple[int, list[str]]:
+    """Run cmd, copying each output line to the log (and prefixed to the terminal); return (exit code, last lines)."""
+    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                env=_child_env(), cwd=REPO_ROOT)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                tail.append(line.rstrip("\n"))
+                if terminal is not None:
+                    terminal.write(f"{prefix} {line}")
+                    terminal.flush()
+            return proc.wait(), list(tail)
+        finally:
+            if proc.poll() is None:  # the driver was interrupted: do not leave ranks training in the background
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def read_run(label: str, run_dir: Path, trained_now: bool) -> SeedRun:
+    """A SeedRun from a finished run's metrics.json."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    return SeedRun(
+        label=label, seed=int(m["config"]["train"]["seed"]), run_dir=run_dir, val_bpb=float(m["val_bpb"]),
+        val_loss=float(m["val_loss"]), artifact_bytes=int(m["artifact_bytes"]), steps=int(m["steps"]),
+        step_ms=float(m["step_ms"]), train_s=float(m["train_s"]), tokens_per_s=float(m["tokens_per_s"]),
+        world_size=int(m["world_size"]), device=str(m.get("device", "")), trained_now=trained_now,
+    )
+
+
+def _check_kept_run(label: str, run_dir: Path, cfg: RunConfig, launch: Launch) -> None:
+    """A kept run must be this config on this many ranks, or the seeds would not be comparable."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if from_dict(metrics["config"], where=str(run_dir / "metrics.json")) != cfg:
+        raise RerunError(
+            f"{label} seed {cfg.train.seed}: {run_dir} holds a finished run of another config (or budget); "
+            "pass another --out, or delete that folder to retrain it")
+    if int(metrics["world_size"]) != launch.nproc:
+        raise RerunError(
+            f"{label} seed {cfg.train.seed}: {run_dir} was trained on {metrics['world_size']} rank(s), this call "
+            f"launches {launch.nproc}; rerun with the same --gpus/--cpu-procs, or pass another --out")
+
+
+def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer: Path, launch: Launch,
+               terminal: TextIO | None = sys.stdout) -> SeedRun:
+    """Train one (config, seed) run into run_dir, or keep it if its metrics.json already exists."""
+    seed = cfg.train.seed
+    if (run_dir / "metrics.json").is_file():
+        _check_kept_run(label, run_dir, cfg, launch)
+        _say(terminal, f"{label} seed {seed}: finished earlier, kept ({run_dir})")
+        return read_run(label, run_dir, trained_now=False)
+    if run_dir.exists():  # leftovers of a run that died: start it clean (train.log would otherwise append)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    config_path = run_dir / CONFIG_FILE
+    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log_path = run_dir / LAUNCH_LOG
+    _say(terminal, f"{label} seed {seed}: training on {launch.describe}, budget {cfg.train.budget_s:g}s -> {run_dir}")
+    code, tail = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
+                                f"[{label} {seed}]", terminal)
+    if code != 0 or not (run_dir / "metrics.json").is_file():
+        last = "\n".join("    " + line for line in tail)
+        raise RerunError(
+            f"{label} seed {seed} failed (exit code {code}); full output in {log_path}. Finished runs are kept: "
+            f"fix the cause and run the same command again to continue from this run.\n  last lines:\n{last}")
+    return read_run(label, run_dir, trained_now=True)
+
+
+def _say(terminal: TextIO | None, message: str) -> None:
+    if terminal is not None:
+        terminal.write(f"[rerun] {message}\n")
+        terminal.flush()
+
+
+def config_result(label: str, cfg: RunConfig, runs: list[SeedRun]) -> ConfigResult:
+    """Seed summaries of one config's runs."""
+    return ConfigResult(label, cfg, tuple(runs), summarize([r.val_bpb for r in runs]),
+                        summarize([r.val_loss for r in runs]))
+
+
+def step_times(results: list[ConfigResult]) -> tuple[StepTime, ...]:
+    """Mean step time per (config, world size): the throughput each GPU count actually got."""
+    rows = []
+    for res in results:
+        for world in sorted({r.world_size for r in res.runs}):
+            runs = [r for r in res.runs if r.world_size == world]
+            ms = [r.step_ms for r in runs]
+            rows.append(StepTime(res.label, world, runs[0].device, len(runs), statistics.fmean(ms),
+                                 statistics.stdev(ms) if len(ms) > 1 else 0.0,
+                                 statistics.fmean(r.tokens_per_s for r in runs)))
+    return tuple(rows)
+
+
+def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
+    """One-sided Welch tests (candidate lower is better) and the record criterion; needs >= 2 seeds a side."""
+    c_loss, b_loss = [r.val_loss for r in candidate.runs], [r.val_loss for r in baseline.runs]
+    return Comparison(
+        val_loss=welch_one_sided(c_loss, b_loss),
+        val_bpb=welch_one_sided([r.val_bpb for r in candidate.runs], [r.val_bpb for r in baseline.runs]),
+        record=record_criterion(c_loss, b_loss),
+    )
+
+
+def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
+          data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
+          smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
+          terminal: TextIO | None = sys.stdout) -> RerunResult:
+    """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RerunError(f"seeds {seeds}: pass at least one seed, each once")
+    if budget_s <= 0:
+        raise RerunError(f"--budget-s {budget_s}: must be positive training seconds")
+    data, tokenizer, out_dir = Path(data).resolve(), Path(tokenizer).resolve(), Path(out_dir).resolve()
+    if not data.is_dir():
+        raise RerunError(f"--data {data}: no such folder; pass the folder with fineweb_train_*.bin/fineweb_val_*.bin")
+    if not tokenizer.is_file():
+        raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
+    launch = plan_launch(gpus, cpu_procs)
+    notes = [launch.note] if launch.note else []
+    if launch.note:
+        _say(terminal, launch.note)
+    configs = [(CANDIDATE, candidate)] + ([(BASELINE, baseline)] if baseline is not None else [])
+    runs: dict[str, list[SeedRun]] = {label: [] for label, _ in configs}
+    # Seed-major order: after any crash both configs have (nearly) the same seeds done.
+    for seed in seeds:
+        for label, cfg in configs:
+            run_cfg = seed_config(cfg, seed, budget_s, smoke)
+            runs[label].append(train_seed(label, run_cfg, out_dir / label / f"seed{seed}", data, tokenizer,
+                                          launch, terminal))
+    results = [config_result(label, seed_config(cfg, seeds[0], budget_s, smoke), runs[label])
+               for label, cfg in configs]
+    cand, base = results[0], (results[1] if baseline is not None else None)
+    comparison = None
+    if base is not None and len(seeds) >= 2:
+        comparison = compare(cand, base)
+    elif base is not None:
+        notes.append("one seed per config: Welch's test needs at least 2, so no significance was computed")
+    if any(r.trained_now is False for res in results for r in res.runs):
+        kept = sum(not r.trained_now for res in results for r in res.runs)
+        notes.append(f"{kept} run(s) were finished by an earlier call and kept")
+
+    record_dir = out_dir / RECORD_DIR
+    if record_dir.exists():  # derived from the runs; rebuilt so no stale seed log survives
+        shutil.rmtree(record_dir)
+    write_record([r.run_dir for r in cand.runs], record_dir, info or SubmissionInfo(name=name),
+                 baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
+
+    settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,
+                "device": launch.device or "cuda", "budget_s": float(budget_s), "smoke": smoke,
+                "data": str(data), "tokenizer": str(tokenizer), "source": source or {}}
+    result = RerunResult(name, out_dir, cand, base, step_times(results), comparison, out_dir / RESULT_JSON,
+                         out_dir / RESULT_MD, record_dir, tuple(notes))
+    result.json_path.write_text(json.dumps(result_dict(result, settings), indent=2) + "\n")
+    result.md_path.write_text(result_markdown(result, settings))
+    _say(terminal, f"{verdict_line(result)}\n[rerun] wrote {result.json_path}, {result.md_path}, {record_dir}/")
+    return result
+
+
+# ---- output -------------------------------------------------------------------------------------------------
+
+def _summary_dict(s: SeedSummary) -> dict:
+    return dataclasses.asdict(s)
+
+
+def _welch_dict(w: WelchResult) -> dict:
+    return {"t": w.t, "dof": w.dof, "p_value": w.p_value, "mean_gain": w.mean_gain, "margin": w.margin}
+
+
+def _config_dict(res: ConfigResult) -> dict:
+    config = res.config.to_dict()
+    config["train"].pop("seed")  # per run, in runs[]
+    return {
+        "val_bpb": _summary_dict(res.val_bpb), "val_loss": _summary_dict(res.val_loss),
+        "artifact_bytes_max": res.artifact_bytes_max,
+        "runs": [{"seed": r.seed, "run_dir": str(r.run_dir), "val_bpb": r.val_bpb, "val_loss": r.val_loss,
+                  "artifact_bytes": r.artifact_bytes, "steps": r.steps, "step_ms": r.step_ms, "train_s": r.train_s,
+                  "tokens_per_s": r.tokens_per_s, "world_size": r.world_size, "device": r.device,
+                  "trained_now": r.trained_now} for r in res.runs],
+        "config": config,
+    }
+
+
+def result_dict(result: RerunResult, settings: dict) -> dict:
+    """The rerun.json content."""
+    comp = result.comparison
+    return {
+        **settings,
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        CANDIDATE: _config_dict(result.candidate),
+        BASELINE: _config_dict(result.baseline) if result.baseline else None,
+        "step_time": [dataclasses.asdict(s) for s in result.step_times],
+        "welch": None if comp is None else {
+            "test": "one-sided Welch t-test, H1: mean(baseline) - mean(candidate) > margin",
+            "val_loss_nats": _welch_dict(comp.val_loss), "val_bpb": _welch_dict(comp.val_bpb)},
+        "record_criterion": None if comp is None else {
+            "min_gain_nats": comp.record.min_gain_nats, "alpha": comp.record.alpha,
+            **_welch_dict(comp.record.welch), "passes": comp.record.passes, "explain": comp.record.explain()},
+        "record_dir": str(result.record_dir),
+        "notes": list(result.notes),
+    }
+
+
+def verdict_line(result: RerunResult) -> str:
+    """One line: candidate (and baseline) val_bpb and the record verdict."""
+    c = result.candidate
+    line = f"candidate val_bpb {c.val_bpb.mean:.4f} ± {c.val_bpb.std:.4f} over {c.val_bpb.n} seed(s)"
+    if result.baseline:
+        b = result.baseline
+        line += f"; baseline {b.val_bpb.mean:.4f} ± {b.val_bpb.std:.4f}"
+    if result.comparison:
+        line += f"; record criterion: {'MET' if result.comparison.record.passes else 'not met'}"
+    return line
+
+
+def result_markdown(result: RerunResult, settings: dict) -> str:
+    """The rerun.md content: per-seed table, summaries, step times, tests and verdict."""
+    configs = [r for r in (result.candidate, result.baseline) if r is not None]
+    seed_rows = [f"| {res.label} | {r.seed} | {r.val_bpb:.4f} | {r.val_loss:.4f} | {r.artifact_bytes:,} | {r.steps:,} "
+                 f"| {r.step_ms:.1f} | {r.world_size} | {'yes' if r.trained_now else 'kept'} |"
+                 for res in configs for r in res.runs]
+    summary_rows = [f"| {res.label} | {res.val_bpb.n} | {res.val_bpb.mean:.4f} ± {res.val_bpb.std:.4f} "
+                    f"| {res.val_loss.mean:.4f} ± {res.val_loss.std:.4f} | {res.artifact_bytes_max:,} |"
+                    for res in configs]
+    step_rows = [f"| {s.label} | {s.world_size} | {s.device} | {s.runs} | {s.step_ms_mean:.1f} ± {s.step_ms_std:.1f} "
+                 f"| {s.tokens_per_s_mean:,.0f} |" for s in result.step_times]
+    lines = [
+        f"# Rerun `{result.name}`", "",
+        f"{len(settings['seeds'])} seed(s) {settings['seeds']}, {settings['ranks']} rank(s) on {settings['device']}, "
+        f"budget {settings['budget_s']:g} training s{' (smoke)' if settings['smoke'] else ''}.", "",
+        f"**{verdict_line(result)}**", "",
+        "| config | seeds | val_bpb (mean ± std) | val_loss nats (mean ± std) | max artifact bytes |",
+        "|---|---:|---:|---:|---:|", *summary_rows, "",
+        "## Per seed", "",
+        "| config | seed | val_bpb | val_loss | artifact bytes | steps | step ms | ranks | trained |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|", *seed_rows, "",
+        "## Step time per GPU count", "",
+        "| config | world size | device | runs | step ms (mean ± std) | tokens/s |",
+        "|---|---:|---|---:|---:|---:|", *step_rows, "",
+        "## Significance", "",
+    ]
+    comp = result.comparison
+    if comp is None:
+        lines.append("No test: " + ("no baseline was run." if result.baseline is None else "fewer than 2 seeds."))
+    else:
+        for metric, w in (("val_loss (nats)", comp.val_loss), ("val_bpb", comp.val_bpb)):
+            lines.append(f"- {metric}: baseline - candidate = {w.mean_gain:+.5f}; one-sided Welch t={w.t:.3f}, "
+                         f"dof={w.dof:.1f}, p={w.p_value:.4g} (H1: the candidate is lower)")
+        lines.append(f"- record criterion: {comp.record.explain()}")
+    lines += ["", f"Submission folder: `{result.record_dir}`", ""]
+    lines += [f"Note: {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["rerun", "RerunResult", "RerunError", "SeedRun", "ConfigResult", "StepTime", "Comparison",
+           "seed_config", "plan_launch", "launch_command", "train_seed", "compare", "step_times"]

@@ -1,0 +1,204 @@
+"""`python -m search rerun NAME`: rerun a search's best trial (or any trial or config file) at full scale.
+
+The candidate comes from --best (default), --trial ID or --config FILE; the baseline from
+--baseline-config, else the baseline preset (spaces/presets/baseline.yaml) if present, else the
+trainer's defaults (9 blocks x 512, each once). Register with `add_rerun_command(subparsers)`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from search import store
+from search.records import RecordError
+from search.rerun import RerunError, rerun
+from search.settings import NAME_RE, SearchSettings, SettingsError, is_uri
+from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict, load
+
+# Same defaults as `python -m search run`; a search's own data and tokenizer take precedence.
+DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
+DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+BASELINE_PRESETS = ("baseline.yaml", "baseline.yml", "baseline.toml")
+
+
+@dataclass(frozen=True)
+class TrialChoice:
+    """A search trial picked for rerunning, with its recorded config."""
+
+    search: SearchSettings
+    number: int
+    config: RunConfig
+    status: str
+    val_bpb: float | None
+    summary: str
+
+
+def _study_trials(settings: SearchSettings):
+    """The search's Optuna trials and its trials table (the report's view of statuses and feasibility)."""
+    from search.report import load_study, trials_table  # optuna/pandas/ray: only when a search is read
+
+    if not (store.search_dir(settings) / store.STUDY_FILE).is_file():
+        raise RerunError(f"search {settings.name}: no {store.STUDY_FILE} in {store.search_dir(settings)} yet; "
+                         "it has no trials to rerun (start it, or pass --config FILE)")
+    study = load_study(settings)
+    return study.get_trials(deepcopy=False), trials_table(study)
+
+
+def _choice(settings: SearchSettings, trial, row) -> TrialChoice:
+    config = trial.user_attrs.get("run_config")
+    if config is None:
+        raise RerunError(f"search {settings.name} trial {trial.number} ({row['status']}: {row['reason'] or 'no reason'}) "
+                         "never got a config; pick another with --trial ID (see `python -m search report`)")
+    val_bpb = row["val_bpb"]
+    return TrialChoice(settings, trial.number, from_dict(config, where=f"search {settings.name} trial {trial.number}"),
+                       str(row["status"]), None if val_bpb is None or val_bpb != val_bpb else float(val_bpb),
+                       str(row["summary"]))
+
+
+def best_trial(name: str, storage: str | None = None) -> TrialChoice:
+    """The feasible, completed (not pruned) trial with the lowest val_bpb."""
+    from search.report import feasible_finished
+
+    settings = store.load_settings(name, storage)
+    trials, table = _study_trials(settings)
+    feasible = feasible_finished(table, settings.limit_bytes)
+    if feasible.empty:
+        counts = table["status"].value_counts().to_dict() if len(table) else {}
+        seen = ", ".join(f"{k} {v}" for k, v in counts.items()) or "no trials"
+        raise RerunError(f"search {name} has no feasible finished trial yet ({seen}); let it run on "
+                         f"(`python -m search status {name}`), or rerun one trial with --trial ID")
+    row = feasible.sort_values(["val_bpb", "number"]).iloc[0]
+    trial = next(t for t in trials if t.number == int(row["number"]))
+    return _choice(settings, trial, row)
+
+
+def trial_by_id(name: str, trial_id: str, storage: str | None = None) -> TrialChoice:
+    """A trial by its Optuna number (the report's `number`) or its Tune trial id."""
+    settings = store.load_settings(name, storage)
+    trials, table = _study_trials(settings)
+    if trial_id.isdigit():
+        matches = table[table["number"] == int(trial_id)]
+    else:
+        matches = table[table["tune_trial_id"].astype(str) == trial_id]
+    if matches.empty:
+        known = f"numbers 0..{len(trials) - 1}" if trials else "none yet"
+        raise RerunError(f"search {name} has no trial {trial_id!r} (trials: {known}); pass a number from "
+                         f"`python -m search report {name}` or a Tune trial id")
+    row = matches.iloc[0]
+    trial = next(t for t in trials if t.number == int(row["number"]))
+    return _choice(settings, trial, row)
+
+
+def default_baseline(overrides: list[str]) -> tuple[RunConfig, str]:
+    """The baseline preset if spaces/presets has one, else the trainer's default config; and where it came from."""
+    for name in BASELINE_PRESETS:
+        path = PRESETS_DIR / name
+        if path.is_file():
+            return load(path, overrides), str(path)
+    return load(None, overrides), "trainer defaults (RunConfig())"
+
+
+def _with_overrides(cfg: RunConfig, overrides: list[str], where: str) -> RunConfig:
+    return from_dict(apply_overrides(cfg.to_dict(), overrides), where=where) if overrides else cfg
+
+
+def add_rerun_command(sub: argparse._SubParsersAction) -> None:
+    """Register `rerun` on a subparsers object (the search CLI calls this)."""
+    p = sub.add_parser(
+        "rerun", help="rerun the best config (and a baseline) over seeds at full scale, with significance",
+        description="For each seed, train the candidate and the baseline the same way (same budget and data, DDP "
+        "over all GPUs of this node via torchrun; on the CPU with gloo when there is no GPU), then write "
+        "rerun.json, rerun.md (val_bpb mean/std, step time per GPU count, one-sided Welch tests, the record "
+        "criterion) and a records-style submission folder record/. Runs with a metrics.json are kept, so "
+        "running the same command again after a crash continues where it stopped.")
+    p.add_argument("name", help="search name (for --best/--trial); with --config, any label for this rerun")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--best", action="store_true",
+                     help="the search's feasible completed trial with the lowest val_bpb (default)")
+    src.add_argument("--trial", metavar="ID", help="a trial's number (as in the report) or Tune trial id")
+    src.add_argument("--config", type=Path, metavar="FILE", help="any run config YAML/TOML (no search needed)")
+    base = p.add_mutually_exclusive_group()
+    base.add_argument("--baseline-config", type=Path, metavar="FILE",
+                      help="baseline run config (default: spaces/presets/baseline.yaml, else trainer defaults)")
+    base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per run, DDP on this node (default: all of them; 0 or no CUDA: the CPU)")
+    p.add_argument("--cpu-procs", type=int, default=1, metavar="K", help="gloo processes per run on the CPU (default 1)")
+    p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per run (default 600)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3; >= 2 for the tests)")
+    p.add_argument("--seed-base", type=int, default=1337, help="first seed; the others follow (default 1337)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting in both configs, e.g. --set train.compile=false")
+    p.add_argument("--data", default=None, help=f"shard folder (default: the search's, else {DEFAULT_DATA})")
+    p.add_argument("--tokenizer", default=None,
+                   help=f"SentencePiece model (default: the search's, else {DEFAULT_TOKENIZER})")
+    p.add_argument("--storage", default=None,
+                   help=f"folder holding searches (default: ${store.STORAGE_ENV} or {store.DEFAULT_STORAGE})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: <storage>/NAME/rerun_trial<N>, or <storage>/NAME/rerun for --config)")
+    p.add_argument("--smoke", action="store_true", help="tiny training of the same configs (seconds, CPU check)")
+    p.set_defaults(func=run_rerun_command)
+
+
+def _candidate(args: argparse.Namespace) -> tuple[RunConfig, dict, SearchSettings | None, str]:
+    """(candidate config, its provenance for rerun.json, the search if any, default out subfolder)."""
+    if args.config is not None:
+        return load(args.config, args.overrides), {"config_file": str(Path(args.config).resolve())}, None, "rerun"
+    choice = trial_by_id(args.name, args.trial, args.storage) if args.trial else best_trial(args.name, args.storage)
+    print(f"[rerun] search {args.name} trial {choice.number} ({choice.status}, val_bpb "
+          f"{'n/a' if choice.val_bpb is None else f'{choice.val_bpb:.4f}'}): {choice.summary}", flush=True)
+    source = {"search": args.name, "trial": choice.number, "trial_status": choice.status,
+              "trial_val_bpb": choice.val_bpb, "summary": choice.summary}
+    cfg = _with_overrides(choice.config, args.overrides, f"search {args.name} trial {choice.number} with --set")
+    return cfg, source, choice.search, f"rerun_trial{choice.number}"
+
+
+def run_rerun_command(args: argparse.Namespace) -> int:
+    """Run `rerun` from parsed arguments; a wrong input prints one line naming the fix and returns 2."""
+    import torch
+
+    try:
+        if not NAME_RE.match(args.name):
+            raise RerunError(f"NAME {args.name!r}: use 1-100 letters, digits, '_', '-', '.'")
+        candidate, source, search, subfolder = _candidate(args)
+        if args.no_baseline:
+            baseline, source["baseline"] = None, None
+        elif args.baseline_config is not None:
+            baseline, source["baseline"] = load(args.baseline_config, args.overrides), str(args.baseline_config)
+        else:
+            baseline, source["baseline"] = default_baseline(args.overrides)
+        data = args.data or (search.data_dir if search else DEFAULT_DATA)
+        tokenizer = args.tokenizer or (search.tokenizer if search else DEFAULT_TOKENIZER)
+        out = args.out or _default_out(args, search, subfolder)
+        gpus = args.gpus if args.gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
+                       Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
+                       smoke=args.smoke, source=source)
+    except (RerunError, ConfigError, SettingsError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.md_path.read_text())
+    return 0
+
+
+def _default_out(args: argparse.Namespace, search: SearchSettings | None, subfolder: str) -> Path:
+    if search is not None:
+        return store.search_dir(search) / subfolder
+    storage = store.normalize_storage(args.storage)
+    root = Path(store.DEFAULT_STORAGE).resolve() if is_uri(storage) else Path(storage)
+    return root / args.name / subfolder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (`python -m search.rerun_cli NAME ...`), same as `python -m search rerun`."""
+    parser = argparse.ArgumentParser(prog="python -m search")
+    add_rerun_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["rerun", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

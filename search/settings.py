@@ -1,0 +1,120 @@
+"""Typed settings of one search, validated once at the edge and persisted as search.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, parse_override
+
+SAMPLERS = ("tpe", "nsga2")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_TRAIN_FN = "trainer.train:train"
+
+
+class SettingsError(ValueError):
+    """A search setting is wrong; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that defines one search; enough to resume or report it later."""
+
+    name: str
+    space: str  # absolute path of the space YAML
+    storage: str  # local directory (absolute) or a cloud URI (s3://, gs://, ...)
+    data_dir: str
+    tokenizer: str
+    trials: int = 16  # trainables launched; configs rejected by the size model do not count
+    gpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int = 0  # 0: as many as the cluster's resources allow
+    budget_s: float = 600.0  # training seconds per trial; ASHA's time axis
+    grace_s: float = 0.0  # first ASHA rung in training seconds; 0: budget_s / reduction_factor**2
+    reduction_factor: float = 3.0
+    sampler: str = "tpe"
+    seed: int | None = None
+    overrides: tuple[str, ...] = ()  # section.key=value applied to every suggested config
+    ray_address: str = ""  # "": a running cluster if any, else local; "local": always local
+    max_failures: int = 2  # retries per trial after a lost worker/node (resumes from the last checkpoint)
+    max_rejections: int = 500  # consecutive size-model rejections before the search gives up
+    local_dir: str = ""  # where study.db and reports go when storage is a cloud URI
+    train_fn: str = DEFAULT_TRAIN_FN  # "module:function" with trainer.train.train's signature
+    limit_bytes: int = 16_000_000
+    extra: dict[str, Any] = field(default_factory=dict)  # room for later commands (e.g. rerun)
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.sampler == "nsga2"
+
+    @property
+    def rung_s(self) -> float:
+        """Training seconds of the first ASHA rung, also the trainer's report interval."""
+        return self.grace_s or self.budget_s / self.reduction_factor**2
+
+    @property
+    def asha_max_t(self) -> float:
+        """Top ASHA rung: the last one strictly inside the budget, so no finished trial is cut at the end."""
+        top = self.rung_s
+        while top * self.reduction_factor < self.budget_s * (1 - 1e-9):
+            top *= self.reduction_factor
+        return top
+
+    def validate(self) -> "SearchSettings":
+        """Raise SettingsError naming the flag and the fix; return self."""
+        _need(bool(NAME_RE.match(self.name)), "--name",
+              f"{self.name!r} must be 1-100 characters of letters, digits, '_', '-', '.'")
+        _need(self.trials >= 1, "--trials", "must be at least 1")
+        _need(self.gpus_per_trial >= 0, "--gpus-per-trial", "must be 0 (CPU) or more")
+        _need(self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), "--gpus-per-trial",
+              "above 1 must be a whole number of GPUs (DDP workers)")
+        _need(self.cpus_per_trial > 0, "--cpus-per-trial", "must be positive")
+        _need(self.max_concurrent >= 0, "--max-concurrent", "must be 0 (no limit) or more")
+        _need(self.budget_s > 0, "--budget-s", "must be positive training seconds")
+        _need(self.reduction_factor > 1, "--reduction-factor", "must be above 1 (3 is usual)")
+        _need(0 <= self.grace_s < self.budget_s, "--grace-s", "must be below --budget-s (0 picks budget/rf^2)")
+        _need(self.sampler in SAMPLERS, "--sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
+        _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
+        _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")
+        for item in self.overrides:
+            try:
+                parse_override(item)
+            except ConfigError as exc:
+                raise SettingsError(str(exc)) from None
+        return self
+
+    def to_json(self) -> str:
+        """JSON text that from_json reads back."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "search.json") -> "SearchSettings":
+        """Parse settings written by to_json, rejecting unknown keys."""
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {unknown}; it was written by another version")
+        data["overrides"] = tuple(data.get("overrides", ()))
+        return cls(**data).validate()
+
+
+def _need(ok: bool, flag: str, problem: str) -> None:
+    if not ok:
+        raise SettingsError(f"{flag}: {problem}")
+
+
+def is_uri(storage: str) -> bool:
+    """True for cloud storage such as s3://bucket/path (not a local directory)."""
+    return "://" in storage and not storage.startswith("file://")
+
+
+def resolve_local(path: str | Path, flag: str, must_exist: bool = False) -> str:
+    """Absolute path (trials run in other working directories), optionally checked to exist."""
+    p = Path(path).expanduser().resolve()
+    if must_exist and not p.exists():
+        raise SettingsError(f"{flag}: {p} does not exist; pass an existing path")
+    return str(p)

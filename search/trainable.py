@@ -1,0 +1,153 @@
+"""One search trial: the trainer under Ray Tune, reporting rungs with checkpoints and the final metrics.
+
+G <= 1 GPU: a function trainable that calls the trainer in-process.
+G > 1 GPUs: the same function launches a Ray Train TorchTrainer with G workers (DDP); the trainer joins
+the process group Ray Train set up, and TuneReportCallback forwards rank 0's reports to Tune.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import tempfile
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, import_object
+from search.settings import SearchSettings
+
+# Final-report keys renamed so ASHA (time_attr=train_s) never mistakes the final full-val result for a rung.
+FINAL_RENAMES = {"train_s": "final_train_s"}
+# Final metrics that go to Tune (the run config is already in the trial's config).
+DROP_FINAL = {"config"}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Short, specific reason for the report: divergence, OOM, bad config, or the exception."""
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    if name == "TrainingDiverged":
+        return f"diverged: {text}"
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return f"out of memory: {text}"
+    if name in ("ConfigError", "SizeLimitError"):
+        return f"bad config: {text}"
+    return f"{name}: {text}"
+
+
+def _clean(metrics: dict) -> dict:
+    """JSON-friendly scalars only (Tune stores results as JSON lines)."""
+    out = {}
+    for k, v in metrics.items():
+        if k in DROP_FINAL:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        elif isinstance(v, (bool, int, float, str)) or v is None:
+            out[k] = v
+    return out
+
+
+def run_training(
+    config: dict,
+    settings: SearchSettings,
+    report_fn: Callable[[dict, Path | None], None],
+    resume_dir: Path | None,
+    out_dir: Path,
+    is_main: bool = True,
+) -> None:
+    """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn."""
+    from trainer.config import from_dict
+
+    number = config[NUMBER_KEY]
+    try:
+        cfg = from_dict(config["run"], where=f"trial {number}")
+        train_fn = import_object(settings.train_fn)
+        kwargs: dict[str, Any] = {}
+        if "echo" in inspect.signature(train_fn).parameters:
+            kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
+
+        def on_rung(metrics: dict, save_checkpoint: Callable[[Path], None]) -> None:
+            with tempfile.TemporaryDirectory(prefix="rung_") as d:
+                save_checkpoint(Path(d))  # every rank writes its own state file
+                report_fn({**_clean(metrics), NUMBER_KEY: number}, Path(d) if is_main else None)
+
+        final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir,
+                         report=on_rung, resume_from=resume_dir, **kwargs)
+    except Exception as exc:  # a failed trial is a result, not a crash of the search
+        reason = failure_reason(exc)
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "failure.txt").write_text(reason + "\n\n" + traceback.format_exc())
+        report_fn({FAILED_KEY: True, FAIL_REASON_KEY: reason, NUMBER_KEY: number}, None)
+        return
+    final = {FINAL_RENAMES.get(k, k): v for k, v in _clean(final).items()}
+    report_fn({**final, FINAL_KEY: True, NUMBER_KEY: number}, None)
+
+
+def _tune_report(metrics: dict, checkpoint_dir: Path | None) -> None:
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=checkpoint)
+
+
+def trial_function(config: dict, settings: SearchSettings) -> None:
+    """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
+    if settings.gpus_per_trial > 1:
+        _ddp_trial(config, settings)
+        return
+    out_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    checkpoint = tune.get_checkpoint()
+    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
+        run_training(config, settings, _tune_report, Path(resume) if resume else None, out_dir)
+
+
+def _ddp_worker(loop_config: dict) -> None:
+    """Ray Train worker loop: one DDP rank of the trainer."""
+    import ray.train
+
+    config, settings = loop_config["config"], loop_config["settings"]
+    ctx = ray.train.get_context()
+    is_main = ctx.get_world_rank() == 0
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)  # every rank reports; rank 0 carries the checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
+        run_training(config, settings, report, Path(resume) if resume else None,
+                     Path(loop_config["out_dir"]), is_main=is_main)
+
+
+def _ddp_trial(config: dict, settings: SearchSettings) -> None:
+    """Launch G DDP workers with Ray Train; a re-run of the same trial resumes its Train run's checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    workers = int(settings.gpus_per_trial)
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"config": config, "settings": settings, "out_dir": str(trial_dir / "run")},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=True,
+                                               resources_per_worker={"CPU": settings.cpus_per_trial, "GPU": 1}),
+        run_config=ray.train.RunConfig(
+            name="ddp", storage_path=str(trial_dir),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+        ),
+    )
+    trainer.fit()
+
+
+def make_trainable(settings: SearchSettings):
+    """The Tune trainable with its resources: G GPUs in-process, or a light driver for G DDP workers."""
+    fn = tune.with_parameters(trial_function, settings=settings)
+    if settings.gpus_per_trial > 1:
+        # The Train workers reserve the GPUs themselves; the Tune trial only coordinates them.
+        return tune.with_resources(fn, {"CPU": 0.5})
+    return tune.with_resources(fn, {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial})

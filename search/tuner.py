@@ -1,0 +1,128 @@
+"""Ray Tune wiring: connect to Ray, build the Tuner (OptunaSearch + ASHA on train_s), run and resume."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from search import store
+from search.searcher import RecurrenceSearcher, fail_orphans, open_study
+from search.settings import SearchSettings, SettingsError
+from search.trainable import make_trainable
+
+# A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+
+def connect(address: str = "") -> str:
+    """Join a running Ray cluster (address, $RAY_ADDRESS, or 'auto'), else start Ray here; say which."""
+    if ray.is_initialized():
+        return "already connected"
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        return "started a local Ray instance (--ray-address local)"
+    target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=target, log_to_driver=True)
+        return f"connected to the Ray cluster at {target}"
+    except ConnectionError:
+        if address or os.environ.get("RAY_ADDRESS"):
+            raise SettingsError(
+                f"--ray-address/RAY_ADDRESS {target}: no Ray cluster answers there; start it (`ray start --head`) "
+                "or leave both unset to run embedded"
+            ) from None
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        return "no running Ray cluster found; started a local (embedded) Ray instance"
+
+
+def resolve_gpus(settings: SearchSettings, requested: float | None) -> SearchSettings:
+    """Default --gpus-per-trial: 1 when the cluster has GPUs, else 0 (CPU trials)."""
+    if requested is not None:
+        gpus = requested
+    else:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if gpus > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        raise SettingsError(f"--gpus-per-trial {gpus:g}: this Ray cluster has no GPUs; pass --gpus-per-trial 0")
+    return dataclasses.replace(settings, gpus_per_trial=float(gpus)).validate()
+
+
+def make_scheduler(settings: SearchSettings) -> ASHAScheduler:
+    """ASHA on val_bpb at rungs of training time; trials past the top rung run to their budget."""
+    return ASHAScheduler(
+        time_attr="train_s", metric="val_bpb", mode="min",
+        grace_period=settings.rung_s,
+        # The tiny factor keeps float rounding from dropping the top rung (log(max_t/grace)/log(rf) ~ int).
+        max_t=settings.asha_max_t * (1 + 1e-6),
+        reduction_factor=settings.reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+def trial_name(trial) -> str:
+    """'t0007_ab12cd34': Optuna trial number and Tune trial id."""
+    number = (trial.config or {}).get("optuna_number", -1)
+    return f"t{number:04d}_{trial.trial_id}"
+
+
+def _run_config(settings: SearchSettings) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=settings.name,
+        storage_path=settings.storage,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=1,
+    )
+
+
+def build_tuner(settings: SearchSettings) -> tune.Tuner:
+    """A new Tuner for the search: RecurrenceSearcher (OptunaSearch) + ASHA, N trainables."""
+    searcher = RecurrenceSearcher(settings, space_loader=space_loader_of(settings))
+    return tune.Tuner(
+        make_trainable(settings),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(settings),
+            num_samples=settings.trials,
+            max_concurrent_trials=settings.max_concurrent or None,
+            # Short, stable names: the Optuna trial number links a folder to the study and the report.
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=_run_config(settings),
+    )
+
+
+def run_search(settings: SearchSettings):
+    """Start a new search (refusing to overwrite one of the same name) and run it to the end."""
+    store.ensure_new(settings)
+    store.save_settings(settings)
+    open_study(settings)  # create the database now so `status` works from the first second
+    results = build_tuner(settings).fit()
+    fail_orphans(settings, "its trainable never reported a finish (driver stopped)")
+    return results
+
+
+def resume_search(settings: SearchSettings):
+    """Continue a search whose driver died: Tuner.restore keeps finished trials, resumes unfinished ones."""
+    path = store.experiment_path(settings)
+    if not tune.Tuner.can_restore(path):
+        raise SettingsError(
+            f"search {settings.name}: Tune has no experiment state at {path} yet (it was killed before its first "
+            "checkpoint); start it again with `python -m search run` under a new name"
+        )
+    tuner = tune.Tuner.restore(path, trainable=make_trainable(settings), resume_unfinished=True,
+                               resume_errored=True)
+    results = tuner.fit()
+    fail_orphans(settings, "started by a driver that died before Tune checkpointed it; not resumed")
+    return results
+
+
+def space_loader_of(settings: SearchSettings) -> str:
+    """The space loader recorded for this search (tests may plug in another)."""
+    return settings.extra.get("space_loader", "search.searcher:load_space_bundle")
+
+
+__all__ = ["connect", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus"]

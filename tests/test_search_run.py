@@ -1,0 +1,144 @@
+"""A real local Ray Tune search on the CPU (tiny model, tiny data), then its report and status via the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from search import tuner
+from search.pareto import dominates
+from search.report import load_study
+from search.trainable import failure_reason, run_training
+from tests.search_fixtures import cli_env, ensure_calibration, tiny_settings, write_space
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_corpus):
+    """One 8-trial search, run in this process against a local Ray instance."""
+    root = tmp_path_factory.mktemp("search_run")
+    ensure_calibration(root)
+    settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "cpu-search")
+    tuner.connect("local")
+    start = time.perf_counter()
+    try:
+        tuner.run_search(settings)
+    finally:
+        ray.shutdown()
+    return settings, time.perf_counter() - start
+
+
+def test_search_runs_all_trials_and_asha_prunes_some(finished_search):
+    settings, seconds = finished_search
+    trials = load_study(settings).get_trials(deepcopy=False)
+    launched = [t for t in trials if t.user_attrs.get("tune_trial_id")]
+    assert len(launched) == settings.trials == 8
+    assert all(t.state != TrialState.RUNNING for t in trials)
+    pruned = [t for t in launched if t.user_attrs["status"] == "pruned"]
+    complete = [t for t in launched if t.user_attrs["status"] == "complete"]
+    assert pruned, "ASHA should stop some trials at a rung"
+    assert complete, "some trials should finish and export"
+    for t in pruned:  # early stops are PRUNED in the study, with their rung values
+        assert t.state == TrialState.PRUNED and t.intermediate_values
+        assert "ASHA" in t.user_attrs["reason"]
+    for t in complete:
+        assert t.state == TrialState.COMPLETE and t.value == t.user_attrs["val_bpb"]
+        assert 0 < t.user_attrs["artifact_bytes"] <= 16_000_000
+        assert t.user_attrs["val_bpb"] > 0 and t.user_attrs["device_s"] > 0
+    print(f"8-trial CPU search took {seconds:.1f}s")
+
+
+def test_predicted_infeasible_configs_got_no_trial(finished_search):
+    settings, _ = finished_search
+    trials = load_study(settings).get_trials(deepcopy=False)
+    rejected = [t for t in trials if t.user_attrs.get("status") == "infeasible_predicted"]
+    folders = {p.name.split("_")[0] for p in Path(settings.storage, settings.name).glob("t[0-9]*_*")}
+    for t in rejected:
+        assert not t.user_attrs.get("tune_trial_id") and f"t{t.number:04d}" not in folders
+        assert t.state == TrialState.PRUNED and list(t.constraints.values())[0] > 0
+    assert len(folders) == settings.trials
+
+
+def test_checkpoints_at_every_report(finished_search):
+    settings, _ = finished_search
+    trials = load_study(settings).get_trials(deepcopy=False)
+    survivor = next(t for t in trials if t.user_attrs.get("status") == "complete")
+    folder = next(Path(settings.storage, settings.name).glob(f"t{survivor.number:04d}_*"))
+    checkpoints = sorted(folder.glob("checkpoint_*"))
+    assert checkpoints and any((c / "trainer_state.rank0.pt").is_file() for c in checkpoints)
+    assert (folder / "run" / "model.ptz").is_file() and (folder / "run" / "metrics.json").is_file()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=cli_env(Path(cwd)))
+
+
+def test_report_cli_writes_table_frontier_plot_and_summary(finished_search):
+    settings, _ = finished_search
+    out = _cli("report", settings.name, "--storage", settings.storage, "--format", "csv", "--plot", "frontier.png",
+               cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    folder = Path(settings.storage, settings.name, "report")
+    table = pd.read_csv(folder / "trials.csv")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (folder / "frontier.png").stat().st_size > 5_000
+    assert summary["gpu_s_on_predicted_infeasible"] == 0 and summary["launched_predicted_infeasible"] == 0
+    assert summary["rejected_by_size_model"] == int((table["status"] == "infeasible_predicted").sum())
+    assert summary["launched"] == 8 and summary["counts"]["pruned"] >= 1
+    # The frontier is exactly the non-dominated set of feasible finished trials (brute force).
+    cand = table[(table["status"] == "complete") & (table["artifact_bytes"] <= 16_000_000)]
+    points = {int(r.number): (r.val_bpb, r.artifact_bytes) for r in cand.itertuples()}
+    expected = {n for n, p in points.items() if not any(dominates(q, p) for m, q in points.items() if m != n)}
+    assert set(table.loc[table["on_frontier"], "number"]) == expected
+    frontier = pd.read_csv(folder / "frontier.csv")
+    assert set(frontier["number"]) == expected and summary["frontier_size"] == len(expected)
+    assert not set(frontier["status"]) - {"complete"}
+
+    for fmt, name in (("md", "report.md"), ("html", "report.html")):
+        out = _cli("report", settings.name, "--storage", settings.storage, "--format", fmt, cwd=REPO)
+        assert out.returncode == 0, out.stderr
+        assert "Pareto frontier" in (folder / name).read_text()
+
+
+def test_status_cli_and_unknown_name(finished_search):
+    settings, _ = finished_search
+    out = _cli("status", settings.name, "--storage", settings.storage, cwd=REPO)
+    assert out.returncode == 0 and "8/8 trials finished" in out.stdout, out.stdout + out.stderr
+    assert "GPU-s on them 0" in out.stdout
+    out = _cli("status", "no-such-search", "--storage", settings.storage, cwd=REPO)
+    assert out.returncode == 2 and "existing searches: cpu-search" in out.stderr
+
+
+def test_run_refuses_an_existing_name(finished_search, tiny_corpus):
+    settings, _ = finished_search
+    out = _cli("run", "--space", settings.space, "--name", settings.name, "--storage", settings.storage,
+               "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"]),
+               "--ray-address", "local", cwd=REPO)
+    assert out.returncode == 2 and "search resume" in out.stderr
+
+
+def test_a_failing_trial_reports_its_reason(tmp_path, tiny_corpus, finished_search):
+    settings, _ = finished_search
+    reports = []
+    config = {"run": json.loads(json.dumps(load_study(settings).trials[-1].user_attrs.get("run_config")
+                                           or next(t.user_attrs["run_config"] for t in load_study(settings).trials
+                                                   if "run_config" in t.user_attrs))),
+              "optuna_number": 99}
+    import dataclasses
+
+    broken = dataclasses.replace(settings, tokenizer=str(tmp_path / "missing.model"))
+    run_training(config, broken, lambda m, c: reports.append(m), None, tmp_path / "out")
+    assert reports[-1]["failed"] and reports[-1]["optuna_number"] == 99
+    assert (tmp_path / "out" / "failure.txt").is_file()
+    from trainer.train import TrainingDiverged
+
+    assert failure_reason(TrainingDiverged("training loss is nan at step 3")).startswith("diverged:")

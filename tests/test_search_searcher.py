@@ -1,0 +1,112 @@
+"""The Optuna bridge on its own (real Optuna, no Tune run): size gate, honest states, persistence."""
+from __future__ import annotations
+
+import math
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.searcher import RecurrenceSearcher, fail_orphans, open_study
+from tests.search_fixtures import ensure_calibration, tiny_settings, write_space
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_corpus):
+    ensure_calibration(tmp_path)
+    return tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "unit", seed=3)
+
+
+def _states(settings):
+    study = open_study(settings)
+    return {t.number: t for t in study.get_trials(deepcopy=False)}
+
+
+def test_suggest_never_returns_a_config_predicted_over_the_limit(settings):
+    searcher = RecurrenceSearcher(settings)
+    configs = [searcher.suggest(f"tune{i}") for i in range(10)]
+    trials = _states(settings)
+    launched = {c["optuna_number"] for c in configs}
+    rejected = [t for t in trials.values() if t.user_attrs.get("status") == "infeasible_predicted"]
+    assert rejected, "the tiny space's d2048 width should have been proposed and rejected"
+    for t in rejected:
+        # Told to Optuna as not run, with the predicted excess as its (violated) constraint.
+        assert t.state == TrialState.PRUNED and t.number not in launched
+        assert t.constraints and list(t.constraints.values())[0] > 0
+        assert t.user_attrs["predicted_fits"] is False
+    for c in configs:
+        t = trials[c["optuna_number"]]
+        assert t.state == TrialState.RUNNING and t.user_attrs["predicted_fits"] is True
+        assert t.user_attrs["predicted_artifact_bytes"] <= 16_000_000
+        assert c["run"]["train"]["budget_s"] == settings.budget_s
+    assert searcher.rejected == len(rejected)
+
+
+def test_completion_states_are_honest(settings):
+    searcher = RecurrenceSearcher(settings)
+    ids = [f"t{i}" for i in range(5)]
+    numbers = {tid: searcher.suggest(tid)["optuna_number"] for tid in ids}
+    rung = {"train_s": 0.5, "val_bpb": 2.0, "time_total_s": 3.0}
+    for tid in ids:
+        searcher.on_trial_result(tid, rung)
+    # t0: ASHA stopped it at its second rung (that result only reaches on_trial_complete).
+    searcher.on_trial_complete("t0", {"train_s": 1.0, "val_bpb": 1.9, "time_total_s": 4.0})
+    # t1: finished and measured within the limit.
+    final = {"final": True, "val_bpb": 1.5, "artifact_bytes": 40_000, "final_train_s": 1.5, "time_total_s": 5.0}
+    searcher.on_trial_complete("t1", final)
+    # t2: the trainer diverged.
+    searcher.on_trial_complete("t2", {"failed": True, "fail_reason": "diverged: loss nan", "time_total_s": 1.0})
+    # t3: finished but the measured artifact is over the limit.
+    searcher.on_trial_complete("t3", {**final, "artifact_bytes": 16_000_100, "over_limit": True})
+    # t4: the trainable raised inside Tune.
+    searcher.on_trial_complete("t4", None, error=True)
+
+    trials = _states(settings)
+    t0, t1, t2, t3, t4 = (trials[numbers[t]] for t in ids)
+    assert t0.state == TrialState.PRUNED and t0.user_attrs["status"] == "pruned"
+    assert t0.intermediate_values == {500: 2.0, 1000: 1.9}  # step = training milliseconds
+    assert t1.state == TrialState.COMPLETE and t1.value == 1.5 and t1.user_attrs["status"] == "complete"
+    assert list(t1.constraints.values())[0] <= 0
+    assert t2.state == TrialState.FAIL and t2.user_attrs["reason"] == "diverged: loss nan"
+    assert t3.user_attrs["status"] == "infeasible_measured" and list(t3.constraints.values())[0] == 100
+    assert t4.state == TrialState.FAIL and "raised" in t4.user_attrs["reason"]
+    assert t1.user_attrs["gpu_s"] == 0.0 and t1.user_attrs["device_s"] == 5.0
+
+
+def test_searcher_survives_pickling_and_reattaches_trials(settings, tmp_path):
+    searcher = RecurrenceSearcher(settings)
+    number = searcher.suggest("a")["optuna_number"]
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    fresh = pickle.loads(pickle.dumps(RecurrenceSearcher(settings)))  # how Tune stores it in tuner.pkl
+    fresh.restore(str(path))
+    assert fresh.suggest("a")["optuna_number"] == number  # same trial, not a new one
+    fresh.on_trial_complete("a", {"final": True, "val_bpb": 1.4, "artifact_bytes": 10_000})
+    assert _states(settings)[number].state == TrialState.COMPLETE
+
+
+def test_unknown_tune_trial_is_reattached_by_optuna_number_and_orphans_fail(settings):
+    searcher = RecurrenceSearcher(settings)
+    n1 = searcher.suggest("x")["optuna_number"]
+    n2 = searcher.suggest("y")["optuna_number"]
+    other = RecurrenceSearcher(settings)  # a restored driver whose saved mapping predates x and y
+    other.on_trial_complete("x-restored", {"final": True, "val_bpb": 1.3, "artifact_bytes": 9_000, "optuna_number": n1})
+    assert fail_orphans(settings, "driver died") == 1
+    trials = _states(settings)
+    assert trials[n1].state == TrialState.COMPLETE
+    assert trials[n2].state == TrialState.FAIL and trials[n2].user_attrs["reason"] == "driver died"
+
+
+def test_nsga2_tells_both_objectives(settings):
+    import dataclasses
+
+    s = dataclasses.replace(settings, name="unit-nsga", sampler="nsga2").validate()
+    searcher = RecurrenceSearcher(s)
+    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    number = searcher.suggest("m")["optuna_number"]
+    searcher.on_trial_result("m", {"train_s": 0.5, "val_bpb": 2.0})  # no intermediate values in multi-objective
+    searcher.on_trial_complete("m", {"final": True, "val_bpb": 1.45, "artifact_bytes": 41_000})
+    t = _states(s)[number]
+    assert t.state == TrialState.COMPLETE and t.values == [1.45, 41_000.0]
+    assert t.user_attrs["rungs"] == [[0.5, 2.0]] and not math.isnan(t.values[0])

@@ -1,0 +1,98 @@
+"""Fast tests of the search's pure parts: Pareto frontier, settings, store errors, config preparation."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import pandas as pd
+import pytest
+
+from search import store
+from search.pareto import dominates, pareto_front
+from search.report import frontier_table, markdown_table
+from search.searcher import excess_bytes_constraint, prepare_config, summarize
+from search.settings import SearchSettings, SettingsError
+from trainer.config import RunConfig, from_dict
+
+
+def brute_force_front(points):
+    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pareto_front_matches_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randint(0, 40)
+    # Small integer grids force ties in one or both objectives and exact duplicates.
+    points = [(rng.randint(0, 6), rng.randint(0, 6)) for _ in range(n)]
+    assert pareto_front(points) == brute_force_front(points)
+
+
+def test_pareto_front_is_non_dominated_and_complete():
+    points = [(1.0, 5.0), (2.0, 3.0), (2.0, 3.0), (3.0, 3.0), (1.5, 6.0), (4.0, 1.0), (5.0, 1.0)]
+    front = pareto_front(points)
+    assert front == [0, 1, 2, 5]
+    for i, j in itertools.permutations(front, 2):
+        assert not dominates(points[i], points[j])
+    for k in set(range(len(points))) - set(front):
+        assert any(dominates(points[i], points[k]) for i in front)
+
+
+def test_frontier_table_only_takes_feasible_finished_trials():
+    df = pd.DataFrame([
+        {"number": 0, "status": "complete", "val_bpb": 1.30, "artifact_bytes": 15_000_000},
+        {"number": 1, "status": "infeasible_measured", "val_bpb": 1.10, "artifact_bytes": 16_000_001},
+        {"number": 2, "status": "pruned", "val_bpb": None, "artifact_bytes": None},
+        {"number": 3, "status": "complete", "val_bpb": 1.25, "artifact_bytes": 15_500_000},
+        {"number": 4, "status": "complete", "val_bpb": 1.40, "artifact_bytes": 15_800_000},  # dominated by 0
+        {"number": 5, "status": "failed", "val_bpb": None, "artifact_bytes": None},
+    ])
+    front = frontier_table(df)
+    assert list(front["number"]) == [3, 0]
+    assert "| number |" in markdown_table(front)
+
+
+def _settings(tmp_path, **changes):
+    values = dict(name="s1", space=str(tmp_path / "space.yaml"), storage=str(tmp_path), data_dir=str(tmp_path),
+                  tokenizer=str(tmp_path / "tok.model"))
+    values.update(changes)
+    return SearchSettings(**values)
+
+
+def test_settings_validate_and_round_trip(tmp_path):
+    s = _settings(tmp_path, overrides=("train.compile=false",), budget_s=600, reduction_factor=3).validate()
+    assert s.rung_s == pytest.approx(600 / 9)
+    assert s.asha_max_t == pytest.approx(200)  # top rung strictly inside the budget
+    assert SearchSettings.from_json(s.to_json()) == s
+    for bad, flag in [({"name": "bad name!"}, "--name"), ({"trials": 0}, "--trials"),
+                      ({"sampler": "cmaes"}, "--sampler"), ({"gpus_per_trial": 2.5}, "--gpus-per-trial"),
+                      ({"grace_s": 700.0}, "--grace-s"), ({"overrides": ("nokey",)}, "--set")]:
+        with pytest.raises(SettingsError, match=flag):
+            _settings(tmp_path, **bad).validate()
+
+
+def test_unknown_search_lists_existing_ones(tmp_path):
+    store.save_settings(_settings(tmp_path, name="alpha").validate())
+    store.save_settings(_settings(tmp_path, name="beta").validate())
+    with pytest.raises(store.UnknownSearchError, match="existing searches: alpha, beta"):
+        store.load_settings("gamma", str(tmp_path))
+    assert store.load_settings("beta", str(tmp_path)).name == "beta"
+    assert store.study_url(store.load_settings("beta", str(tmp_path))).endswith("/beta/study.db")
+
+
+def test_prepare_config_applies_budget_rungs_overrides_and_the_hard_limit(tmp_path):
+    s = _settings(tmp_path, budget_s=90, grace_s=10, overrides=("train.compile=false", "export.limit_bytes=99000000"))
+    cfg = prepare_config(from_dict({"model": {"unique_blocks": 3, "virtual_layers": [0, 1, 2, 1, 2]}}), s.validate())
+    assert cfg.train.budget_s == 90 and cfg.train.report_every_s == 10 and cfg.train.compile is False
+    assert cfg.export.limit_bytes == 16_000_000  # an override cannot raise the challenge's limit
+    assert "u3 v5 sched=01212" in summarize(cfg)
+    assert isinstance(cfg, RunConfig)
+
+
+def test_constraint_reads_excess_bytes():
+    class Frozen:
+        user_attrs = {"constraint_excess_bytes": 1234}
+
+    assert excess_bytes_constraint(Frozen()) == [1234.0]
+    Frozen.user_attrs = {}
+    assert excess_bytes_constraint(Frozen()) == [0.0]
