@@ -1,0 +1,6 @@
+"""`python -m spaces ...`: see spaces/cli.py."""
+import sys
+
+from spaces.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""Command line: show / check / sample a space; synth / calibrate / accuracy for the size model."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.config import ConfigError
+
+
+def _summary(cfg) -> str:
+    m, e = cfg.model, cfg.export
+    order = ",".join(map(str, m.schedule_order))
+    return (f"blocks={m.unique_blocks} order=[{order}] untie={m.untie_mlp} d={m.model_dim} h={m.num_heads} "
+            f"kv={m.num_kv_heads} mlp={m.mlp_mult:g} depth={m.depth_signal} int{e.quant_bits}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from spaces.space import load_space
+
+    space = load_space(args.file, code_bytes=args.code_bytes)
+    print(f"space {space.name} ({space.path})")
+    if space.description:
+        print(f"  {space.description}")
+    print(f"  unique_blocks: {list(space.unique_blocks)}")
+    for p in space.patterns:
+        if p.family == "explicit":
+            print(f"  pattern explicit: {[list(o) for o in p.orders]}")
+            continue
+        params = ", ".join(f"{q.name}={list(q.choices) if q.choices else f'{q.lo}..{q.hi}'}" for q in p.params)
+        blocks = f" unique_blocks={list(p.unique_blocks)}" if p.unique_blocks else ""
+        print(f"  pattern {p.family}:{blocks} {params}")
+    for axis in ("untie_mlp", "mlp_mult", "depth_signal", "quant_bits"):
+        if getattr(space, axis):
+            print(f"  {axis}: {list(getattr(space, axis))}")
+    if space.widths:
+        print(f"  width: {[w.label for w in space.widths]}")
+    total, fitting, sizes = 0, 0, []
+    for _, cfg in space.configs():
+        prediction = space.predict(cfg)
+        total += 1
+        fitting += prediction.fits
+        sizes.append(prediction.predicted_artifact_bytes)
+    print(f"size: {total:,} configs; {fitting:,} predicted to fit under {cfg.export.limit_bytes:,} bytes (with safety margin)")
+    print(f"predicted artifact bytes: {min(sizes):,} .. {max(sizes):,}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from spaces.space import load_space
+
+    space = load_space(args.file, code_bytes=args.code_bytes)
+    print(f"{space.path}: OK ({space.size():,} configs)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from spaces.space import load_space
+
+    space = load_space(args.file, code_bytes=args.code_bytes)
+    for cfg in space.sample(args.n, seed=args.seed):
+        p = space.predict(cfg)
+        print(f"{p.predicted_artifact_bytes:>12,} bytes (headroom {p.margin_bytes:+,})  {_summary(cfg)}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from spaces.synthetic import calibration_configs, write_run
+
+    runs = calibration_configs(quick=args.quick)
+    for i, (name, cfg, distribution) in enumerate(runs):
+        if i % args.shards != args.shard or (args.distribution and distribution not in args.distribution):
+            continue
+        metrics = write_run(cfg, Path(args.out_dir) / name, distribution, seed=args.seed + i)
+        print(f"{name}: payload {metrics['payload_bytes']:,} -> model {metrics['model_bytes']:,} bytes", flush=True)
+    return 0
+
+
+def _read_runs(dirs: list[str]):
+    from spaces.calibration import read_run
+
+    return [read_run(d) for d in dirs]
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from spaces.calibration import accuracy_table, fit, write_calibration
+    from spaces.size_model import CALIBRATION_PATH, load_calibration
+
+    runs = _read_runs(args.run_dirs)
+    prior_path = Path(args.prior) if args.prior else CALIBRATION_PATH
+    prior = load_calibration(prior_path) if prior_path.is_file() else None
+    calibration = fit(runs, prior=prior)
+    out = Path(args.out) if args.out else CALIBRATION_PATH
+    write_calibration(calibration, out)
+    print(accuracy_table(runs, calibration))
+    print(f"wrote {out}" + (" (PROVISIONAL: synthetic runs)" if calibration.provenance["provisional"] else ""))
+    return 0
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    from spaces.calibration import accuracy_table
+    from spaces.size_model import load_calibration
+
+    print(accuracy_table(_read_runs(args.run_dirs), load_calibration(args.calibration)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m spaces` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m spaces", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def space_cmd(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("file", help="space YAML, e.g. spaces/default.yaml")
+        p.add_argument("--code-bytes", type=int, default=None,
+                       help="fixed code-byte figure instead of measuring the trainer sources")
+        p.set_defaults(func=func)
+        return p
+
+    space_cmd("show", "print the space, its size, how many configs fit and the predicted-size range", cmd_show)
+    space_cmd("check", "validate a space file (exit 0 if valid, 1 with the problem otherwise)", cmd_check)
+    p = space_cmd("sample", "print n feasible configs with predicted bytes", cmd_sample)
+    p.add_argument("-n", type=int, default=5, help="how many configs (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("synth", help="write synthetic run dirs for a PROVISIONAL calibration",
+                       description="write synthetic-weight run dirs (metrics.json + model.ptz) for a provisional calibration")
+    p.add_argument("out_dir", help="directory to create run dirs in")
+    p.add_argument("--quick", action="store_true", help="only the first two shapes (fast)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--distribution", action="append", default=None,
+                   help="only runs of this weight distribution (repeatable; default all)")
+    p.add_argument("--shard", type=int, default=0, help="this worker's index (run several in parallel)")
+    p.add_argument("--shards", type=int, default=1, help="number of parallel workers")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("calibrate", help="fit the size model to run dirs and write the calibration JSON",
+                       description="fit the size model to RUN_DIRs (metrics.json + model.ptz) and write the calibration")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output JSON (default spaces/size_calibration.json)")
+    p.add_argument("--prior", default=None,
+                   help="calibration to carry unfitted coefficients from (default spaces/size_calibration.json)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("accuracy", help="Markdown table of predicted vs measured bytes per run",
+                       description="print predicted vs measured compressed bytes and %% error per RUN_DIR")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--calibration", default=None, help="calibration JSON (default spaces/size_calibration.json)")
+    p.set_defaults(func=cmd_accuracy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (1 with the message on a config or space error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,177 @@
+"""Artifact size model: exact parameter and payload counts, plus a calibrated zstd-22 size prediction.
+
+Prediction: compressed model bytes ~= sum over payload components (int codes per bit width, fp16 scales,
+fp16 small tensors, header, one frame) of count x fitted bytes-per-unit. The coefficients and a safety
+margin live in size_calibration.json, written by `python -m spaces calibrate` (see calibration.py).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer import artifact
+from trainer.config import ConfigError, RunConfig
+from trainer.quant import is_quantized, stored_bytes
+from trainer.schedule import tensor_layout, unique_params
+
+CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
+QUANT_BITS = (5, 6, 8)
+# Regression features, in a fixed order; each is a count of one kind of payload unit.
+FEATURES = tuple(f"codes_int{b}" for b in QUANT_BITS) + ("scales_fp16", "floats_fp16", "header_bytes", "frame")
+
+
+class SizeLimitError(ConfigError):
+    """A config is predicted over the artifact byte limit; the message gives the sizes and the fix."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted bytes per unit of each feature, the safety margin as a fraction of model bytes, and provenance."""
+
+    coefficients: dict[str, float]
+    safety_margin_fraction: float
+    provenance: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (what calibrate writes)."""
+        return {
+            "coefficients": self.coefficients,
+            "safety_margin_fraction": self.safety_margin_fraction,
+            "provenance": self.provenance,
+        }
+
+
+@dataclass(frozen=True)
+class SizePrediction:
+    """Predicted artifact size of one config against the hard limit, in bytes."""
+
+    unique_params: int
+    payload_bytes: int
+    predicted_model_bytes: int
+    code_bytes: int
+    predicted_artifact_bytes: int
+    limit_bytes: int
+    safety_margin_bytes: int
+    fits: bool
+    margin_bytes: int  # headroom left under the limit after the safety margin; negative means over
+
+    def describe(self) -> str:
+        """One line with every figure that decides the fit."""
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (
+            f"predicted artifact {self.predicted_artifact_bytes:,} bytes (model {self.predicted_model_bytes:,} "
+            f"+ code {self.code_bytes:,}) + safety margin {self.safety_margin_bytes:,} vs limit "
+            f"{self.limit_bytes:,}: {verdict} ({self.margin_bytes:+,} bytes headroom)"
+        )
+
+
+def load_calibration(path: Path | str | None = None) -> Calibration:
+    """Read a calibration JSON (default: spaces/size_calibration.json)."""
+    path = Path(path) if path else CALIBRATION_PATH
+    return _load_calibration_cached(str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_calibration_cached(path: str, _mtime_ns: int) -> Calibration:
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no size calibration; run `python -m spaces calibrate RUN_DIR ...` to write one")
+    data = json.loads(Path(path).read_text())
+    coefficients = data.get("coefficients", {})
+    missing = [f for f in FEATURES if f not in coefficients]
+    if missing:
+        raise ConfigError(f"{path}: coefficients lack {missing}; re-run `python -m spaces calibrate`")
+    return Calibration(
+        coefficients={f: float(coefficients[f]) for f in FEATURES},
+        safety_margin_fraction=float(data["safety_margin_fraction"]),
+        provenance=data.get("provenance", {}),
+    )
+
+
+def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, int]:
+    """Counts of each payload component of a config (the regression inputs)."""
+    counts = dict.fromkeys(FEATURES, 0)
+    code_key = f"codes_int{cfg.export.quant_bits}"
+    data_bytes = 0
+    for spec in tensor_layout(cfg.model):
+        data_bytes += stored_bytes(spec, cfg.export)
+        if is_quantized(spec, cfg.export):
+            counts[code_key] += spec.numel
+            counts["scales_fp16"] += spec.shape[0]
+        else:
+            counts["floats_fp16"] += spec.numel
+    # Header = whatever the exact payload holds beyond the tensor data (magic, length, JSON).
+    payload = artifact.payload_bytes(cfg) if payload_bytes is None else payload_bytes
+    counts["header_bytes"] = payload - data_bytes
+    counts["frame"] = 1
+    return counts
+
+
+def zstd_bound_bytes(payload_bytes: int) -> int:
+    """zstd's worst-case compressed size (ZSTD_COMPRESSBOUND): a compressed model can never exceed this."""
+    small = (128 * 1024 - payload_bytes) >> 11 if payload_bytes < 128 * 1024 else 0
+    return payload_bytes + (payload_bytes >> 8) + small
+
+
+def predict_model_bytes(counts: dict[str, int], calibration: Calibration) -> float:
+    """Linear compression model: sum of count x bytes-per-unit."""
+    return sum(counts[f] * calibration.coefficients[f] for f in FEATURES)
+
+
+@functools.lru_cache(maxsize=1)
+def current_code_bytes() -> int:
+    """Code bytes of the trainer sources on disk (read once per process)."""
+    return artifact.code_bytes()
+
+
+def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None) -> SizePrediction:
+    """Predict whether a config's artifact fits the limit, with exact counts and a calibrated compressed size."""
+    calibration = calibration or load_calibration()
+    code = current_code_bytes() if code_bytes is None else code_bytes
+    return _predict(cfg, calibration, code)
+
+
+@functools.lru_cache(maxsize=65536)
+def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, code: int) -> SizePrediction:
+    calibration = Calibration(dict(coefficients), fraction, {})
+    return _predict_uncached(cfg, calibration, code)
+
+
+def _predict(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
+    key = tuple(sorted(calibration.coefficients.items()))
+    return _predict_cached(cfg, key, calibration.safety_margin_fraction, code)
+
+
+def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
+    payload = artifact.payload_bytes(cfg)
+    bound = zstd_bound_bytes(payload)
+    model = min(math.ceil(predict_model_bytes(features(cfg, payload), calibration)), bound)
+    # The margin covers the fit's error, but never beyond zstd's hard bound (measured can't exceed it).
+    safety = min(math.ceil(calibration.safety_margin_fraction * model), bound - model)
+    total = model + code
+    limit = cfg.export.limit_bytes
+    return SizePrediction(
+        unique_params=unique_params(cfg.model),
+        payload_bytes=payload,
+        predicted_model_bytes=model,
+        code_bytes=code,
+        predicted_artifact_bytes=total,
+        limit_bytes=limit,
+        safety_margin_bytes=safety,
+        fits=total + safety <= limit,
+        margin_bytes=limit - total - safety,
+    )
+
+
+def check_fits(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None) -> SizePrediction:
+    """Return the prediction, or raise SizeLimitError naming the sizes, the margin and the fix."""
+    prediction = predict(cfg, calibration, code_bytes)
+    if not prediction.fits:
+        raise SizeLimitError(
+            f"config over the {prediction.limit_bytes:,}-byte limit by {-prediction.margin_bytes:,} bytes: "
+            f"{prediction.describe()}; fix: lower export.quant_bits, model.model_dim, model.mlp_mult, "
+            f"model.unique_blocks or untie fewer MLPs"
+        )
+    return prediction
