@@ -215,11 +215,13 @@ def status_text(settings: SearchSettings) -> str:
     info = summary(df, settings)
     finished = info["counts"][COMPLETE] + info["counts"][PRUNED] + info["counts"][INFEASIBLE_MEASURED] \
         + int(((df["status"] == FAILED) & (df["tune_trial_id"].astype(str) != "")).sum())
-    lines = [f"search {settings.name} ({time.strftime('%H:%M:%S')}): {finished}/{settings.trials} trials finished, "
+    lines = [f"search {settings.name} ({time.strftime('%H:%M:%S')}): {finished} launched trials finished "
+             f"({settings.trials} requested), "
              f"{info['counts'][RUNNING]} running; "
              + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v)]
     lines.append(f"rejected before launch (predicted > limit): {info['rejected_by_size_model']}, "
-                 f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f}")
+                 f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f} "
+                 f"(trial wall-s {info['device_s_total']:.0f})")
     for _, r in df[df["status"] == RUNNING].iterrows():
         rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
         lines.append(f"  running #{r['number']}: {r['summary']} ({rung})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,9 @@ CONFIG_FILE = "run_config.yaml"
 LAUNCH_LOG = "launch.log"  # everything torchrun and every rank printed; train.log is the trainer's own log
 RESULT_JSON, RESULT_MD, RECORD_DIR = "rerun.json", "rerun.md", "record"
 ERROR_TAIL_LINES = 15
+# A rank's own error line (the trainer CLI's "error: ..." or an exception's last line), as opposed to
+# torchrun's ChildFailedError summary that always ends a failed launch and hides the cause.
+CAUSE_RE = re.compile(r"^(error: |(\w+\.)*\w*(Error|Exception|Diverged|Interrupt)\b)")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -168,9 +172,19 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None) -> tuple[int, list[str]]:
-    """Run cmd, copying each output line to the log (and prefixed to the terminal); return (exit code, last lines)."""
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """Exit code of a launch, its last output lines and the first error line a rank printed."""
+
+    exit_code: int
+    tail: tuple[str, ...]
+    cause: str
+
+
+def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None) -> ProcessOutcome:
+    """Run cmd, copying each output line to the log (and prefixed to the terminal)."""
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+    cause = ""
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -181,10 +195,12 @@ def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO
                 log.write(line)
                 log.flush()
                 tail.append(line.rstrip("\n"))
+                if not cause and CAUSE_RE.match(line) and "ChildFailedError" not in line:
+                    cause = line.strip()
                 if terminal is not None:
                     terminal.write(f"{prefix} {line}")
                     terminal.flush()
-            return proc.wait(), list(tail)
+            return ProcessOutcome(proc.wait(), tuple(tail), cause)
         finally:
             if proc.poll() is None:  # the driver was interrupted: do not leave ranks training in the background
                 proc.terminate()
@@ -233,13 +249,14 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log_path = run_dir / LAUNCH_LOG
     _say(terminal, f"{label} seed {seed}: training on {launch.describe}, budget {cfg.train.budget_s:g}s -> {run_dir}")
-    code, tail = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
-                                f"[{label} {seed}]", terminal)
-    if code != 0 or not (run_dir / "metrics.json").is_file():
-        last = "\n".join("    " + line for line in tail)
+    outcome = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
+                             f"[{label} {seed}]", terminal)
+    if outcome.exit_code != 0 or not (run_dir / "metrics.json").is_file():
+        last = "\n".join("    " + line for line in outcome.tail)
         raise RerunError(
-            f"{label} seed {seed} failed (exit code {code}); full output in {log_path}. Finished runs are kept: "
-            f"fix the cause and run the same command again to continue from this run.\n  last lines:\n{last}")
+            f"{label} seed {seed} failed (exit code {outcome.exit_code}): {outcome.cause or 'see the log'}\n"
+            f"  full output: {log_path}\n  finished runs are kept: fix the cause and run the same command again "
+            f"to continue from this run\n  last lines:\n{last}")
     return read_run(label, run_dir, trained_now=True)
 
 

@@ -263,15 +263,18 @@ class RecurrenceSearcher(OptunaSearch):
     # ---- results --------------------------------------------------------------------------------
     def _lookup(self, trial_id: str, result: dict | None) -> optuna.Trial | None:
         """The Optuna trial for a Tune trial, re-attached by number if the saved mapping predates it."""
-        if trial_id in self._ot_trials:
-            return self._ot_trials[trial_id]
-        number = (result or {}).get(NUMBER_KEY, (result or {}).get(f"config/{NUMBER_KEY}"))
-        if number is None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            number = (result or {}).get(NUMBER_KEY, (result or {}).get(f"config/{NUMBER_KEY}"))
+            if number is None:
+                return None
+            ot_trial = self._trial_by_number(int(number))
+            self._ot_trials[trial_id] = ot_trial
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # Finished in the study already: a resumed driver whose Tune state predates the finish reruns it
+            # from its last checkpoint; the recorded outcome stands and the rerun's results are ignored.
+            self._completed_trials.add(trial_id)
             return None
-        ot_trial = self._trial_by_number(int(number))
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state != TrialState.RUNNING:
-            return None
-        self._ot_trials[trial_id] = ot_trial
         return ot_trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

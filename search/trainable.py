@@ -93,9 +93,17 @@ def _tune_report(metrics: dict, checkpoint_dir: Path | None) -> None:
     tune.report(metrics, checkpoint=checkpoint)
 
 
+def ddp_workers(settings: SearchSettings) -> tuple[int, bool]:
+    """(DDP worker count, on GPUs): G GPU workers for G > 1; extra['cpu_ddp_workers'] runs DDP on CPUs (tests)."""
+    cpu_workers = int(settings.extra.get("cpu_ddp_workers", 0))
+    if cpu_workers > 1:
+        return cpu_workers, False
+    return (int(settings.gpus_per_trial), True) if settings.gpus_per_trial > 1 else (1, settings.gpus_per_trial > 0)
+
+
 def trial_function(config: dict, settings: SearchSettings) -> None:
     """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
-    if settings.gpus_per_trial > 1:
+    if ddp_workers(settings)[0] > 1:
         _ddp_trial(config, settings)
         return
     out_dir = Path(tune.get_context().get_trial_dir()) / "run"
@@ -129,12 +137,13 @@ def _ddp_trial(config: dict, settings: SearchSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_dir = Path(tune.get_context().get_trial_dir())
-    workers = int(settings.gpus_per_trial)
+    workers, use_gpu = ddp_workers(settings)
+    per_worker = {"CPU": settings.cpus_per_trial, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         _ddp_worker,
         train_loop_config={"config": config, "settings": settings, "out_dir": str(trial_dir / "run")},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=True,
-                                               resources_per_worker={"CPU": settings.cpus_per_trial, "GPU": 1}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name="ddp", storage_path=str(trial_dir),
             callbacks=[TuneReportCallback()],
@@ -147,7 +156,7 @@ def _ddp_trial(config: dict, settings: SearchSettings) -> None:
 def make_trainable(settings: SearchSettings):
     """The Tune trainable with its resources: G GPUs in-process, or a light driver for G DDP workers."""
     fn = tune.with_parameters(trial_function, settings=settings)
-    if settings.gpus_per_trial > 1:
+    if ddp_workers(settings)[0] > 1:
         # The Train workers reserve the GPUs themselves; the Tune trial only coordinates them.
         return tune.with_resources(fn, {"CPU": 0.5})
     return tune.with_resources(fn, {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial})

@@ -112,7 +112,7 @@ def test_report_cli_writes_table_frontier_plot_and_summary(finished_search):
 def test_status_cli_and_unknown_name(finished_search):
     settings, _ = finished_search
     out = _cli("status", settings.name, "--storage", settings.storage, cwd=REPO)
-    assert out.returncode == 0 and "8/8 trials finished" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "8 launched trials finished (8 requested)" in out.stdout, out.stdout + out.stderr
     assert "GPU-s on them 0" in out.stdout
     out = _cli("status", "no-such-search", "--storage", settings.storage, cwd=REPO)
     assert out.returncode == 2 and "existing searches: cpu-search" in out.stderr
