@@ -1,0 +1,241 @@
+"""Full-scale rerun, for real on the CPU: tiny configs, 2 seeds, torchrun with gloo, crash and resume."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search import store
+from search.rerun import RerunError, rerun
+from search.rerun_cli import add_rerun_command, best_trial, trial_by_id
+from search.settings import SearchSettings
+from search.stats import record_criterion, welch_one_sided
+from tests.conftest import TINY_MODEL, TINY_TRAIN
+from trainer.config import from_dict
+
+# Fewer steps and a shorter val split than the shared tiny config: each run is a torchrun launch.
+TRAIN = {**TINY_TRAIN, "max_steps": 4, "warmdown_steps": 2, "final_val_tokens": 1025, "budget_s": 60.0}
+CANDIDATE = {"model": {**TINY_MODEL, "unique_blocks": 1, "virtual_layers": [0, 0]}, "train": TRAIN, "export": {}}
+BASELINE = {"model": {**TINY_MODEL, "unique_blocks": 2}, "train": TRAIN, "export": {}}
+# Fails inside the trainer, after launch: the tokenizer has 320 pieces.
+BROKEN_BASELINE = {**BASELINE, "model": {**BASELINE["model"], "vocab_size": 256}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # Two shared cores: one thread per rank keeps gloo ranks from fighting each other.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(argv: list[str]) -> int:
+    """Parse and run `rerun` exactly as the search CLI registers it."""
+    parser = argparse.ArgumentParser(prog="python -m search")
+    add_rerun_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["rerun", *argv])
+    return args.func(args)
+
+
+def corpus_args(corpus: dict) -> list[str]:
+    return ["--data", str(corpus["data"]), "--tokenizer", str(corpus["tokenizer"])]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_corpus, tmp_path_factory):
+    """A 2-seed rerun that crashed on its first baseline run, then was fixed and run again to the end."""
+    root = tmp_path_factory.mktemp("rerun")
+    cand, broken, good = (write_yaml(root / f"{n}.yaml", d)
+                          for n, d in (("cand", CANDIDATE), ("broken", BROKEN_BASELINE), ("base", BASELINE)))
+    out = root / "out"
+    common = ["--config", str(cand), "--gpus", "0", "--seeds", "2", "--seed-base", "1", "--budget-s", "60",
+              *corpus_args(tiny_corpus), "--out", str(out)]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        crashed = cli(["tiny", *common, "--baseline-config", str(broken)])
+    first_metrics = (out / "candidate" / "seed1" / "metrics.json").read_text()
+    code = cli(["tiny", *common, "--baseline-config", str(good)])
+    return {"out": out, "crashed": crashed, "error": err.getvalue(), "code": code, "first_metrics": first_metrics}
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_crash_names_the_run_and_keeps_finished_ones(finished):
+    out = finished["out"]
+    log = out / "baseline" / "seed1" / "launch.log"
+    assert finished["crashed"] == 2
+    assert "baseline seed 1 failed" in finished["error"] and str(log) in finished["error"]
+    assert "vocab_size" in finished["error"]  # the rank's own error line, not only torchrun's summary
+    # The candidate's seed 1 finished before the baseline crashed; the fixed rerun kept it untouched.
+    assert (out / "candidate" / "seed1" / "metrics.json").read_text() == finished["first_metrics"]
+    data = json.loads((out / "rerun.json").read_text())
+    trained_now = {(label, r["seed"]): r["trained_now"] for label in ("candidate", "baseline")
+                   for r in data[label]["runs"]}
+    assert trained_now == {("candidate", 1): False, ("candidate", 2): True, ("baseline", 1): True,
+                           ("baseline", 2): True}
+
+
+def test_rerun_numbers_match_the_runs(finished):
+    assert finished["code"] == 0
+    out = finished["out"]
+    data = json.loads((out / "rerun.json").read_text())
+    per = {label: [metrics_of(out / label / f"seed{s}") for s in (1, 2)] for label in ("candidate", "baseline")}
+    for label, runs in per.items():
+        bpb, loss = [m["val_bpb"] for m in runs], [m["val_loss"] for m in runs]
+        assert data[label]["val_bpb"]["mean"] == statistics.fmean(bpb)
+        assert data[label]["val_bpb"]["std"] == statistics.stdev(bpb)
+        assert data[label]["val_loss"]["mean"] == statistics.fmean(loss)
+        assert [r["seed"] for r in data[label]["runs"]] == [m["config"]["train"]["seed"] for m in runs] == [1, 2]
+        assert all(m["config"]["train"]["budget_s"] == 60.0 and m["world_size"] == 1 for m in runs)
+        step = next(s for s in data["step_time"] if s["label"] == label)
+        assert step["world_size"] == 1 and step["runs"] == 2
+        assert step["step_ms_mean"] == statistics.fmean(m["step_ms"] for m in runs)
+    # Both configs trained the same way: only the model section differs.
+    cand_cfg, base_cfg = per["candidate"][0]["config"], per["baseline"][0]["config"]
+    assert cand_cfg["train"] == base_cfg["train"] and cand_cfg["model"] != base_cfg["model"]
+
+    c_loss, b_loss = [m["val_loss"] for m in per["candidate"]], [m["val_loss"] for m in per["baseline"]]
+    c_bpb, b_bpb = [m["val_bpb"] for m in per["candidate"]], [m["val_bpb"] for m in per["baseline"]]
+    assert data["welch"]["val_loss_nats"]["p_value"] == welch_one_sided(c_loss, b_loss).p_value
+    assert data["welch"]["val_bpb"]["p_value"] == welch_one_sided(c_bpb, b_bpb).p_value
+    verdict = record_criterion(c_loss, b_loss)
+    assert data["record_criterion"]["p_value"] == verdict.welch.p_value
+    assert data["record_criterion"]["passes"] == verdict.passes
+
+    record = out / "record"
+    assert {"README.md", "submission.json", "model.ptz", "train_seed1.log", "train_seed2.log"} <= {
+        p.name for p in record.iterdir()}
+    sub = json.loads((record / "submission.json").read_text())
+    assert sub["val_bpb"] == data["candidate"]["val_bpb"]["mean"] and sub["seeds"] == [1, 2]
+    assert sub["significance"]["p_value"] == verdict.welch.p_value
+    assert (record / "model.ptz").read_bytes() == (out / "candidate" / "seed1" / "model.ptz").read_bytes()
+    md = (out / "rerun.md").read_text()
+    assert f"{data['candidate']['val_bpb']['mean']:.4f}" in md and "Step time per GPU count" in md
+
+
+def test_resume_retrains_only_the_missing_seed(finished, tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    (out / "baseline" / "seed2" / "metrics.json").unlink()
+    kept = {p: p.read_text() for p in out.glob("*/seed*/metrics.json")}
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 0, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="tiny", terminal=None)
+    retrained = [(r.label, r.seed) for res in (result.candidate, result.baseline) for r in res.runs if r.trained_now]
+    assert retrained == [("baseline", 2)]
+    assert all(p.read_text() == text for p, text in kept.items())
+    assert metrics_of(out / "baseline" / "seed2")["config"]["train"]["seed"] == 2
+
+
+def test_kept_run_of_another_config_is_refused(finished, tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    with pytest.raises(RerunError, match="another config"):
+        rerun(from_dict(BASELINE), None, [1], 0, 60.0, tiny_corpus["data"], tiny_corpus["tokenizer"], out,
+              terminal=None)
+
+
+def test_cpu_procs_two_runs_ddp(tiny_corpus, tmp_path):
+    result = rerun(from_dict(CANDIDATE), None, [7], 0, 60.0, tiny_corpus["data"], tiny_corpus["tokenizer"],
+                   tmp_path / "out", name="ddp", cpu_procs=2, terminal=None)
+    metrics = metrics_of(tmp_path / "out" / "candidate" / "seed7")
+    assert metrics["world_size"] == 2
+    assert result.step_times[0].world_size == 2 and result.comparison is None
+    assert json.loads(result.json_path.read_text())["ranks"] == 2
+    assert (result.record_dir / "submission.json").is_file()
+
+
+def test_bad_config_paths_are_one_clear_line(tiny_corpus, tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert cli(["tiny", "--config", str(missing), "--gpus", "0", *corpus_args(tiny_corpus)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such config file" in err and "Traceback" not in err
+    cand = write_yaml(tmp_path / "cand.yaml", CANDIDATE)
+    assert cli(["tiny", "--config", str(cand), "--baseline-config", str(missing), "--gpus", "0",
+                *corpus_args(tiny_corpus), "--out", str(tmp_path / "out")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert cli(["tiny", "--config", str(cand), "--gpus", "0", "--data", str(tmp_path / "nodata"),
+                "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(tmp_path / "out")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing launched
+    with pytest.raises(SystemExit) as exc:
+        cli(["--help"])
+    assert exc.value.code == 0 and "--trial" in capsys.readouterr().out
+
+
+def make_search(storage: Path, corpus: dict) -> SearchSettings:
+    """A search folder as `python -m search run` leaves it: search.json and an Optuna study of finished trials."""
+    from search.searcher import COMPLETE, INFEASIBLE_MEASURED, PRUNED, open_study
+
+    settings = SearchSettings(name="tinysearch", space=str(storage / "space.yaml"), storage=str(storage),
+                              data_dir=str(corpus["data"]), tokenizer=str(corpus["tokenizer"]), gpus_per_trial=0.0,
+                              budget_s=2.0).validate()
+    store.save_settings(settings)
+    study = open_study(settings)
+    C = optuna.trial.TrialState.COMPLETE
+    rows = [  # (state, status, val_bpb, artifact_bytes, unique_blocks)
+        (C, COMPLETE, 3.9, 70_000, 2),
+        (C, COMPLETE, 3.7, 60_000, 1),  # the best feasible finished trial
+        (C, INFEASIBLE_MEASURED, 3.1, 17_000_000, 2),  # better, but over the limit
+        (optuna.trial.TrialState.PRUNED, PRUNED, None, None, 2),  # stopped early with a good rung
+    ]
+    for i, (state, status, bpb, size, blocks) in enumerate(rows):
+        cfg = {**CANDIDATE, "model": {**TINY_MODEL, "unique_blocks": blocks}}
+        attrs = {"status": status, "reason": "", "run_config": from_dict(cfg).to_dict(), "summary": f"u{blocks}",
+                 "tune_trial_id": f"t{i:03d}"}
+        attrs.update({k: v for k, v in (("val_bpb", bpb), ("artifact_bytes", size)) if v is not None})
+        study.add_trial(optuna.trial.create_trial(state=state, value=bpb, user_attrs=attrs,
+                                                  intermediate_values={} if bpb else {500: 2.5}))
+    return settings
+
+
+def test_best_and_given_trial_lookup(tiny_corpus, tmp_path, capsys):
+    storage = tmp_path / "runs"
+    make_search(storage, tiny_corpus)
+    best = best_trial("tinysearch", str(storage))
+    assert (best.number, best.val_bpb, best.config.model.unique_blocks) == (1, 3.7, 1)
+    assert trial_by_id("tinysearch", "0", str(storage)).config.model.unique_blocks == 2
+    assert trial_by_id("tinysearch", "t003", str(storage)).status == "pruned"
+    with pytest.raises(RerunError, match="no trial '9'"):
+        trial_by_id("tinysearch", "9", str(storage))
+    assert cli(["nosuch", "--best", "--storage", str(storage)]) == 2
+    assert "existing searches: tinysearch" in capsys.readouterr().err
+
+
+def test_no_feasible_trial_says_what_to_do(tiny_corpus, tmp_path, capsys):
+    from search.searcher import open_study
+
+    storage = tmp_path / "runs"
+    settings = SearchSettings(name="empty", space="x.yaml", storage=str(storage), data_dir=str(tiny_corpus["data"]),
+                              tokenizer=str(tiny_corpus["tokenizer"])).validate()
+    store.save_settings(settings)
+    open_study(settings)
+    assert cli(["empty", "--storage", str(storage), "--gpus", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "no feasible finished trial" in err and "--trial ID" in err
+
+
+def test_best_trial_rerun_end_to_end(tiny_corpus, tmp_path):
+    storage = tmp_path / "runs"
+    settings = make_search(storage, tiny_corpus)
+    # No --data/--tokenizer: the search's own are used; out goes under the search folder.
+    assert cli(["tinysearch", "--best", "--no-baseline", "--seeds", "1", "--gpus", "0", "--budget-s", "60",
+                "--storage", str(storage)]) == 0
+    out = store.search_dir(settings) / "rerun_trial1"
+    data = json.loads((out / "rerun.json").read_text())
+    assert data["source"]["trial"] == 1 and data["baseline"] is None and data["welch"] is None
+    metrics = metrics_of(out / "candidate" / "seed1337")
+    assert metrics["config"]["model"]["unique_blocks"] == 1 and metrics["config"]["train"]["budget_s"] == 60.0
+    assert (out / "record" / "README.md").is_file()
