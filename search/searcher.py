@@ -104,10 +104,11 @@ def open_study(settings: SearchSettings, create: bool = True) -> optuna.Study:
     directions = ["minimize"] * (2 if settings.multi_objective else 1)
     if create:
         return optuna.create_study(
-            study_name=settings.name, storage=store.study_url(settings), sampler=make_sampler(settings),
+            study_name=settings.name, storage=store.study_storage(settings), sampler=make_sampler(settings),
             pruner=optuna.pruners.NopPruner(), directions=directions, load_if_exists=True,
         )
-    return optuna.load_study(study_name=settings.name, storage=store.study_url(settings), sampler=make_sampler(settings))
+    return optuna.load_study(study_name=settings.name, storage=store.study_storage(settings),
+                             sampler=make_sampler(settings))
 
 
 def prepare_config(cfg: RunConfig, settings: SearchSettings) -> RunConfig:
@@ -184,11 +185,10 @@ class RecurrenceSearcher(OptunaSearch):
         self._settings = settings
         metric = list(OBJECTIVES) if settings.multi_objective else OBJECTIVES[0]
         mode = ["min", "min"] if settings.multi_objective else "min"
-        store.search_dir(settings).mkdir(parents=True, exist_ok=True)
         super().__init__(
             space=SpaceDefineByRun(settings, space_loader), metric=metric, mode=mode,
             sampler=make_sampler(settings), study_name=settings.name,
-            storage=optuna.storages.RDBStorage(store.study_url(settings)),
+            storage=store.study_storage(settings),
         )
         self._rungs: dict[str, list[list[float]]] = {}
         self.rejected = 0
@@ -228,6 +228,7 @@ class RecurrenceSearcher(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             attrs = self._ot_study._storage.get_trial_user_attrs(ot_trial._trial_id)
             return self._tune_config(ot_trial.number, attrs["run_config"], attrs["summary"])
+        self._space.bundle()  # load the space file outside the timed define-by-run call
         for _ in range(self._settings.max_rejections):
             ot_trial = self._ot_study.ask()
             try:
