@@ -240,14 +240,17 @@ class SearchSpace:
         """Size prediction with this space's code-byte figure."""
         return predict(cfg, code_bytes=self.code_bytes)
 
-    def sample(self, n: int, seed: int = 0, max_tries: int | None = None) -> list[RunConfig]:
-        """Up to n distinct configs predicted to fit, by random walks (fewer only if the space has fewer)."""
-        rng = random.Random(seed)
+    def sample(self, n: int, seed: int = 0) -> list[RunConfig]:
+        """Up to n distinct configs predicted to fit, uniform over the space's points (fewer if it has fewer)."""
+        # Uniform over points rather than random walks: a walk would give a one-point family (an
+        # explicit order) as much weight as a family with hundreds of points.
+        points = list(self.assignments())
+        random.Random(seed).shuffle(points)
         found: dict[RunConfig, None] = {}
-        for _ in range(max_tries or 200 * max(n, 1)):
+        for assignment in points:
             if len(found) >= n:
                 break
-            cfg = self.build(self._assign(lambda name, options: rng.choice(options.values)))
+            cfg = self.build(assignment)
             if cfg not in found and self.predict(cfg).fits:
                 found[cfg] = None
         return list(found)

@@ -29,6 +29,7 @@ def test_feature_counts_add_up_to_the_exact_payload(path):
     codes = f["codes_int5"] + f["codes_int6"] + f["codes_int8"]
     assert codes + 2 * f["scales_fp16"] + 2 * f["floats_fp16"] + f["header_bytes"] == artifact.payload_bytes(cfg)
     assert f[f"codes_int{cfg.export.quant_bits}"] == codes > 0
+    assert f["header_bytes"] == len(artifact.MAGIC) + 4 + len(artifact.header_bytes(cfg))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)

@@ -15,7 +15,7 @@ DEFAULT = ROOT / "default.yaml"
 
 # The default-space assignment that reproduces each preset.
 PRESET_POINTS = {
-    "baseline_9x512": {"pattern": "none", "unique_blocks": 9, "width": "d512_h8_kv4", "mlp_mult": 2,
+    "baseline": {"pattern": "none", "unique_blocks": 9, "width": "d512_h8_kv4", "mlp_mult": 2,
                        "depth_signal": "none", "quant_bits": 6},
     "loop45_11x512": {"pattern": "loop_middle", "loop_middle.unique_blocks": 11, "loop_middle.start": 4,
                       "loop_middle.end": 5, "loop_middle.repeats": 2, "untie_mlp": "none", "width": "d512_h8_kv4",
