@@ -14,7 +14,7 @@ if [ "$mode" = cpu ]; then
          --set train.compile_warmup_steps=0 --set train.final_val_tokens=2049 --set train.val_prefix_tokens=1024
          --set train.val_batch_tokens=2048 --set train.log_every_steps=10 --device cpu)
 else
-  brief=(--set train.batch_tokens=65536 --set train.micro_batch_tokens=65536 --set train.budget_s=15
+  brief=(--set train.batch_tokens=65536 --set train.micro_batch_tokens=65536 --set train.budget_s=12
          --set train.warmdown_steps=300 --set train.compile=false --set train.compile_warmup_steps=0
          --set train.final_val_tokens=262145 --set train.log_every_steps=100)
 fi
