@@ -86,3 +86,16 @@ def test_batched_orthogonalization_matches_one_at_a_time():
     # Newton-Schulz drives singular values toward 1 (roughly: it is a fast, loose iteration).
     s = torch.linalg.svdvals(batched[0])
     assert s.min() > 0.5 and s.max() < 1.3
+
+
+def test_forward_traces_as_one_graph_for_torch_compile():
+    # A graph break inside the virtual-layer loop makes torch.compile run the whole forward eagerly
+    # (seen on an H100: compiled 627 ms/step vs eager 637). Recurrent schedules must trace in one piece.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = make(unique_blocks=2, virtual_layers=[0, 1, 0, 1, 0], untie_mlp=[4], depth_signal="sinusoidal")
+    x = torch.randint(0, 64, (2, 8))
+    explained = torch._dynamo.explain(model)(x, x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

@@ -1,12 +1,20 @@
-"""Causal attention kernel choice: flash-attn where it is installed, PyTorch SDPA otherwise."""
+"""Causal attention kernel choice: flash-attn where it is installed, PyTorch SDPA otherwise.
+
+The choice is made once, when the model is built: importing or probing inside forward() would be a
+torch.compile graph break, and one inside the layer loop sends the whole forward back to eager.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def _load_flash():
-    """Return flash-attn's varlen-free kernel taking (B, T, H, D) tensors, or None."""
+    """flash-attn's kernel taking (B, T, H, D) tensors, or None when none is installed."""
     try:  # flash-attn-4 (CuTe DSL, Hopper/Blackwell)
         from flash_attn.cute import flash_attn_func  # type: ignore
 
@@ -21,22 +29,22 @@ def _load_flash():
         return None
 
 
-_FLASH = None
-_FLASH_CHECKED = False
-
-
-def flash_available() -> bool:
-    """True when a flash-attn kernel imported."""
-    global _FLASH, _FLASH_CHECKED
-    if not _FLASH_CHECKED:
-        _FLASH, _FLASH_CHECKED = _load_flash(), True
-    return _FLASH is not None
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_flash: bool) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """q: (B, H, T, D), k/v: (B, Hkv, T, D) -> (B, H, T, D); grouped-query heads broadcast."""
-    if use_flash and q.is_cuda and flash_available():
-        out = _FLASH(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+
+
+def pick_attention(use_flash: bool) -> tuple[str, Attention]:
+    """The kernel to use and its name: flash-attn on CUDA tensors when installed and wanted, else SDPA."""
+    flash = _load_flash() if use_flash else None
+    if flash is None:
+        return "sdpa", sdpa_attention
+
+    def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not q.is_cuda:  # CPU runs (tests, --smoke) take the SDPA path
+            return sdpa_attention(q, k, v)
+        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         out = out[0] if isinstance(out, tuple) else out
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+
+    return "flash", flash_attention

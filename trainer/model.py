@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.attention import causal_attention
+from trainer.attention import Attention as AttentionKernel
+from trainer.attention import pick_attention
 from trainer.config import ModelConfig
 from trainer.schedule import build_schedule, num_mlps, num_skip_weights
 
@@ -29,20 +30,17 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding with cos/sin cached per sequence length."""
+    """Rotary position embedding; cos/sin are recomputed per call (cheap, and no state for torch.compile to guard)."""
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            t = torch.arange(seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(t, self.inv_freq.to(device))
-            self._cache = (seq_len, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2].to(dtype), self._cache[3].to(dtype)
+    def forward(self, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq)
+        return freqs.cos()[None, None].to(dtype), freqs.sin()[None, None].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -54,8 +52,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Attention(nn.Module):
     """Grouped-query causal self-attention with QK-norm; the query gain lives in LayerScalars."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, attend: AttentionKernel):
         super().__init__()
+        self.attend = attend
         kv_dim = cfg.num_kv_heads * cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.c_q = CastedLinear(cfg.model_dim, cfg.model_dim, bias=False)
@@ -65,16 +64,16 @@ class Attention(nn.Module):
         self.proj.weight.data.zero_()  # each layer starts as the identity on the residual stream
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
 
-    def forward(self, x: torch.Tensor, q_gain: torch.Tensor, use_flash: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, q_gain: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q = self.c_q(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.c_v(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)
-        cos, sin = self.rotary(t, x.device, q.dtype)
+        cos, sin = self.rotary(t, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = q * q_gain.to(q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v, use_flash)
+        y = self.attend(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -121,12 +120,13 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, use_flash: bool = True, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         # Weights stay float32 (optimizer masters); activations run in compute_dtype (bf16 on GPU).
-        self.cfg, self.use_flash, self.compute_dtype = cfg, use_flash, compute_dtype
+        self.cfg, self.compute_dtype = cfg, compute_dtype
+        self.attention_kernel, attend = pick_attention(use_flash)
         self.schedule = build_schedule(cfg)
         depth = len(self.schedule)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
-        self.attns = nn.ModuleList(Attention(cfg) for _ in range(cfg.unique_blocks))
+        self.attns = nn.ModuleList(Attention(cfg, attend) for _ in range(cfg.unique_blocks))
         self.mlps = nn.ModuleList(MLP(cfg) for _ in range(num_mlps(cfg)))
         self.layers = nn.ModuleList(LayerScalars(cfg) for _ in range(depth))
         if cfg.depth_signal == "learned":
@@ -155,7 +155,7 @@ class GPT(nn.Module):
             x = x + signal.to(x.dtype)
         mix = s.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](rms_norm(x), s.q_gain, self.use_flash)
+        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](rms_norm(x), s.q_gain)
         x = x + s.mlp_scale.to(x.dtype) * self.mlps[layer.mlp](rms_norm(x))
         return x
 

@@ -144,7 +144,8 @@ def train(
     batches = DistributedBatches(stream, rt.rank, rt.world_size, rt.device)
     log(
         f"unique_params {unique_params(cfg.model):,} virtual_layers {len(model.schedule)} "
-        f"grad_accum {grad_accum} world {rt.world_size} device {rt.device}"
+        f"grad_accum {grad_accum} world {rt.world_size} device {rt.device} attention {model.attention_kernel} "
+        f"compile {tc.compile and on_gpu}"
     )
 
     def train_step(step: int, train_s: float) -> torch.Tensor:
@@ -294,6 +295,7 @@ def train(
         "export_s": export_s,
         "wall_s": time.perf_counter() - wall_start,
         "world_size": rt.world_size,
+        "attention": model.attention_kernel,
         "device": torch.cuda.get_device_name(rt.device) if on_gpu else "cpu",
         "config": cfg.to_dict(),
     }
