@@ -1,7 +1,7 @@
 """`python -m search`: run, resume, report and watch depth-recurrence searches.
 
-Each command is one `add_*` function registering a subparser with `func` set; later commands (e.g. `rerun`)
-add themselves to COMMANDS without touching the others.
+Each command is one `add_*` function registering a subparser with `func` set; later commands add themselves
+to COMMANDS without touching the others (`rerun` comes from search.rerun_cli).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from search import store
+from search.rerun_cli import add_rerun_command
 from search.settings import SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
 
 DEFAULT_SPACE = "spaces/default.yaml"
@@ -154,11 +155,18 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.report import write_report
+    from search.fidelity import RungFidelity
+    from search.report import fidelity_frame, time_text, write_report
 
     settings = store.load_settings(args.name, args.storage)
     paths = write_report(settings, args.format, args.plot)
-    print(json.dumps(json.loads(paths["summary"].read_text()), indent=2))
+    info = json.loads(paths["summary"].read_text())
+    print(json.dumps(info, indent=2))
+    print(f"\ntime: {time_text(info['time'])}")
+    fidelity = [RungFidelity(**f) for f in info["fidelity"]]
+    print("\nfidelity (Spearman of rung val_bpb vs final val_bpb over completed trials):")
+    print(fidelity_frame(fidelity).to_string(index=False) if fidelity else "  no rung reports yet")
+    print()
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -184,8 +192,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
-# Later commands (e.g. `rerun`) append their add_* function here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_resume, add_report, add_status]
+# Later commands append their add_* function here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_run, add_resume, add_report, add_status, add_rerun_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,9 @@ import optuna
 import pandas as pd
 
 from search import store
+from search.fidelity import RungFidelity, asha_rungs, rung_fidelity
+from search.overhead import COLUMNS as TIME_COLUMNS
+from search.overhead import breakdown, totals
 from search.pareto import pareto_front
 from search.searcher import (
     COMPLETE, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, PRUNED, REASON, RUNGS, RUNNING, STATUS,
@@ -19,7 +22,7 @@ from search.settings import SearchSettings
 COLUMNS = [
     "number", "status", "reason", "summary", "unique_params", "virtual_layers", "predicted_artifact_bytes",
     "artifact_bytes", "val_bpb", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s", "steps",
-    "device_s", "gpu_s", "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
+    "device_s", "gpu_s", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
 ]
 FORMATS = ("md", "csv", "html")
 
@@ -29,12 +32,28 @@ def load_study(settings: SearchSettings) -> optuna.Study:
     return optuna.load_study(study_name=settings.name, storage=store.study_url(settings))
 
 
+def trial_rungs(t: optuna.trial.FrozenTrial) -> list[tuple[float, float]]:
+    """A trial's (train_s, val_bpb) rung reports: its rungs attr, else its intermediate values (step = ms)."""
+    rungs = t.user_attrs.get(RUNGS)
+    if rungs:
+        return [(float(s), float(v)) for s, v in rungs]
+    return [(ms / 1000.0, float(v)) for ms, v in sorted(t.intermediate_values.items())]
+
+
+def time_breakdown(t: optuna.trial.FrozenTrial) -> dict:
+    """The trial's wall time split into train/compile/eval/export/other; pruned trials know train_s only."""
+    a, rungs = t.user_attrs, trial_rungs(t)
+    train_s = a.get("final_train_s", rungs[-1][0] if rungs else None)
+    return breakdown(train_s, a.get("compile_s"), a.get("eval_s"), a.get("export_s"), a.get("wall_s"),
+                     a.get("device_s"))
+
+
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per Optuna trial, including configs rejected by the size model, with the frontier marked."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        rungs = a.get(RUNGS) or []
+        rungs = trial_rungs(t)
         status = a.get(STATUS) or (RUNNING if t.state == optuna.trial.TrialState.RUNNING else FAILED)
         rows.append({
             "number": t.number,
@@ -53,6 +72,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "steps": a.get("steps"),
             "device_s": float(a.get("device_s", 0.0)),
             "gpu_s": float(a.get("gpu_s", 0.0)),
+            **time_breakdown(t),
             "optuna_state": t.state.name,
             "tune_trial_id": a.get(TUNE_ID, ""),
             "constraint_excess_bytes": a.get(EXCESS),
@@ -104,7 +124,34 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
             "artifact_bytes": int(best["artifact_bytes"]), "summary": best["summary"],
         },
         "limit_bytes": settings.limit_bytes,
+        "time": totals(df[list(TIME_COLUMNS)].to_dict("records")),
     }
+
+
+def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFidelity]:
+    """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials."""
+    trials = study.get_trials(deepcopy=False)
+    rungs = {t.number: trial_rungs(t) for t in trials}
+    finals = {t.number: float(t.user_attrs["val_bpb"]) for t in trials
+              if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("val_bpb") is not None}
+    asha = asha_rungs(settings.rung_s, settings.reduction_factor, settings.asha_max_t)
+    return rung_fidelity(rungs, finals, settings.rung_s, asha)
+
+
+def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
+    """The fidelity rows as a table: rung_s, asha, n, spearman (or why there is none)."""
+    rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
+             "spearman": f"{f.spearman:+.3f}" if f.spearman is not None else f.note} for f in fidelity]
+    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman"])
+
+
+def time_text(t: dict) -> str:
+    """One line: total seconds per part and the overall non-training share."""
+    if not t["trials"]:
+        return "no launched trial has a recorded wall time yet"
+    return (f"{t['wall_s']:.1f} s wall over {t['trials']} trials: train {t['train_s']:.1f}, compile "
+            f"{t['compile_s']:.1f}, eval {t['eval_s']:.1f}, export {t['export_s']:.1f}, other {t['other_s']:.1f}; "
+            f"non-training share {t['overhead_pct']:.1f}%")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -123,22 +170,30 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict) -> str:
-    cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes")]
+def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity]) -> str:
+    cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
+    timed = df[df["wall_s"].notna()]
     lines = [f"# Search `{info['name']}`", "",
              f"- trials: {info['optuna_trials']} proposed, {info['launched']} launched "
              f"(requested {info['trials_requested']})",
              "- status: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v),
              f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
              f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
-             f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})"]
+             f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
+             f"- time: {time_text(info['time'])}"]
     if info["best"]:
         b = info["best"]
         lines.append(f"- best: trial {b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes "
                      f"({b['summary']})")
     lines += ["", "## Pareto frontier (val_bpb, artifact_bytes)", "",
               markdown_table(front[cols]) if len(front) else "_no feasible finished trial yet_",
-              "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_", ""]
+              "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_",
+              "", "## Trial time (seconds)", "",
+              "wall_s = train_s + compile_s + eval_s + export_s + other_s; overhead_pct = non-training share. "
+              "Pruned and failed trials record train_s only: their compile and rung evaluations are in other_s.",
+              "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
+              "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
+              markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
     return "\n".join(lines)
 
 
@@ -188,9 +243,12 @@ def plot(df: pd.DataFrame, path: Path, limit_bytes: int = 16_000_000, title: str
 
 def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | None = None) -> dict[str, Path]:
     """Write the table, frontier, summary (and plot) under the search folder; return the paths."""
-    df = trials_table(load_study(settings))
+    study = load_study(settings)
+    df = trials_table(study)
     front = frontier_table(df, settings.limit_bytes)
     info = summary(df, settings)
+    fidelity = study_fidelity(study, settings)
+    info["fidelity"] = [f.to_dict() for f in fidelity]
     out = store.report_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}
@@ -205,11 +263,12 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
             f"<html><head><meta charset='utf-8'><title>{settings.name}</title></head><body>"
             f"<h1>Search {settings.name}</h1><pre>{json.dumps(info, indent=2)}</pre>"
             f"<h2>Pareto frontier</h2>{front.to_html(index=False)}<h2>All trials</h2>{df.to_html(index=False)}"
+            f"<h2>Rung fidelity</h2>{fidelity_frame(fidelity).to_html(index=False)}"
             "</body></html>"
         )
     else:
         paths["table"] = out / "report.md"
-        paths["table"].write_text(_markdown(df, front, info))
+        paths["table"].write_text(_markdown(df, front, info, fidelity))
     if plot_path is not None:
         target = plot_path if plot_path.is_absolute() else out / plot_path
         paths["plot"] = plot(df, target, settings.limit_bytes, title=f"search {settings.name}")
@@ -229,6 +288,7 @@ def status_text(settings: SearchSettings) -> str:
     lines.append(f"rejected before launch (predicted > limit): {info['rejected_by_size_model']}, "
                  f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f} "
                  f"(trial wall-s {info['device_s_total']:.0f})")
+    lines.append(f"time of finished trials: {time_text(info['time'])}")
     for _, r in df[df["status"] == RUNNING].iterrows():
         rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
         lines.append(f"  running #{r['number']}: {r['summary']} ({rung})")

@@ -1,0 +1,188 @@
+"""The report's extras: `rerun` on the CLI, the per-trial time breakdown, and rung fidelity (Spearman)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from search import tuner
+from search.cli import build_parser, main
+from search.fidelity import (
+    ALL_TIED, TOO_FEW, RungFidelity, asha_rungs, average_ranks, milestone, rung_fidelity, spearman,
+)
+from search.overhead import breakdown, totals
+from search.report import load_study, trials_table
+from search.rerun_cli import run_rerun_command
+from tests.search_fixtures import cli_env, ensure_calibration, tiny_settings, write_space
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- Spearman -------------------------------------------------------------------------------------
+def test_average_ranks_share_ties():
+    assert average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert average_ranks([3.0, 1.0, 2.0]) == [3, 1, 2]
+    assert average_ranks([7, 7, 7]) == [2, 2, 2]
+    assert average_ranks([]) == []
+
+
+def test_spearman_hand_computed():
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
+    # Ties: y ranks [1, 2, 3.5, 5, 3.5]; Pearson on ranks = 8 / sqrt(10 * 9.5).
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
+    assert spearman([1, 2, 3], [10, 200, 3000]) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None
+    with pytest.raises(ValueError, match="one pair per trial"):
+        spearman([1, 2], [1])
+
+
+def _brute_spearman(x, y):
+    """Ranks by counting (less + (equal + 1) / 2), then the stdlib's Pearson."""
+    def ranks(v):
+        return [sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v]
+    rx, ry = ranks(x), ranks(y)
+    if len(set(rx)) < 2 or len(set(ry)) < 2:
+        return None
+    return statistics.correlation(rx, ry)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_brute_force(seed):
+    rng = random.Random(seed)
+    for _ in range(40):
+        n = rng.randint(2, 9)
+        x, y = [rng.randint(0, 4) for _ in range(n)], [rng.random() if rng.random() < 0.5 else rng.randint(0, 3)
+                                                      for _ in range(n)]
+        want = _brute_spearman(x, y)
+        assert (spearman(x, y) is None) if want is None else spearman(x, y) == pytest.approx(want)
+        if len(set(x)) == n and len(set(y)) == n:  # no ties: the classic 1 - 6 sum d^2 / (n (n^2 - 1))
+            d2 = sum((a - b) ** 2 for a, b in zip(average_ranks(x), average_ranks(y)))
+            assert spearman(x, y) == pytest.approx(1 - 6 * d2 / (n * (n * n - 1)))
+
+
+# ---- rungs and fidelity ------------------------------------------------------------------------------
+def test_milestones_and_asha_rungs():
+    assert milestone(0.502, 0.5) == 0.5 and milestone(1.006, 0.5) == 1.0 and milestone(0.6, 0.2) == 0.6
+    assert milestone(66.9, 66.666667) == 66.666667
+    assert asha_rungs(0.5, 2.0, 1.0) == [0.5, 1.0]
+    assert asha_rungs(10.0, 3.0, 270.0) == [10.0, 30.0, 90.0, 270.0]
+    with pytest.raises(ValueError, match="settings.rung_s"):
+        milestone(1.0, 0.0)
+
+
+def test_rung_fidelity_counts_only_trials_with_a_final():
+    rungs = {
+        1: [(0.50, 2.0), (1.01, 1.6)], 2: [(0.51, 2.2), (1.00, 1.5)], 3: [(0.50, 2.1), (1.02, 1.7)],
+        4: [(0.53, 1.9), (1.00, 1.4)], 5: [(0.50, 1.0)],  # 5 was pruned: no final, must not count
+        6: [(0.50, 3.0), (1.50, 2.5)],  # only this one reached 1.5 s
+    }
+    finals = {1: 1.30, 2: 1.20, 3: 1.40, 4: 1.10, 6: 2.0}
+    rows = rung_fidelity(rungs, finals, 0.5, asha=[0.5, 1.5])
+    assert [r.rung_s for r in rows] == [0.5, 1.0, 1.5] and [r.asha for r in rows] == [True, False, True]
+    first, second, third = rows
+    assert first.n == 5 and first.spearman == pytest.approx(spearman([2.0, 2.2, 2.1, 1.9, 3.0],
+                                                                     [1.30, 1.20, 1.40, 1.10, 2.0]))
+    assert second.n == 4 and second.spearman == pytest.approx(1.0) and second.note == ""
+    assert third == RungFidelity(1.5, 1, None, True, TOO_FEW)
+    tied = rung_fidelity({1: [(0.5, 1.0)], 2: [(0.5, 1.0)], 3: [(0.5, 1.0)]}, {1: 1, 2: 2, 3: 3}, 0.5)
+    assert tied[0].spearman is None and tied[0].note == ALL_TIED
+
+
+# ---- time breakdown --------------------------------------------------------------------------------
+def test_breakdown_of_complete_pruned_and_rejected_trials():
+    done = breakdown(1.5, 0.1, 0.2, 0.05, trainer_wall_s=2.5, tune_wall_s=3.0)
+    assert done["wall_s"] == 3.0 and done["other_s"] == pytest.approx(1.15)
+    assert done["overhead_pct"] == pytest.approx(50.0)
+    pruned = breakdown(0.5, tune_wall_s=4.0)  # compile and rung evals are unknown: they land in other_s
+    assert pruned["other_s"] == pytest.approx(3.5) and pruned["overhead_pct"] == pytest.approx(87.5)
+    assert pruned["compile_s"] is None
+    rejected = breakdown(None)
+    assert rejected["wall_s"] is None and rejected["overhead_pct"] is None
+    clocks = breakdown(2.0, 0.0, 0.5, 0.0, trainer_wall_s=2.4)  # two clocks disagree: no negative remainder
+    assert clocks["wall_s"] == 2.5 and clocks["other_s"] == 0.0
+    t = totals([done, pruned, rejected])
+    assert t["trials"] == 2 and t["wall_s"] == 7.0 and t["train_s"] == 2.0
+    assert t["other_s"] == pytest.approx(4.65) and t["overhead_pct"] == pytest.approx(100 * 5 / 7)
+    assert totals([rejected])["overhead_pct"] is None
+
+
+# ---- one tiny real search -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, tiny_corpus):
+    """A 5-trial local CPU search (ASHA rungs at 0.5 s and 1 s), shared by the tests below."""
+    root = tmp_path_factory.mktemp("report_extras")
+    ensure_calibration(root)
+    settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "extras", trials=5)
+    tuner.connect("local")
+    try:
+        tuner.run_search(settings)
+    finally:
+        ray.shutdown()
+    return settings
+
+
+def test_finished_trials_record_their_time_parts(search):
+    trials = load_study(search).get_trials(deepcopy=False)
+    complete = [t for t in trials if t.user_attrs.get("status") == "complete"]
+    assert complete
+    for t in complete:  # carried from trainer.train's metrics through Tune into the study
+        for key in ("final_train_s", "compile_s", "eval_s", "export_s", "wall_s", "device_s"):
+            assert t.user_attrs[key] >= 0, key
+        assert t.user_attrs["eval_s"] > 0 and t.user_attrs["wall_s"] > t.user_attrs["final_train_s"]
+    df = trials_table(load_study(search))
+    launched = df[df["tune_trial_id"].astype(str) != ""]
+    assert launched["wall_s"].notna().all() and df.loc[df["tune_trial_id"].astype(str) == "", "wall_s"].isna().all()
+    for r in launched.itertuples():
+        parts = sum(v for v in (r.train_s, r.compile_s, r.eval_s, r.export_s, r.other_s) if v == v and v is not None)
+        assert parts == pytest.approx(r.wall_s) and 0 < r.overhead_pct < 100
+        assert r.wall_s >= r.device_s - 1e-9
+        if r.status == "pruned":
+            last = next(t for t in trials if t.number == r.number).user_attrs["rungs"][-1][0]
+            assert r.train_s == pytest.approx(last) and math.isnan(r.compile_s)
+        if r.status == "complete":
+            assert r.train_s == pytest.approx(r.final_train_s)
+
+
+def test_report_cli_shows_time_and_fidelity(search, capsys):
+    assert main(["report", search.name, "--storage", search.storage]) == 0
+    out = capsys.readouterr().out
+    folder = Path(search.storage, search.name, "report")
+    info = json.loads((folder / "summary.json").read_text())
+    assert "fidelity (Spearman" in out and "rung_s" in out and "non-training share" in out
+
+    df = trials_table(load_study(search))
+    assert info["time"]["wall_s"] == pytest.approx(df["wall_s"].sum())
+    assert info["time"]["train_s"] == pytest.approx(df["train_s"].sum())
+    assert info["time"]["overhead_pct"] == pytest.approx(100 * (1 - df["train_s"].sum() / df["wall_s"].sum()))
+
+    # Fidelity against a brute force over the study's intermediate values (step = training ms).
+    trials = load_study(search).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert [f["rung_s"] for f in info["fidelity"]] == [0.5, 1.0]
+    for f in info["fidelity"]:
+        pairs = [(v, t.value) for t in done for ms, v in t.intermediate_values.items()
+                 if math.floor(ms / 1000 / search.rung_s + 1e-9) * search.rung_s == pytest.approx(f["rung_s"])]
+        assert f["n"] == len(pairs) and f["asha"]
+        if len(pairs) >= 3:
+            assert f["spearman"] == pytest.approx(_brute_spearman(*zip(*pairs)))
+        else:
+            assert f["spearman"] is None and f["note"] == TOO_FEW and TOO_FEW in out
+    md = (folder / "report.md").read_text()
+    assert "## Trial time (seconds)" in md and "## Rung fidelity" in md and "non-training share" in md
+
+
+def test_rerun_is_a_search_command():
+    args = build_parser().parse_args(["rerun", "s1", "--trial", "3", "--no-baseline"])
+    assert args.func is run_rerun_command and args.trial == "3" and args.no_baseline
+    out = subprocess.run([sys.executable, "-m", "search", "rerun", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env=cli_env(REPO))
+    assert out.returncode == 0 and "--baseline-config" in out.stdout and "--best" in out.stdout, out.stderr
