@@ -82,17 +82,24 @@ def _read_runs(dirs: list[str]):
     return [read_run(d) for d in dirs]
 
 
+def _default_prior(path: Path, load):
+    """The shipped calibration as the prior, or None if absent or in an older format (fit() says if one is needed)."""
+    try:
+        return load(path) if path.is_file() else None
+    except ConfigError:
+        return None
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from spaces.calibration import accuracy_table, fit, write_calibration
+    from spaces.calibration import accuracy_table, fit, loo_from_provenance, write_calibration
     from spaces.size_model import CALIBRATION_PATH, load_calibration
 
     runs = _read_runs(args.run_dirs)
-    prior_path = Path(args.prior) if args.prior else CALIBRATION_PATH
-    prior = load_calibration(prior_path) if prior_path.is_file() else None
+    prior = load_calibration(args.prior) if args.prior else _default_prior(CALIBRATION_PATH, load_calibration)
     calibration = fit(runs, prior=prior)
     out = Path(args.out) if args.out else CALIBRATION_PATH
     write_calibration(calibration, out)
-    print(accuracy_table(runs, calibration))
+    print(accuracy_table(runs, calibration, loo_from_provenance(calibration)))
     print(f"wrote {out}" + (" (PROVISIONAL: synthetic runs)" if calibration.provenance["provisional"] else ""))
     return 0
 
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("calibrate", help="fit the size model to run dirs and write the calibration JSON",
-                       description="fit the size model to RUN_DIRs (metrics.json + model.ptz) and write the calibration")
+                       description="fit the size model to RUN_DIRs (metrics.json, + model.ptz when kept) and write the calibration")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None, help="output JSON (default spaces/size_calibration.json)")
     p.add_argument("--prior", default=None,

@@ -1,26 +1,34 @@
 """Artifact size model: exact parameter and payload counts, plus a calibrated zstd-22 size prediction.
 
-Prediction: compressed model bytes ~= sum over payload components (int codes per bit width, fp16 scales,
-fp16 small tensors, header, one frame) of count x fitted bytes-per-unit. The coefficients and a safety
-margin live in size_calibration.json, written by `python -m spaces calibrate` (see calibration.py).
+Prediction: compressed model bytes ~= sum over features of value x fitted bytes-per-unit (linear). The
+quantized codes are modelled physically: per-row symmetric quantization clips each row at ~its max |w|,
+so the bytes one code costs are about a constant (`codes`, an int6 code in a 512-long row), plus a cost
+per bit of grid resolution (`code_bits`, per log2(qmax) beyond int6's), plus a cost per doubling of the
+row length (`code_log2_fanin`, negative for trained weights: a longer heavy-tailed row has its max further
+out, so its codes crowd near 0). fp16 scales, fp16 weight matrices kept float, fp16 control scalars, the
+header and the zstd frame each get their own bytes-per-unit. Coefficients and the safety margin live in
+size_calibration.json, written by `python -m spaces calibrate` (see calibration.py).
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import artifact
 from trainer.config import ConfigError, RunConfig
-from trainer.quant import is_quantized, stored_bytes
+from trainer.quant import is_quantized, qmax, stored_bytes
 from trainer.schedule import tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 QUANT_BITS = (5, 6, 8)
-# Regression features, in a fixed order; each is a count of one kind of payload unit.
-FEATURES = tuple(f"codes_int{b}" for b in QUANT_BITS) + ("scales_fp16", "floats_fp16", "header_bytes", "frame")
+REFERENCE_BITS = 6  # code_bits is centred here: an int6 code adds 0 to it
+REFERENCE_FANIN = 512  # code_log2_fanin is centred here: a 512-long row adds 0 to it
+# Regression features, in a fixed order (see the module docstring for what each one measures).
+FEATURES = ("codes", "code_bits", "code_log2_fanin", "scales_fp16", "floats_fp16", "scalars_fp16",
+            "header_bytes", "frame")
 
 
 class SizeLimitError(ConfigError):
@@ -29,17 +37,20 @@ class SizeLimitError(ConfigError):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted bytes per unit of each feature, the safety margin as a fraction of model bytes, and provenance."""
+    """Fitted bytes per unit of each feature, the safety margin (a fraction of model bytes, plus bytes per
+    |unit| of any feature too thinly measured to cross-validate) and provenance."""
 
     coefficients: dict[str, float]
     safety_margin_fraction: float
     provenance: dict
+    feature_margins: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready form (what calibrate writes)."""
         return {
             "coefficients": self.coefficients,
             "safety_margin_fraction": self.safety_margin_fraction,
+            "feature_margins": self.feature_margins,
             "provenance": self.provenance,
         }
 
@@ -82,31 +93,44 @@ def _load_calibration_cached(path: str, _mtime_ns: int) -> Calibration:
     coefficients = data.get("coefficients", {})
     missing = [f for f in FEATURES if f not in coefficients]
     if missing:
-        raise ConfigError(f"{path}: coefficients lack {missing}; re-run `python -m spaces calibrate`")
+        raise ConfigError(f"{path}: coefficients lack {missing} (an older size-model format?); "
+                          f"re-run `python -m spaces calibrate RUN_DIR ...` to write a current one")
+    unknown = sorted(set(data.get("feature_margins", {})) - set(FEATURES))
+    if unknown:
+        raise ConfigError(f"{path}: feature_margins name unknown features {unknown}; re-run `python -m spaces calibrate`")
     return Calibration(
         coefficients={f: float(coefficients[f]) for f in FEATURES},
         safety_margin_fraction=float(data["safety_margin_fraction"]),
         provenance=data.get("provenance", {}),
+        feature_margins={f: float(v) for f, v in data.get("feature_margins", {}).items()},
     )
 
 
-def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, int]:
-    """Counts of each payload component of a config (the regression inputs)."""
-    counts = dict.fromkeys(FEATURES, 0)
-    code_key = f"codes_int{cfg.export.quant_bits}"
+def code_bits(bits: int) -> float:
+    """Grid resolution of a bit width relative to int6, in bits: log2(qmax(bits) / qmax(6))."""
+    return math.log2(qmax(bits) / qmax(REFERENCE_BITS))
+
+
+def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, float]:
+    """Values of each feature for a config (the regression inputs; code_* are centred, so may be negative)."""
+    values = dict.fromkeys(FEATURES, 0.0)
     data_bytes = 0
     for spec in tensor_layout(cfg.model):
         data_bytes += stored_bytes(spec, cfg.export)
         if is_quantized(spec, cfg.export):
-            counts[code_key] += spec.numel
-            counts["scales_fp16"] += spec.shape[0]
+            values["codes"] += spec.numel
+            values["code_bits"] += spec.numel * code_bits(cfg.export.quant_bits)
+            values["code_log2_fanin"] += spec.numel * math.log2(spec.shape[1] / REFERENCE_FANIN)
+            values["scales_fp16"] += spec.shape[0]
+        elif spec.role == "scalar":
+            values["scalars_fp16"] += spec.numel
         else:
-            counts["floats_fp16"] += spec.numel
+            values["floats_fp16"] += spec.numel  # a weight matrix small enough to stay float16
     # Header = whatever the exact payload holds beyond the tensor data (magic, length, JSON).
     payload = artifact.payload_bytes(cfg) if payload_bytes is None else payload_bytes
-    counts["header_bytes"] = payload - data_bytes
-    counts["frame"] = 1
-    return counts
+    values["header_bytes"] = payload - data_bytes
+    values["frame"] = 1
+    return values
 
 
 def zstd_bound_bytes(payload_bytes: int) -> int:
@@ -115,9 +139,15 @@ def zstd_bound_bytes(payload_bytes: int) -> int:
     return payload_bytes + (payload_bytes >> 8) + small
 
 
-def predict_model_bytes(counts: dict[str, int], calibration: Calibration) -> float:
-    """Linear compression model: sum of count x bytes-per-unit."""
-    return sum(counts[f] * calibration.coefficients[f] for f in FEATURES)
+def predict_model_bytes(values: dict[str, float], calibration: Calibration) -> float:
+    """Linear compression model: sum of feature value x bytes-per-unit."""
+    return sum(values[f] * calibration.coefficients[f] for f in FEATURES)
+
+
+def safety_margin_bytes(values: dict[str, float], model_bytes: float, calibration: Calibration) -> float:
+    """Margin for the fit's error: a fraction of model bytes plus |value| x bytes for thinly measured features."""
+    extra = sum(abs(values[f]) * m for f, m in calibration.feature_margins.items())
+    return calibration.safety_margin_fraction * model_bytes + extra
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,22 +164,24 @@ def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: 
 
 
 @functools.lru_cache(maxsize=65536)
-def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, code: int) -> SizePrediction:
-    calibration = Calibration(dict(coefficients), fraction, {})
+def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, margins: tuple, code: int) -> SizePrediction:
+    calibration = Calibration(dict(coefficients), fraction, {}, dict(margins))
     return _predict_uncached(cfg, calibration, code)
 
 
 def _predict(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
     key = tuple(sorted(calibration.coefficients.items()))
-    return _predict_cached(cfg, key, calibration.safety_margin_fraction, code)
+    margins = tuple(sorted(calibration.feature_margins.items()))
+    return _predict_cached(cfg, key, calibration.safety_margin_fraction, margins, code)
 
 
 def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
     payload = artifact.payload_bytes(cfg)
     bound = zstd_bound_bytes(payload)
-    model = min(math.ceil(predict_model_bytes(features(cfg, payload), calibration)), bound)
+    values = features(cfg, payload)
+    model = min(math.ceil(predict_model_bytes(values, calibration)), bound)
     # The margin covers the fit's error, but never beyond zstd's hard bound (measured can't exceed it).
-    safety = min(math.ceil(calibration.safety_margin_fraction * model), bound - model)
+    safety = min(math.ceil(safety_margin_bytes(values, model, calibration)), bound - model)
     total = model + code
     limit = cfg.export.limit_bytes
     return SizePrediction(
