@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
+import ray
 from ray import tune
 
 from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, import_object
@@ -23,6 +24,8 @@ from search.settings import SearchSettings
 FINAL_RENAMES = {"train_s": "final_train_s"}
 # Final metrics that go to Tune (the run config is already in the trial's config).
 DROP_FINAL = {"config"}
+# Every report names the Ray node it came from, so a trial retried after a lost node shows where each rung ran.
+NODE_KEY = "node_id"
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -36,6 +39,11 @@ def failure_reason(exc: BaseException) -> str:
     if name in ("ConfigError", "SizeLimitError"):
         return f"bad config: {text}"
     return f"{name}: {text}"
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray, e.g. when run_training is called directly)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _clean(metrics: dict) -> dict:
@@ -73,7 +81,7 @@ def run_training(
         def on_rung(metrics: dict, save_checkpoint: Callable[[Path], None]) -> None:
             with tempfile.TemporaryDirectory(prefix="rung_") as d:
                 save_checkpoint(Path(d))  # every rank writes its own state file
-                report_fn({**_clean(metrics), NUMBER_KEY: number}, Path(d) if is_main else None)
+                report_fn({**_clean(metrics), NUMBER_KEY: number, NODE_KEY: node_id()}, Path(d) if is_main else None)
 
         final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir,
                          report=on_rung, resume_from=resume_dir, **kwargs)
@@ -85,7 +93,7 @@ def run_training(
         report_fn({FAILED_KEY: True, FAIL_REASON_KEY: reason, NUMBER_KEY: number}, None)
         return
     final = {FINAL_RENAMES.get(k, k): v for k, v in _clean(final).items()}
-    report_fn({**final, FINAL_KEY: True, NUMBER_KEY: number}, None)
+    report_fn({**final, FINAL_KEY: True, NUMBER_KEY: number, NODE_KEY: node_id()}, None)
 
 
 def _tune_report(metrics: dict, checkpoint_dir: Path | None) -> None:
