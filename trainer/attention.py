@@ -9,8 +9,19 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from trainer.config import ATTENTION_CHOICES
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# train.attention: "auto" takes flash-attn when installed, else SDPA's own choice;
+# "sdpa_<backend>" pins one SDPA backend on CUDA (CPU runs always use plain SDPA).
+SDPA_BACKENDS = {
+    "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
 
 
 def _load_flash():
@@ -34,17 +45,44 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
 
 
-def pick_attention(use_flash: bool) -> tuple[str, Attention]:
-    """The kernel to use and its name: flash-attn on CUDA tensors when installed and wanted, else SDPA."""
-    flash = _load_flash() if use_flash else None
-    if flash is None:
-        return "sdpa", sdpa_attention
+def _pinned_sdpa(backend: SDPBackend) -> Attention:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not q.is_cuda:
+            return sdpa_attention(q, k, v)
+        if k.size(1) != q.size(1):  # not every backend takes GQA: repeat the KV heads explicitly
+            k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+            v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return attend
+
+
+def _flash_attention(flash) -> Attention:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not q.is_cuda:  # CPU runs (tests, --smoke) take the SDPA path
             return sdpa_attention(q, k, v)
         out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         out = out[0] if isinstance(out, tuple) else out
         return out.transpose(1, 2)
 
-    return "flash", flash_attention
+    return attend
+
+
+def pick_attention(choice: str = "auto") -> tuple[str, Attention]:
+    """The kernel for a train.attention value, and the name it is logged under."""
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"train.attention: '{choice}' is not one of {ATTENTION_CHOICES}")
+    if choice in SDPA_BACKENDS:
+        return choice, _pinned_sdpa(SDPA_BACKENDS[choice])
+    if choice == "sdpa":
+        return "sdpa", sdpa_attention
+    flash = _load_flash()
+    if flash is not None:
+        return "flash", _flash_attention(flash)
+    if choice == "flash":
+        raise ValueError(
+            "train.attention: 'flash' asks for flash-attn, which is not installed here; "
+            "install flash-attn-4 (pip install '.[flash]') or use 'auto'"
+        )
+    return "sdpa", sdpa_attention

@@ -33,8 +33,12 @@ class Muon(torch.optim.Optimizer):
     an all-reduce shares the updates.
     """
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True):
+    def __init__(
+        self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True, compiled: bool = False
+    ):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        # Compiled, the iteration's elementwise work fuses into the matmuls' epilogues: one graph per shape.
+        self.orthogonalize = torch.compile(orthogonalize, dynamic=False) if compiled else orthogonalize
 
     @torch.no_grad()
     def step(self):
@@ -58,7 +62,7 @@ class Muon(torch.optim.Optimizer):
                     buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                     buf.mul_(group["momentum"]).add_(p.grad)
                     grads.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
-                ortho = orthogonalize(torch.stack(grads), group["backend_steps"])
+                ortho = self.orthogonalize(torch.stack(grads), group["backend_steps"])
                 ortho = ortho * max(1.0, shape[0] / shape[1]) ** 0.5
                 for i, u in zip(mine, ortho.unbind(0)):
                     updates[i] = u
@@ -83,10 +87,17 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opt
             continue
         (matrices if p.ndim == 2 and name.startswith(("attns.", "mlps.")) else scalars).append(p)
     fused = next(model.parameters()).is_cuda
+    compiled = fused and cfg.compile and cfg.compile_optimizer
     adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
     optimizers = [
         torch.optim.Adam([{"params": [model.tok_emb.weight], "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
-        Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps),
+        Muon(
+            matrices,
+            lr=cfg.matrix_lr,
+            momentum=cfg.muon_momentum,
+            backend_steps=cfg.muon_backend_steps,
+            compiled=compiled,
+        ),
         torch.optim.Adam([{"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr}], **adam),
     ]
     for group in optimizers[1].param_groups:
