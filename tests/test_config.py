@@ -38,6 +38,8 @@ def test_overrides_and_round_trip():
         (["model.untie_mlp=[40]"], "outside 0..8"),
         (["train.micro_batch_tokens=1000"], "multiple of seq_len"),
         (["export.quant_bits=7"], "quant_bits"),
+        (["train.attention=fa9"], "train.attention: 'fa9' is not one of"),
+        (["train.residual_dtype=float16"], "must be float32 or bfloat16"),
         (["model.unique_blocks=many"], "expected an integer"),
     ],
 )
@@ -67,3 +69,18 @@ def test_smoke_version_keeps_the_model_and_shrinks_training():
     smoke = config.smoke_version(cfg)
     assert smoke.model == cfg.model
     assert smoke.train.batch_tokens <= 256 and not smoke.train.compile and smoke.train.final_val_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "world, expected",
+    [(1, (131_072, 4)), (2, (131_072, 2)), (4, (131_072, 1)), (8, (65_536, 1))],
+)
+def test_batch_splits_over_ranks_with_micro_batch_as_an_upper_bound(world, expected):
+    train = config.load(None, []).train  # 524,288 tokens per step, micro-batches of at most 131,072
+    assert train.split_batch(world) == expected
+
+
+def test_batch_that_cannot_split_over_ranks_is_a_clear_error():
+    train = config.load(None, ["train.batch_tokens=3072", "train.micro_batch_tokens=1024"]).train
+    with pytest.raises(ConfigError, match="does not split into 2 ranks"):
+        train.split_batch(2)  # 1,536 tokens per rank is not a whole number of 1,024-token sequences

@@ -99,3 +99,62 @@ def test_forward_traces_as_one_graph_for_torch_compile():
     explained = torch._dynamo.explain(model)(x, x)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_every_attention_choice_gives_the_same_causal_output_on_cpu():
+    # Pinned SDPA backends are CUDA-only; on the CPU every choice must fall back to the same math.
+    from trainer.attention import pick_attention
+    from trainer.config import ATTENTION_CHOICES
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 2, 10, 8), torch.randn(2, 2, 10, 8)
+    reference = pick_attention("sdpa")[1](q, k, v)
+    for choice in ATTENTION_CHOICES:
+        try:
+            name, attend = pick_attention(choice)
+        except ValueError as exc:  # 'flash' without flash-attn installed says how to get it
+            assert choice == "flash" and "pip install" in str(exc)
+            continue
+        assert torch.allclose(attend(q, k, v), reference, atol=1e-6), name
+
+
+def test_pinned_sdpa_backend_traces_without_graph_breaks():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = GPT(from_dict({"model": {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+                                     "unique_blocks": 2}}).model, attention="sdpa_cudnn")
+    x = torch.randint(0, 64, (2, 8))
+    explained = torch._dynamo.explain(model)(x, x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_bf16_blocks_keep_a_float32_residual_stream_and_trace_as_one_graph():
+    # compute_dtype only moves the blocks' work to bf16; the residual stream stays float32, so the bf16
+    # loss stays close to the float32 one. The cast must not break the compiled graph either.
+    import torch._dynamo
+
+    cfg = from_dict({"model": {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+                               "unique_blocks": 2, "virtual_layers": [0, 1, 0]}}).model
+    full = randomize(GPT(cfg))
+    half = GPT(cfg, compute_dtype=torch.bfloat16)
+    half.load_state_dict(full.state_dict())
+    x = torch.randint(0, 64, (2, 16))
+    seen = {}
+    half.mlps[0].register_forward_hook(lambda m, i, o: seen.update(mlp_in=i[0].dtype))
+    assert abs(half(x, x).item() - full(x, x).item()) < 0.05
+    assert seen["mlp_in"] == torch.bfloat16 and half.hidden(x).dtype == torch.float32
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(half)(x, x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_bf16_residual_stream_is_an_option_and_stays_close():
+    cfg = from_dict({"model": {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+                               "unique_blocks": 2}}).model
+    full = randomize(GPT(cfg))
+    half = GPT(cfg, compute_dtype=torch.bfloat16, residual_dtype=torch.bfloat16)
+    half.load_state_dict(full.state_dict())
+    x = torch.randint(0, 64, (2, 16))
+    assert half.hidden(x).dtype == torch.bfloat16
+    assert abs(half(x, x).item() - full(x, x).item()) < 0.1

@@ -23,7 +23,7 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class CastedLinear(nn.Linear):
-    """Linear layer whose float32 master weight is cast to the activation dtype (bf16 under autocast)."""
+    """Linear layer with a float32 master weight; autocast runs the matmul in bf16 on the GPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype))
@@ -117,11 +117,18 @@ def sinusoidal_depth(depth: int, dim: int) -> torch.Tensor:
 class GPT(nn.Module):
     """Token embedding, a schedule of virtual layers over shared blocks, tied soft-capped output."""
 
-    def __init__(self, cfg: ModelConfig, use_flash: bool = True, compute_dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        attention: str = "auto",
+        compute_dtype: torch.dtype = torch.float32,
+        residual_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
-        # Weights stay float32 (optimizer masters); activations run in compute_dtype (bf16 on GPU).
-        self.cfg, self.compute_dtype = cfg, compute_dtype
-        self.attention_kernel, attend = pick_attention(use_flash)
+        # Weights stay float32; blocks and the output projection run in compute_dtype (bf16 on the GPU);
+        # the residual stream is float32 unless residual_dtype asks for bf16 (faster, rounds every sum).
+        self.cfg, self.compute_dtype, self.residual_dtype = cfg, compute_dtype, residual_dtype
+        self.attention_kernel, attend = pick_attention(attention)
         self.schedule = build_schedule(cfg)
         depth = len(self.schedule)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
@@ -155,13 +162,17 @@ class GPT(nn.Module):
             x = x + signal.to(x.dtype)
         mix = s.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](rms_norm(x), s.q_gain)
-        x = x + s.mlp_scale.to(x.dtype) * self.mlps[layer.mlp](rms_norm(x))
+        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](self.block_input(x), s.q_gain)
+        x = x + s.mlp_scale.to(x.dtype) * self.mlps[layer.mlp](self.block_input(x))
         return x
 
+    def block_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The normed residual stream, cast to the dtype the blocks compute in."""
+        return rms_norm(x).to(self.compute_dtype)
+
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final normalized hidden states, (B, T, D)."""
-        x = rms_norm(self.tok_emb(input_ids).to(self.compute_dtype))
+        """Final normalized hidden states, (B, T, D), in the residual dtype."""
+        x = rms_norm(self.tok_emb(input_ids)).to(self.residual_dtype)
         x0 = x
         depth = len(self.schedule)
         # U-Net over virtual depth: the first half's outputs feed the second half, innermost first.
@@ -177,7 +188,7 @@ class GPT(nn.Module):
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Soft-capped logits from the tied embedding, in float32."""
-        h = self.hidden(input_ids)
+        h = self.hidden(input_ids).to(self.compute_dtype)
         raw = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(raw / cap)

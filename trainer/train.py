@@ -22,6 +22,7 @@ from trainer.bpb import byte_table, load_sentencepiece
 from trainer.config import RunConfig
 from trainer.data import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import evaluate
+from trainer.flops import flops_per_token, mfu
 from trainer.model import GPT
 from trainer.optim import build_optimizers, set_schedule
 from trainer.schedule import unique_params
@@ -122,17 +123,13 @@ def train(
     table = byte_table(sp, cfg.model.vocab_size)
     val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, tc.final_val_tokens or None)
     val_prefix = val_tokens[: tc.val_prefix_tokens + 1]
-    local_tokens = tc.micro_batch_tokens
-    grad_accum = tc.batch_tokens // (local_tokens * rt.world_size)
-    if grad_accum < 1:
-        raise ValueError(
-            f"train.batch_tokens={tc.batch_tokens} is smaller than micro_batch_tokens x {rt.world_size} ranks; "
-            "raise batch_tokens or lower micro_batch_tokens"
-        )
+    local_tokens, grad_accum = tc.split_batch(rt.world_size)
 
     torch.manual_seed(tc.seed)
     on_gpu = rt.device.type == "cuda"
-    model = GPT(cfg.model, compute_dtype=torch.bfloat16 if on_gpu else torch.float32).to(rt.device)
+    compute_dtype = torch.bfloat16 if on_gpu else torch.float32
+    residual_dtype = getattr(torch, tc.residual_dtype) if on_gpu else torch.float32
+    model = GPT(cfg.model, tc.attention, compute_dtype, residual_dtype).to(rt.device)
     optimizers = build_optimizers(model, tc)
     compiled = torch.compile(model, dynamic=False) if tc.compile and on_gpu else model
     net = (
@@ -246,8 +243,10 @@ def train(
     _sync(rt.device)
     train_s += time.perf_counter() - t0
     peak_mem_bytes = torch.cuda.max_memory_allocated(rt.device) if on_gpu else 0
+    tokens_per_s = train_tokens / max(train_s, 1e-9)
+    train_mfu = mfu(cfg.model, tc.seq_len, tokens_per_s, rt.world_size)
     log(f"training done: {step} steps, {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, "
-        f"peak_mem {peak_mem_bytes / 2**30:.2f} GiB")
+        f"{tokens_per_s:,.0f} tokens/s, MFU {100 * train_mfu:.1f}%, peak_mem {peak_mem_bytes / 2**30:.2f} GiB")
 
     eval_start = time.perf_counter()
     pre = evaluate(compiled, val_tokens, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
@@ -288,7 +287,9 @@ def train(
         "train_tokens": train_tokens,
         "train_s": train_s,
         "step_ms": 1000 * train_s / max(step, 1),
-        "tokens_per_s": train_tokens / max(train_s, 1e-9),
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops_per_token(cfg.model, tc.seq_len),
+        "mfu": train_mfu,
         "peak_mem_bytes": peak_mem_bytes,
         "compile_s": compile_s,
         "eval_s": eval_s,
