@@ -3,9 +3,5 @@
 # schedule (warmdown 1200 steps counted from step 516, i.e. what its 349 ms/step gave it in 180 s), so
 # val_bpb and artifact bytes compare with the reference at equal steps (issue 2, issue 6 item 1).
 source benchmarks/device_env.sh
-mkdir -p runs/gpu5 "$OUT/runs"
-name=baseline_9x512_516steps
-timeout 420 python3 -m trainer train --data "$DATA" --tokenizer "$TOK" --out "runs/gpu5/$name" \
-  --set train.max_steps=516 --set train.budget_s=600 --set export.quant_bits=8 > "runs/gpu5/$name.log" 2>&1
-echo "== $name rc=$?"; grep -E "training done|val_bpb|Error" "runs/gpu5/$name.log" | tail -4
-cp "runs/gpu5/$name.log" "$OUT/runs/"; cp "runs/gpu5/$name/model.ptz" "$OUT/$name.ptz"
+train_run runs/gpu5 420 baseline_9x512_516steps --set train.max_steps=516 --set train.budget_s=600 \
+  --set train.residual_dtype=bfloat16 --set train.micro_batch_tokens=65536 --set export.quant_bits=8

@@ -22,7 +22,7 @@ def test_save_load_round_trip_and_exact_payload_size(tmp_path):
     assert info.payload_bytes == artifact.payload_bytes(cfg)
     assert info.model_bytes == (tmp_path / "m.ptz").stat().st_size
     loaded_cfg, state = artifact.load(tmp_path / "m.ptz")
-    assert loaded_cfg == cfg
+    assert loaded_cfg.model == cfg.model and loaded_cfg.export == cfg.export
     original = model.state_dict()
     assert set(state) == set(original)
     for name, tensor in state.items():
@@ -76,3 +76,12 @@ def test_state_that_does_not_match_config_is_rejected(tmp_path):
     other = small_cfg("model.unique_blocks=3")
     with pytest.raises(artifact.ArtifactError, match="does not match"):
         artifact.save(GPT(cfg.model).state_dict(), other, tmp_path / "m.ptz")
+
+
+def test_training_settings_do_not_change_the_artifact_size(tmp_path):
+    # The header keeps model + export only: a new training knob must not move any artifact's bytes.
+    cfg = small_cfg()
+    tuned = small_cfg("train.budget_s=17", "train.attention=sdpa_cudnn", "train.max_steps=9")
+    assert artifact.payload_bytes(tuned) == artifact.payload_bytes(cfg)
+    state = GPT(cfg.model).state_dict()
+    assert artifact.save(state, tuned, tmp_path / "a.ptz") == artifact.save(state, cfg, tmp_path / "b.ptz")

@@ -179,13 +179,18 @@ def test_read_run_works_without_model_ptz(tmp_path):
 
 
 def test_shipped_calibration_is_fitted_on_h100_runs_and_its_margin_covers_them():
-    """The shipped fit: trained H100 artifacts, <= 1% in-sample error, and measured <= LOO prediction + margin."""
+    """The shipped fit: trained H100 artifacts of several training lengths, measured <= LOO prediction + margin.
+
+    The same config compresses 3-6% differently after 12 s and after 180 s of training (BENCHMARKS.md), so
+    the fit spans both and its margin, not a <= 1% in-sample error, is what keeps predictions safe.
+    """
     data = json.loads(size_model.CALIBRATION_PATH.read_text())
     prov, margin = data["provenance"], data["safety_margin_fraction"]
     assert prov["provisional"] is False and any("H100" in d for d in prov["devices"])
-    assert len(prov["runs"]) >= 10 and prov["fit"]["max_abs_error_pct"] <= 1.0
+    assert len(prov["runs"]) >= 10 and len({r["train_budget_s"] for r in prov["runs"]}) >= 3
+    assert prov["fit"]["max_abs_error_pct"] <= 100 * margin
     assert margin == pytest.approx(max(calibration.MIN_MARGIN_FRACTION, calibration.SAFETY_FACTOR * prov["fit"]["worst_underprediction_loo_pct"] / 100), abs=1e-4)
-    assert margin < 0.05 and data["feature_margins"] == {}
+    assert margin < 0.10 and data["feature_margins"] == {}
     for r in prov["runs"]:
         assert r["measured_model_bytes"] <= r["loo_predicted_model_bytes"] * (1 + margin)
         assert r["measured_model_bytes"] <= r["predicted_model_bytes"] * (1 + margin)

@@ -2,8 +2,9 @@
 
 Layout of the uncompressed payload:
     MAGIC (8 bytes) | header length (uint32 LE) | header JSON | int8 codes | fp16 scales | fp16 tensors
-The header holds the run config and, per tensor, its name, shape, kind and offsets. Shared blocks
-are stored once because the state_dict itself holds them once (see schedule.tensor_layout).
+The header holds the model and export config (what rebuilding the model needs; training settings stay
+out, so adding a training knob never changes an artifact's size) and, per tensor, its name, shape, kind
+and offsets. Shared blocks are stored once because the state_dict itself holds them once.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from trainer.quant import FLOAT_DTYPE, SCALE_DTYPE, dequantize_rows, is_quantize
 from trainer.schedule import TensorSpec, tensor_layout
 
 MAGIC = b"RSART01\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 also stored the train section; load() still reads it
+READABLE_FORMATS = (1, 2)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Source files a user needs to rebuild the model from the artifact and run it.
 CODE_FILES = ("__init__.py", "config.py", "schedule.py", "model.py", "quant.py", "artifact.py")
@@ -68,16 +70,28 @@ def _tensor_table(cfg: RunConfig) -> list[dict]:
     return table
 
 
-def header_bytes(cfg: RunConfig) -> bytes:
-    """The JSON header exactly as written (deterministic for a config)."""
-    header = {"format": FORMAT_VERSION, "config": cfg.to_dict(), "tensors": _tensor_table(cfg)}
+def stored_config(cfg: RunConfig) -> dict:
+    """The config sections an artifact keeps: model and export."""
+    full = cfg.to_dict()
+    return {"model": full["model"], "export": full["export"]}
+
+
+def header_bytes(cfg: RunConfig, legacy_config: dict | None = None) -> bytes:
+    """The JSON header exactly as written (deterministic for a config).
+
+    legacy_config: the full config dict a format-1 artifact stored, to size artifacts written before format 2.
+    """
+    if legacy_config is None:
+        header = {"format": FORMAT_VERSION, "config": stored_config(cfg), "tensors": _tensor_table(cfg)}
+    else:
+        header = {"format": 1, "config": legacy_config, "tensors": _tensor_table(cfg)}
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
-def payload_bytes(cfg: RunConfig) -> int:
+def payload_bytes(cfg: RunConfig, legacy_config: dict | None = None) -> int:
     """Exact uncompressed payload size for a config, computed without any weights."""
     data = sum(stored_bytes(s, cfg.export) for s in tensor_layout(cfg.model))
-    return len(MAGIC) + 4 + len(header_bytes(cfg)) + data
+    return len(MAGIC) + 4 + len(header_bytes(cfg, legacy_config)) + data
 
 
 def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
@@ -120,8 +134,8 @@ def _read_payload(path: Path) -> tuple[dict, memoryview]:
     (length,) = struct.unpack_from("<I", payload, len(MAGIC))
     start = len(MAGIC) + 4
     header = json.loads(payload[start : start + length])
-    if header.get("format") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (this code reads {FORMAT_VERSION})")
+    if header.get("format") not in READABLE_FORMATS:
+        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (this code reads {READABLE_FORMATS})")
     return header, memoryview(payload)[start + length :]
 
 
@@ -133,7 +147,7 @@ def _tensor_at(data: memoryview, offset: int, dtype: torch.dtype, shape: list[in
 
 
 def load(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    """Read an artifact back: its config and a dequantized float32 state_dict."""
+    """Read an artifact back: its config (training settings at their defaults) and a dequantized float32 state_dict."""
     header, data = _read_payload(path)
     cfg = config_mod.from_dict(header["config"], where=str(path))
     state = {}
