@@ -110,7 +110,7 @@ class TrainConfig:
     max_steps: int = 20_000
     budget_s: float = 600.0
     warmdown_steps: int = 1200
-    compile_warmup_steps: int = 20
+    compile_warmup_steps: int = 5  # steps run (then rewound) to compile and warm the kernels
     matrix_lr: float = 0.04
     scalar_lr: float = 0.04
     embed_lr: float = 0.05
@@ -125,6 +125,7 @@ class TrainConfig:
     seed: int = 1337
     compile: bool = True
     compile_optimizer: bool = True  # torch.compile the Muon Newton-Schulz iteration on CUDA
+    compile_eval: bool = False  # evaluate with the compiled model (pays a second compile for the eval graph)
     attention: str = "auto"  # one of trainer.attention.ATTENTION_CHOICES
     # Residual stream dtype on the GPU; blocks compute in bf16 either way. bfloat16 saves memory traffic and
     # matched float32's val_bpb at equal steps on an H100 (1.3930 vs 1.3946 at 490 steps; BENCHMARKS.md).
