@@ -51,48 +51,21 @@ def tiny_settings(storage: Path, corpus: dict, space: Path, name: str, **changes
     return SearchSettings(**values).validate()
 
 
-# Until spaces/ ships its calibration file, the size model predicts with this upper bound: every stored
-# byte counts, as if zstd compressed nothing (so any config it admits truly fits).
-UPPER_BOUND_CALIBRATION = {
-    "coefficients": {"codes_int5": 0.625, "codes_int6": 0.75, "codes_int8": 1.0, "scales_fp16": 2.0,
-                     "floats_fp16": 2.0, "header_bytes": 1.0, "frame": 0.0},
-    "safety_margin_fraction": 0.0,
-    "provenance": {"source": "tests/search_fixtures.py upper bound (no compression)"},
-}
-
-
-def ensure_calibration(folder: Path) -> None:
-    """Point the size model at an upper-bound calibration if the repository has none yet (driver process only)."""
-    import json
-
-    from spaces import size_model
-
-    if size_model.CALIBRATION_PATH.is_file():
-        return
-    path = Path(folder) / "upper_bound_calibration.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(UPPER_BOUND_CALIBRATION))
-    size_model.CALIBRATION_PATH = path
-
-
-def cli_env(calibration_dir: Path) -> dict:
+def cli_env() -> dict:
     """Environment for `python tests/search_fixtures.py ...` driver subprocesses."""
     import os
 
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    env["SEARCH_TEST_CALIBRATION_DIR"] = str(calibration_dir)
     env.pop("RAY_ADDRESS", None)
     return env
 
 
 if __name__ == "__main__":
-    # `python tests/search_fixtures.py run ...`: the search CLI, with the test calibration when none is shipped.
-    import os
+    # `python tests/search_fixtures.py run ...`: the search CLI as a driver process of its own.
     import sys
 
-    ensure_calibration(Path(os.environ.get("SEARCH_TEST_CALIBRATION_DIR", ".")))
     from search.cli import main
 
     sys.exit(main(sys.argv[1:]))

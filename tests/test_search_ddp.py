@@ -6,11 +6,10 @@ from optuna.trial import TrialState
 
 from search import tuner
 from search.report import load_study
-from tests.search_fixtures import ensure_calibration, tiny_settings, write_space
+from tests.search_fixtures import tiny_settings, write_space
 
 
 def test_ddp_trials_report_rungs_checkpoint_and_finish(tmp_path, tiny_corpus):
-    ensure_calibration(tmp_path)
     settings = tiny_settings(
         tmp_path / "runs", tiny_corpus, write_space(tmp_path), "ddp", trials=1, max_concurrent=1,
         cpus_per_trial=0.5, overrides=("train.batch_tokens=512",), extra={"cpu_ddp_workers": 2},

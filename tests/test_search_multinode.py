@@ -117,7 +117,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
     start = time.perf_counter()
     log = open(tmp_path / "driver.log", "w")
     # Its own process group, so a failing test can kill the driver and anything it spawned in one go.
-    proc = subprocess.Popen(driver, cwd=REPO, env=cli_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(driver, cwd=REPO, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
     def driver_log() -> str:

@@ -21,7 +21,7 @@ from search.fidelity import (
 from search.overhead import breakdown, totals
 from search.report import load_study, trials_table
 from search.rerun_cli import run_rerun_command
-from tests.search_fixtures import cli_env, ensure_calibration, tiny_settings, write_space
+from tests.search_fixtures import cli_env, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,6 @@ def test_breakdown_of_complete_pruned_and_rejected_trials():
 def search(tmp_path_factory, tiny_corpus):
     """A 5-trial local CPU search (ASHA rungs at 0.5 s and 1 s), shared by the tests below."""
     root = tmp_path_factory.mktemp("report_extras")
-    ensure_calibration(root)
     settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "extras", trials=5)
     tuner.connect("local")
     try:
@@ -184,5 +183,5 @@ def test_rerun_is_a_search_command():
     args = build_parser().parse_args(["rerun", "s1", "--trial", "3", "--no-baseline"])
     assert args.func is run_rerun_command and args.trial == "3" and args.no_baseline
     out = subprocess.run([sys.executable, "-m", "search", "rerun", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60, env=cli_env(REPO))
+                         text=True, timeout=60, env=cli_env())
     assert out.returncode == 0 and "--baseline-config" in out.stdout and "--best" in out.stdout, out.stderr

@@ -36,7 +36,7 @@ def _finished_launched(db: Path) -> int:
 def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
     storage, name = tmp_path / "runs", "killed"
     space = write_space(tmp_path)
-    env = {**cli_env(tmp_path), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    env = {**cli_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
     run = ["run", "--space", str(space), "--name", name, "--storage", str(storage), "--trials", "8",
            "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "2", "--grace-s", "0.5",

@@ -16,7 +16,7 @@ from search import tuner
 from search.pareto import dominates
 from search.report import load_study
 from search.trainable import failure_reason, run_training
-from tests.search_fixtures import cli_env, ensure_calibration, tiny_settings, write_space
+from tests.search_fixtures import cli_env, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 def finished_search(tmp_path_factory, tiny_corpus):
     """One 8-trial search, run in this process against a local Ray instance."""
     root = tmp_path_factory.mktemp("search_run")
-    ensure_calibration(root)
     settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "cpu-search")
     tuner.connect("local")
     start = time.perf_counter()
@@ -79,7 +78,7 @@ def test_checkpoints_at_every_report(finished_search):
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=cli_env(Path(cwd)))
+                          timeout=120, env=cli_env())
 
 
 def test_report_cli_writes_table_frontier_plot_and_summary(finished_search):

@@ -9,12 +9,11 @@ import pytest
 from optuna.trial import TrialState
 
 from search.searcher import RecurrenceSearcher, fail_orphans, open_study
-from tests.search_fixtures import ensure_calibration, tiny_settings, write_space
+from tests.search_fixtures import tiny_settings, write_space
 
 
 @pytest.fixture
 def settings(tmp_path, tiny_corpus):
-    ensure_calibration(tmp_path)
     return tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "unit", seed=3)
 
 

@@ -28,6 +28,8 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from trainer.train import train
 
     cfg = config_mod.load(args.config, args.overrides)
@@ -36,8 +38,15 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = config_mod.smoke_version(cfg)
         device = device or "cpu"
     metrics = train(cfg, args.data, args.tokenizer, args.out, device=device)
-    summary = {k: metrics[k] for k in ("val_bpb", "val_bpb_prequant", "artifact_bytes", "over_limit", "steps", "train_s")}
-    print(json.dumps(summary, indent=2))
+    rank = 0
+    if dist.is_initialized():
+        # Leave the group together: a rank exiting with the group alive can abort at interpreter shutdown.
+        rank = dist.get_rank()
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank == 0:
+        summary = {k: metrics[k] for k in ("val_bpb", "val_bpb_prequant", "artifact_bytes", "over_limit", "steps", "train_s")}
+        print(json.dumps(summary, indent=2))
     return 0
 
 
