@@ -20,10 +20,11 @@ DONE = re.compile(r"training done: (\d+) steps, ([\d.]+)s")
 def rebuild(log: Path, ptz: Path | None, out_root: Path) -> Path:
     lines = log.read_text().splitlines()
     config = json.loads(lines[0].split("] config ", 1)[1])
-    sizes = next((SIZES.search(line) for line in reversed(lines) if SIZES.search(line)), None)
-    if sizes is None:
+    sizes = [m for m in map(SIZES.search, lines) if m]
+    if not sizes:
         raise SystemExit(f"{log}: no artifact line (the run stopped before export); leave it out")
-    done = next(DONE.search(line) for line in lines if DONE.search(line))
+    sizes = sizes[-1]
+    done = next(m for m in map(DONE.search, lines) if m)
     cfg = from_dict(config, where=str(log))
     model_bytes = int(sizes.group(2).replace(",", ""))
     metrics = {

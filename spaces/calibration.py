@@ -49,9 +49,9 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
             raise ConfigError(f"{run_dir}: model.ptz is {on_disk} bytes but metrics.json says {metrics['model_bytes']}; the run is inconsistent, re-export it")
         source = "model.ptz"
     expected = artifact.payload_bytes(cfg)
-    if metrics["payload_bytes"] == artifact.payload_bytes(cfg, legacy_config=metrics["config"]):
-        expected = metrics["payload_bytes"]  # written before format 2, whose header also held the train section
-    if expected != metrics["payload_bytes"]:
+    # A run written before artifact format 2 also stored its train section in the header.
+    legacy = artifact.payload_bytes(cfg, legacy_config=metrics["config"])
+    if metrics["payload_bytes"] not in (expected, legacy):
         raise ConfigError(
             f"{metrics_path}: payload_bytes {metrics['payload_bytes']} != {expected} computed now; "
             f"the artifact format changed since this run, so drop it or re-export it"

@@ -194,3 +194,19 @@ def test_shipped_calibration_is_fitted_on_h100_runs_and_its_margin_covers_them()
     for r in prov["runs"]:
         assert r["measured_model_bytes"] <= r["loo_predicted_model_bytes"] * (1 + margin)
         assert r["measured_model_bytes"] <= r["predicted_model_bytes"] * (1 + margin)
+
+
+def test_read_run_accepts_format_1_runs_and_still_rejects_other_payload_sizes(tmp_path):
+    # Runs written before artifact format 2 stored the train section in the header too: still readable.
+    d = _tiny_runs(tmp_path, shapes=SHAPES[:1], bit_widths=(6,))[0]
+    (d / "model.ptz").unlink()
+    metrics = json.loads((d / "metrics.json").read_text())
+    cfg = from_dict(metrics["config"])
+    metrics["payload_bytes"] = artifact.payload_bytes(cfg, legacy_config=metrics["config"])
+    assert metrics["payload_bytes"] > artifact.payload_bytes(cfg)
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    assert calibration.read_run(d).cfg == cfg
+    metrics["payload_bytes"] += 1
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(Exception, match="the artifact format changed since this run"):
+        calibration.read_run(d)

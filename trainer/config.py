@@ -163,7 +163,6 @@ class TrainConfig:
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
 
-
     def split_batch(self, world_size: int) -> tuple[int, int]:
         """(tokens per micro-batch on one rank, micro-batches per step) for a step of batch_tokens over world_size ranks.
 

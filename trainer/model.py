@@ -23,7 +23,7 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class CastedLinear(nn.Linear):
-    """Linear layer with a float32 master weight; autocast runs the matmul in bf16 on the GPU."""
+    """Linear layer whose float32 master weight is cast to its input's dtype (bf16 inside blocks on the GPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype))
