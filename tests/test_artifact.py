@@ -85,3 +85,18 @@ def test_training_settings_do_not_change_the_artifact_size(tmp_path):
     assert artifact.payload_bytes(tuned) == artifact.payload_bytes(cfg)
     state = GPT(cfg.model).state_dict()
     assert artifact.save(state, tuned, tmp_path / "a.ptz") == artifact.save(state, cfg, tmp_path / "b.ptz")
+
+
+def test_unpack_of_a_payload_matches_load_of_its_file_and_holds_checks_the_file(tmp_path):
+    cfg = small_cfg("model.unique_blocks=2")
+    torch.manual_seed(0)
+    state = GPT(cfg.model).state_dict()
+    payload = artifact.pack(state, cfg)
+    info = artifact.write(payload, cfg, tmp_path / "m.ptz")
+    assert info.model_bytes == (tmp_path / "m.ptz").stat().st_size and info.payload_bytes == len(payload)
+    from_memory, from_file = artifact.unpack(payload)[1], artifact.load(tmp_path / "m.ptz")[1]
+    assert all(torch.equal(from_memory[k], from_file[k]) for k in from_file)
+    assert artifact.holds(tmp_path / "m.ptz", payload)
+    assert not artifact.holds(tmp_path / "m.ptz", payload[:-1] + bytes([payload[-1] ^ 1]))
+    with pytest.raises(artifact.ArtifactError, match="wrong magic"):
+        artifact.unpack(b"not an artifact payload")

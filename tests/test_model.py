@@ -158,3 +158,49 @@ def test_bf16_residual_stream_is_an_option_and_stays_close():
     x = torch.randint(0, 64, (2, 16))
     assert half.hidden(x).dtype == torch.bfloat16
     assert abs(half(x, x).item() - full(x, x).item()) < 0.1
+
+
+def _unique_graphs_after_a_step(model: GPT) -> int:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_layers(backend="eager")
+    x = torch.randint(0, 64, (2, 8))
+    model(x, x).backward()
+    return counters["stats"]["unique_graphs"]
+
+
+def test_regional_compilation_reuses_one_layer_graph_whatever_the_depth():
+    # compile_scope=layers exists to make compile time independent of depth: the layer graph is shared by
+    # every block, so a 13-virtual-layer model must compile no more graphs than a 6-layer one.
+    import torch._dynamo
+
+    shallow = _unique_graphs_after_a_step(make(unique_blocks=6))
+    deep = _unique_graphs_after_a_step(
+        make(unique_blocks=11, virtual_layers=[0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10], depth_signal="learned")
+    )
+    assert deep == shallow
+    # Four layer variants (the first layer, where x is x0; no skip; the skip that is x itself; a skip)
+    # and the loss head: never one graph per layer.
+    assert deep == 5
+    torch._dynamo.reset()
+
+
+def test_regional_compilation_computes_what_the_eager_model_computes():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = make(unique_blocks=2, virtual_layers=[0, 1, 0, 1, 0], untie_mlp=[4], depth_signal="sinusoidal")
+    regional = make(unique_blocks=2, virtual_layers=[0, 1, 0, 1, 0], untie_mlp=[4], depth_signal="sinusoidal")
+    regional.load_state_dict(eager.state_dict())
+    regional.compile_layers(backend="eager")
+    x = torch.randint(0, 64, (2, 8))
+    eager(x, x).backward()
+    regional(x, x).backward()
+    for (name, a), b in zip(eager.named_parameters(), regional.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    with torch.no_grad():  # evaluation stays eager by default and gives the same per-token losses
+        assert torch.allclose(eager(x, x, reduction="none"), regional(x, x, reduction="none"), atol=1e-6)
+    torch._dynamo.reset()

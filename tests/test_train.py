@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from trainer import config
+from trainer import artifact, config
 from trainer.bpb import byte_table
 from trainer.data import load_val_tokens
 from trainer.evaluate import evaluate
@@ -41,6 +41,13 @@ def test_training_lowers_val_bpb_and_writes_everything(tiny_corpus, tiny_config_
     assert metrics["model_bytes"] == (tmp_path / "model.ptz").stat().st_size
     assert json.loads((tmp_path / "metrics.json").read_text())["val_bpb"] == metrics["val_bpb"]
     assert "val_bpb" in (tmp_path / "train.log").read_text()
+    # The reported val_bpb is the artifact's: score the model loaded back from the file written.
+    loaded_cfg, state = artifact.load(tmp_path / "model.ptz")
+    restored = GPT(loaded_cfg.model)
+    restored.load_state_dict(state)
+    again = evaluate(restored, load_val_tokens(tiny_corpus["data"], 320), byte_table(tiny_corpus["sp"], 320),
+                     32, 1024, torch.device("cpu"))
+    assert again.val_bpb == pytest.approx(metrics["val_bpb"], abs=1e-6)
 
 
 def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_config_dict, tmp_path):

@@ -117,10 +117,19 @@ def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
 
 def save(state: dict[str, torch.Tensor], cfg: RunConfig, path: Path) -> ArtifactInfo:
     """Write the compressed artifact and return its sizes."""
-    payload = pack(state, cfg)
+    return write(pack(state, cfg), cfg, path)
+
+
+def write(payload: bytes, cfg: RunConfig, path: Path) -> ArtifactInfo:
+    """Compress a packed payload to path (zstd releases the GIL: this can run in a thread) and return the sizes."""
     blob = zstandard.ZstdCompressor(level=cfg.export.zstd_level).compress(payload)
     Path(path).write_bytes(blob)
     return ArtifactInfo(model_bytes=len(blob), payload_bytes=len(payload), code_bytes=code_bytes())
+
+
+def holds(path: Path, payload: bytes) -> bool:
+    """True when the artifact at path decompresses to exactly this payload."""
+    return zstandard.ZstdDecompressor().decompress(Path(path).read_bytes()) == payload
 
 
 def _read_payload(path: Path) -> tuple[dict, memoryview]:
@@ -129,13 +138,17 @@ def _read_payload(path: Path) -> tuple[dict, memoryview]:
         payload = zstandard.ZstdDecompressor().decompress(blob)
     except zstandard.ZstdError as exc:
         raise ArtifactError(f"{path}: not a zstd artifact ({exc}); pass the model.ptz written by training") from None
+    return _parse_payload(payload, str(path))
+
+
+def _parse_payload(payload: bytes, where: str) -> tuple[dict, memoryview]:
     if not payload.startswith(MAGIC):
-        raise ArtifactError(f"{path}: wrong magic; this is not a Recurrence Search artifact")
+        raise ArtifactError(f"{where}: wrong magic; this is not a Recurrence Search artifact")
     (length,) = struct.unpack_from("<I", payload, len(MAGIC))
     start = len(MAGIC) + 4
     header = json.loads(payload[start : start + length])
     if header.get("format") not in READABLE_FORMATS:
-        raise ArtifactError(f"{path}: format {header.get('format')} unsupported (this code reads {READABLE_FORMATS})")
+        raise ArtifactError(f"{where}: format {header.get('format')} unsupported (this code reads {READABLE_FORMATS})")
     return header, memoryview(payload)[start + length :]
 
 
@@ -148,8 +161,16 @@ def _tensor_at(data: memoryview, offset: int, dtype: torch.dtype, shape: list[in
 
 def load(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
     """Read an artifact back: its config (training settings at their defaults) and a dequantized float32 state_dict."""
-    header, data = _read_payload(path)
-    cfg = config_mod.from_dict(header["config"], where=str(path))
+    return _unpack(*_read_payload(path), where=str(path))
+
+
+def unpack(payload: bytes, where: str = "payload") -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    """Like load, from an uncompressed payload in memory (what pack returned)."""
+    return _unpack(*_parse_payload(payload, where), where=where)
+
+
+def _unpack(header: dict, data: memoryview, where: str) -> tuple[RunConfig, dict[str, torch.Tensor]]:
+    cfg = config_mod.from_dict(header["config"], where=where)
     state = {}
     for entry in header["tensors"]:
         shape = entry["shape"]

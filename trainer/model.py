@@ -1,6 +1,7 @@
 """A small GPT whose depth is a schedule of virtual layers over shared physical blocks.
 
 Read top to bottom: norms and rotary embeddings, attention, MLP, the per-virtual-layer scalars,
+then one virtual layer and the loss head as free functions (compiled once, reused by every block),
 then GPT, whose forward() walks `self.schedule` (data from trainer.schedule), not branches.
 """
 from __future__ import annotations
@@ -114,6 +115,48 @@ def sinusoidal_depth(depth: int, dim: int) -> torch.Tensor:
     return code / code.pow(2).mean(dim=1, keepdim=True).sqrt()
 
 
+def block_input(x: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    """The normed residual stream, cast to the dtype the blocks compute in."""
+    return rms_norm(x).to(compute_dtype)
+
+
+def virtual_layer(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    skip: torch.Tensor | None,
+    skip_weight: torch.Tensor | None,
+    signal: torch.Tensor | None,
+    attn: Attention,
+    mlp: MLP,
+    s: LayerScalars,
+    compute_dtype: torch.dtype,
+) -> torch.Tensor:
+    """One virtual layer: U-Net skip and depth signal in, its block's attention and MLP, its own scalars.
+
+    A free function of (tensors, modules) so that torch.compile can compile it once and run the same
+    graph for every block of one shape (regional compilation; see GPT.compile_layers).
+    """
+    if skip is not None:
+        x = x + skip_weight.to(x.dtype) * skip
+    if signal is not None:
+        x = x + signal.to(x.dtype)
+    mix = s.resid_mix.to(x.dtype)
+    x = mix[0] * x + mix[1] * x0
+    x = x + s.attn_scale.to(x.dtype) * attn(block_input(x, compute_dtype), s.q_gain)
+    return x + s.mlp_scale.to(x.dtype) * mlp(block_input(x, compute_dtype))
+
+
+def softcapped_logits(h: torch.Tensor, embed: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Logits from the tied embedding, soft-capped to (-softcap, softcap), in float32."""
+    return softcap * torch.tanh(F.linear(h, embed.to(h.dtype)).float() / softcap)
+
+
+def loss_head(h: torch.Tensor, embed: torch.Tensor, targets: torch.Tensor, softcap: float, reduction: str) -> torch.Tensor:
+    """Cross-entropy in nats of the soft-capped logits (h: final hidden states in the compute dtype)."""
+    logits = softcapped_logits(h, embed, softcap)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+
 class GPT(nn.Module):
     """Token embedding, a schedule of virtual layers over shared blocks, tied soft-capped output."""
 
@@ -153,47 +196,48 @@ class GPT(nn.Module):
             return self.depth_gain[position] * self.depth_code[position]
         return None
 
-    def run_layer(self, x: torch.Tensor, x0: torch.Tensor, position: int) -> torch.Tensor:
-        """One virtual layer: its block's attention, its MLP, its own scalars."""
-        layer = self.schedule[position]
-        s = self.layers[position]
-        signal = self.depth_signal(position)
-        if signal is not None:
-            x = x + signal.to(x.dtype)
-        mix = s.resid_mix.to(x.dtype)
-        x = mix[0] * x + mix[1] * x0
-        x = x + s.attn_scale.to(x.dtype) * self.attns[layer.block](self.block_input(x), s.q_gain)
-        x = x + s.mlp_scale.to(x.dtype) * self.mlps[layer.mlp](self.block_input(x))
-        return x
+    def compile_layers(self, for_eval: bool = False, backend: str = "inductor") -> None:
+        """Regional compilation: one graph per virtual-layer variant, shared by every block, plus the loss head.
 
-    def block_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The normed residual stream, cast to the dtype the blocks compute in."""
-        return rms_norm(x).to(self.compute_dtype)
+        Blocks of one shape run the same compiled code (their weights are graph inputs), so compile time
+        no longer grows with depth. Evaluation (no grad) stays eager unless for_eval.
+        """
+        compile_fn = lambda fn: torch.compile(fn, dynamic=False, backend=backend)  # noqa: E731
+        self._compiled = (compile_fn(virtual_layer), compile_fn(loss_head))
+        self._compiled_eval = for_eval
+
+    def _functions(self):
+        compiled = getattr(self, "_compiled", None)
+        if compiled is not None and (torch.is_grad_enabled() or self._compiled_eval):
+            return compiled
+        return virtual_layer, loss_head
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final normalized hidden states, (B, T, D), in the residual dtype."""
-        x = rms_norm(self.tok_emb(input_ids)).to(self.residual_dtype)
-        x0 = x
-        depth = len(self.schedule)
+        layer_fn = self._functions()[0]
+        x0 = rms_norm(self.tok_emb(input_ids)).to(self.residual_dtype)
+        x = x0
         # U-Net over virtual depth: the first half's outputs feed the second half, innermost first.
         encoder = self.num_skips
         skips = []
-        for position in range(depth):
+        for position, layer in enumerate(self.schedule):
+            skip, skip_weight = None, None
             if position >= encoder and skips:
-                x = x + self.skip_weights[position - encoder].to(x.dtype) * skips.pop()
-            x = self.run_layer(x, x0, position)
+                skip, skip_weight = skips.pop(), self.skip_weights[position - encoder]
+            x = layer_fn(
+                x, x0, skip, skip_weight, self.depth_signal(position),
+                self.attns[layer.block], self.mlps[layer.mlp], self.layers[position], self.compute_dtype,
+            )
             if position < encoder:
                 skips.append(x)
         return rms_norm(x)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Soft-capped logits from the tied embedding, in float32."""
+        """Soft-capped logits, (B, T, vocab), in float32."""
         h = self.hidden(input_ids).to(self.compute_dtype)
-        raw = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
-        cap = self.cfg.logit_softcap
-        return cap * torch.tanh(raw / cap)
+        return softcapped_logits(h, self.tok_emb.weight, self.cfg.logit_softcap)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy in nats (mean, or per token with reduction='none')."""
-        logits = self.logits(input_ids)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        h = self.hidden(input_ids).to(self.compute_dtype)
+        return self._functions()[1](h, self.tok_emb.weight, targets, self.cfg.logit_softcap, reduction)
