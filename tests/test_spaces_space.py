@@ -62,6 +62,16 @@ def test_default_space_loads_and_is_finite():
     assert {p.family for p in space.patterns} == set(patterns.FAMILY_PARAMS)
 
 
+def test_width512_space_shares_one_block_shape_and_contains_the_512_presets():
+    # spaces/width512.yaml exists so every trial reuses one compiled layer graph: one width, one MLP size.
+    space = load_space(ROOT / "width512.yaml")
+    shapes = {(cfg.model.model_dim, cfg.model.num_heads, cfg.model.num_kv_heads, cfg.model.mlp_mult)
+              for _, cfg in space.configs()}
+    assert shapes == {(512, 8, 4, 2.0)}
+    for name in ("cycle3x3_512", "loop45_11x512", "loop45_untied_mlp", "tie_tail_11to15"):
+        assert space.build(PRESET_POINTS[name]).model == load(ROOT / "presets" / f"{name}.yaml").model
+
+
 def test_preset_table_covers_every_preset_file():
     assert set(PRESET_POINTS) == {p.stem for p in (ROOT / "presets").glob("*.yaml")}
 
