@@ -4,19 +4,11 @@
 # trial reuses one compiled layer graph. Carries: .whl (zstandard), .raypack (ray 2.60 stripped + optuna and
 # deps, see its install.sh), .searchpack (val + train shards 0-1 + tokenizer, zstd-compressed tar).
 # The driver gets SIGINT at 430 s (Tune stops cleanly and keeps what finished); the report follows.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled
-bash .raypack/install.sh || exit 1
-python3 -c "
-import tarfile, zstandard
-with open('.searchpack/data.tar.zst', 'rb') as fh, zstandard.ZstdDecompressor().stream_reader(fh) as zr:
-    tarfile.open(fileobj=zr, mode='r|').extractall('/tmp/sp')
-" || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+source benchmarks/device_packs_env.sh
 S=/tmp/searches
 timeout -s INT 430 python3 -m search run --space spaces/width512.yaml --name h100_width512 --trials 24 \
   --budget-s 30 --reduction-factor 3 --seed 0 --ray-address local --gpus-per-trial 1 --cpus-per-trial 8 \
-  --data /tmp/sp/data --tokenizer /tmp/sp/fineweb_1024_bpe.model --storage $S \
+  --data $DATA --tokenizer $TOK --storage $S \
   --set train.compile_scope=layers --set train.warmdown_steps=40 > $OUT/search.log 2>&1
 echo "search rc=$?"; tail -5 $OUT/search.log
 python3 -m search status h100_width512 --storage $S > $OUT/status.txt 2>&1; cat $OUT/status.txt | tail -40

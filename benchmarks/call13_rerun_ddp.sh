@@ -2,16 +2,8 @@
 # Device call 13 (nvidia-h200-x2, two H200s): issue #5's bar, `search rerun` with DDP across both GPUs:
 # the call-12 search's best config against the baseline preset, 3 seeds each, 25 training seconds per run,
 # then one baseline run on a single GPU of the same machine for the step time per GPU count.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-bash .raypack/install.sh > /dev/null || exit 1
-python3 -c "
-import tarfile, zstandard
-with open('.searchpack/data.tar.zst', 'rb') as fh, zstandard.ZstdDecompressor().stream_reader(fh) as zr:
-    tarfile.open(fileobj=zr, mode='r|').extractall('/tmp/sp')
-" || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-D="--data /tmp/sp/data --tokenizer /tmp/sp/fineweb_1024_bpe.model"
+source benchmarks/device_packs_env.sh  # call 13 ran it with install.sh's output sent to /dev/null
+D="--data $DATA --tokenizer $TOK"
 timeout 470 python3 -m search rerun search12_best --config benchmarks/configs/search12_best.yaml --gpus 2 \
   --budget-s 25 --seeds 3 --set train.warmdown_steps=40 $D --out /tmp/rerun > $OUT/rerun.log 2>&1
 echo "rerun rc=$?"; tail -25 $OUT/rerun.log
@@ -19,4 +11,5 @@ cp /tmp/rerun/rerun.md /tmp/rerun/rerun.json $OUT/ 2>/dev/null; cat $OUT/rerun.m
 CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m trainer train --config spaces/presets/baseline.yaml --set train.budget_s=25 \
   --set train.warmdown_steps=40 $D --out /tmp/one_gpu > $OUT/baseline_1gpu.log 2>&1
 grep -E "training done|val_bpb" $OUT/baseline_1gpu.log
-tar -czf $OUT/rerun_logs.tgz -C /tmp rerun --exclude='*.ptz' --exclude='*.pt' 2>/dev/null; ls -la $OUT
+# Excludes before the path: placed after it in call 13, GNU tar ignored them (55 MB, not returned).
+tar -czf $OUT/rerun_logs.tgz --exclude='*.ptz' --exclude='*.pt' -C /tmp rerun 2>/dev/null; ls -la $OUT

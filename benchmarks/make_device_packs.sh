@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the ignored folders call12_search.sh carries to the GPU machine (no network there, 64 MiB per call):
+# Build the ignored folders calls 12-13 carry to the GPU machine (no network there, 64 MiB per call):
 #   .raypack/    ray 2.60.0 for CPython 3.12 without jars, rllib, serve, llm, the dashboard web client and
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;

@@ -129,16 +129,18 @@ def write(payload: bytes, cfg: RunConfig, path: Path) -> ArtifactInfo:
 
 def holds(path: Path, payload: bytes) -> bool:
     """True when the artifact at path decompresses to exactly this payload."""
-    return zstandard.ZstdDecompressor().decompress(Path(path).read_bytes()) == payload
+    return _decompressed(path) == payload
+
+
+def _decompressed(path: Path) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompress(Path(path).read_bytes())
+    except zstandard.ZstdError as exc:
+        raise ArtifactError(f"{path}: not a zstd artifact ({exc}); pass the model.ptz written by training") from None
 
 
 def _read_payload(path: Path) -> tuple[dict, memoryview]:
-    blob = Path(path).read_bytes()
-    try:
-        payload = zstandard.ZstdDecompressor().decompress(blob)
-    except zstandard.ZstdError as exc:
-        raise ArtifactError(f"{path}: not a zstd artifact ({exc}); pass the model.ptz written by training") from None
-    return _parse_payload(payload, str(path))
+    return _parse_payload(_decompressed(path), str(path))
 
 
 def _parse_payload(payload: bytes, where: str) -> tuple[dict, memoryview]:

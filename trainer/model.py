@@ -185,6 +185,8 @@ class GPT(nn.Module):
             self.depth_gain = nn.Parameter(torch.zeros(depth))  # starts silent; training decides the use
             self.register_buffer("depth_code", sinusoidal_depth(depth, cfg.model_dim), persistent=False)
         self.num_skips = num_skip_weights(cfg)
+        self._compiled = None  # (layer function, loss head) once compile_layers() has run
+        self._compiled_eval = False
         if self.num_skips:
             self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim))
 
@@ -207,9 +209,8 @@ class GPT(nn.Module):
         self._compiled_eval = for_eval
 
     def _functions(self):
-        compiled = getattr(self, "_compiled", None)
-        if compiled is not None and (torch.is_grad_enabled() or self._compiled_eval):
-            return compiled
+        if self._compiled is not None and (torch.is_grad_enabled() or self._compiled_eval):
+            return self._compiled
         return virtual_layer, loss_head
 
     def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
