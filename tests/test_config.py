@@ -40,6 +40,7 @@ def test_overrides_and_round_trip():
         (["export.quant_bits=7"], "quant_bits"),
         (["train.attention=fa9"], "train.attention: 'fa9' is not one of"),
         (["train.residual_dtype=float16"], "must be float32 or bfloat16"),
+        (["train.compile_scope=blocks"], "train.compile_scope: 'blocks' is not one of"),
         (["model.unique_blocks=many"], "expected an integer"),
     ],
 )
