@@ -1,7 +1,8 @@
 """Full-scale rerun: train a candidate and a baseline config over several seeds the same way, then compare.
 
-Each (config, seed) run is one `python -m trainer train` under torchrun, DDP over every GPU of the node
-(or K gloo processes on the CPU), in out_dir/<candidate|baseline>/seed<S>/. A run whose metrics.json
+Each (config, seed) run is one `python -m trainer train` under torchrun, DDP over G GPUs of the node
+(or K gloo processes on the CPU), in out_dir/<candidate|baseline>/seed<S>/. With `parallel` P, P runs train
+at once, each on its own G GPUs (CUDA_VISIBLE_DEVICES), so 3 seeds x 2 configs on a 2-GPU node take 3 waves. A run whose metrics.json
 exists is kept and not retrained, so a crash or Ctrl-C loses only the run in flight. The comparison
 (seed means and stds, step time per GPU count, one-sided Welch tests on val_loss and val_bpb, the
 record criterion) goes to out_dir/rerun.json and out_dir/rerun.md, and the candidate's seeds become a
@@ -17,7 +18,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,11 +49,13 @@ class RerunError(ValueError):
 
 @dataclass(frozen=True)
 class Launch:
-    """How each run is started: processes per node and the device the trainer is told to use."""
+    """How each run is started: processes per run, the device the trainer is told to use, concurrent slots."""
 
     nproc: int
     device: str | None  # "cpu", or None: each rank takes cuda:LOCAL_RANK
     note: str = ""
+    # One entry per run that may train at once: the CUDA_VISIBLE_DEVICES it gets ("" = inherit, on the CPU).
+    slots: tuple[str, ...] = ("",)
 
     @property
     def describe(self) -> str:
@@ -75,6 +80,9 @@ class SeedRun:
     world_size: int
     device: str
     trained_now: bool  # False when kept from an earlier call
+    slot: str = ""  # CUDA_VISIBLE_DEVICES it trained on ("" = all, or the CPU)
+    started_at: str = ""  # UTC times of this call's launch (empty for kept runs)
+    finished_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,20 +147,33 @@ def seed_config(cfg: RunConfig, seed: int, budget_s: float, smoke: bool = False)
     return smoke_version(out) if smoke else out.validate()
 
 
-def plan_launch(gpus: int, cpu_procs: int = 1) -> Launch:
-    """DDP over `gpus` GPUs, or `cpu_procs` gloo processes when gpus is 0 or there is no CUDA."""
+def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1) -> Launch:
+    """DDP over `gpus` GPUs (or `cpu_procs` gloo processes without GPUs), `parallel` runs at once on disjoint GPUs."""
     import torch
 
-    if gpus < 0 or cpu_procs < 1:
-        raise RerunError(f"--gpus {gpus} / --cpu-procs {cpu_procs}: gpus must be >= 0 and cpu-procs >= 1")
+    if gpus < 0 or cpu_procs < 1 or parallel < 1:
+        raise RerunError(f"--gpus {gpus} / --cpu-procs {cpu_procs} / --parallel {parallel}: gpus must be >= 0, "
+                         "cpu-procs and parallel >= 1")
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpu_slots = ("",) * parallel
     if gpus == 0:
-        return Launch(cpu_procs, "cpu")
+        return Launch(cpu_procs, "cpu", slots=cpu_slots)
     if available == 0:
-        return Launch(cpu_procs, "cpu", note=f"--gpus {gpus} asked but CUDA is not available here: ran on the CPU")
-    if gpus > available:
-        raise RerunError(f"--gpus {gpus}: this node has {available} GPU(s); pass --gpus {available} or fewer")
-    return Launch(gpus, None)
+        return Launch(cpu_procs, "cpu", note=f"--gpus {gpus} asked but CUDA is not available here: ran on the CPU",
+                      slots=cpu_slots)
+    if gpus * parallel > available:
+        raise RerunError(f"--gpus {gpus} x --parallel {parallel} needs {gpus * parallel} GPUs; this node has "
+                         f"{available}: lower --parallel or --gpus")
+    return Launch(gpus, None, slots=gpu_slots(gpus, parallel, available))
+
+
+def gpu_slots(gpus: int, parallel: int, available: int, visible: str | None = None) -> tuple[str, ...]:
+    """CUDA_VISIBLE_DEVICES of each concurrent run: consecutive, disjoint groups of `gpus` of the visible GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(available)]
+    if parallel == 1 and gpus == len(ids):
+        return ("",)  # the whole node: leave the environment as it is
+    return tuple(",".join(ids[k * gpus:(k + 1) * gpus]) for k in range(parallel))
 
 
 def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path, launch: Launch) -> list[str]:
@@ -165,8 +186,10 @@ def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path
     return cmd
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(slot: str = "") -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # progress lines arrive as they are printed
+    if slot:
+        env["CUDA_VISIBLE_DEVICES"] = slot
     # `-m trainer` must resolve to this checkout even when the driver runs from another directory.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
@@ -181,14 +204,15 @@ class ProcessOutcome:
     cause: str
 
 
-def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None) -> ProcessOutcome:
-    """Run cmd, copying each output line to the log (and prefixed to the terminal)."""
+def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None,
+                   slot: str = "") -> ProcessOutcome:
+    """Run cmd (on the GPUs of `slot`, if given), copying each output line to the log (and prefixed to the terminal)."""
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     cause = ""
     with open(log_path, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
+        log.write("$ " + (f"CUDA_VISIBLE_DEVICES={slot} " if slot else "") + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=_child_env(), cwd=REPO_ROOT)
+                                env=_child_env(slot), cwd=REPO_ROOT)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -234,9 +258,13 @@ def _check_kept_run(label: str, run_dir: Path, cfg: RunConfig, launch: Launch) -
             f"launches {launch.nproc}; rerun with the same --gpus/--cpu-procs, or pass another --out")
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer: Path, launch: Launch,
-               terminal: TextIO | None = sys.stdout) -> SeedRun:
-    """Train one (config, seed) run into run_dir, or keep it if its metrics.json already exists."""
+               terminal: TextIO | None = sys.stdout, slot: str = "") -> SeedRun:
+    """Train one (config, seed) run into run_dir (on the GPUs of `slot`), or keep it if its metrics.json exists."""
     seed = cfg.train.seed
     if (run_dir / "metrics.json").is_file():
         _check_kept_run(label, run_dir, cfg, launch)
@@ -248,16 +276,48 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
     config_path = run_dir / CONFIG_FILE
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log_path = run_dir / LAUNCH_LOG
-    _say(terminal, f"{label} seed {seed}: training on {launch.describe}, budget {cfg.train.budget_s:g}s -> {run_dir}")
+    where = launch.describe + (f" (CUDA_VISIBLE_DEVICES={slot})" if slot else "")
+    _say(terminal, f"{label} seed {seed}: training on {where}, budget {cfg.train.budget_s:g}s -> {run_dir}")
+    started_at = _now()
     outcome = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
-                             f"[{label} {seed}]", terminal)
+                             f"[{label} {seed}]", terminal, slot)
     if outcome.exit_code != 0 or not (run_dir / "metrics.json").is_file():
         last = "\n".join("    " + line for line in outcome.tail)
         raise RerunError(
             f"{label} seed {seed} failed (exit code {outcome.exit_code}): {outcome.cause or 'see the log'}\n"
             f"  full output: {log_path}\n  finished runs are kept: fix the cause and run the same command again "
             f"to continue from this run\n  last lines:\n{last}")
-    return read_run(label, run_dir, trained_now=True)
+    return dataclasses.replace(read_run(label, run_dir, trained_now=True), slot=slot, started_at=started_at,
+                               finished_at=_now())
+
+
+def train_all(jobs: list[tuple[str, RunConfig, Path]], data: Path, tokenizer: Path, launch: Launch,
+              terminal: TextIO | None) -> list[SeedRun]:
+    """Train (label, config, run_dir) jobs in order, len(launch.slots) at a time; the first failure is raised
+    once the runs in flight have ended, and no new run starts after it."""
+    free_slots: list[str] = list(launch.slots)
+    lock, failed = threading.Lock(), threading.Event()
+
+    def work(job: tuple[str, RunConfig, Path]) -> SeedRun | None:
+        if failed.is_set():
+            return None
+        with lock:
+            slot = free_slots.pop(0)  # the pool has one thread per slot, so one is always free here
+        try:
+            return train_seed(*job, data, tokenizer, launch, terminal, slot)
+        except BaseException:
+            failed.set()
+            raise
+        finally:
+            with lock:
+                free_slots.append(slot)
+
+    with ThreadPoolExecutor(max_workers=len(launch.slots), thread_name_prefix="rerun-slot") as pool:
+        futures = [pool.submit(work, job) for job in jobs]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]
 
 
 def _say(terminal: TextIO | None, message: str) -> None:
@@ -297,7 +357,7 @@ def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
 
 def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
           data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
-          smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
+          parallel: int = 1, smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
           terminal: TextIO | None = sys.stdout) -> RerunResult:
     """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/."""
     seeds = [int(s) for s in seeds]
@@ -310,18 +370,18 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         raise RerunError(f"--data {data}: no such folder; pass the folder with fineweb_train_*.bin/fineweb_val_*.bin")
     if not tokenizer.is_file():
         raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
-    launch = plan_launch(gpus, cpu_procs)
+    launch = plan_launch(gpus, cpu_procs, parallel)
     notes = [launch.note] if launch.note else []
     if launch.note:
         _say(terminal, launch.note)
     configs = [(CANDIDATE, candidate)] + ([(BASELINE, baseline)] if baseline is not None else [])
+    # Seed-major order: after any crash both configs have (nearly) the same seeds done, and with two slots
+    # each wave trains the candidate and the baseline side by side.
+    jobs = [(label, seed_config(cfg, seed, budget_s, smoke), out_dir / label / f"seed{seed}")
+            for seed in seeds for label, cfg in configs]
     runs: dict[str, list[SeedRun]] = {label: [] for label, _ in configs}
-    # Seed-major order: after any crash both configs have (nearly) the same seeds done.
-    for seed in seeds:
-        for label, cfg in configs:
-            run_cfg = seed_config(cfg, seed, budget_s, smoke)
-            runs[label].append(train_seed(label, run_cfg, out_dir / label / f"seed{seed}", data, tokenizer,
-                                          launch, terminal))
+    for run in train_all(jobs, data, tokenizer, launch, terminal):
+        runs[run.label].append(run)
     results = [config_result(label, seed_config(cfg, seeds[0], budget_s, smoke), runs[label])
                for label, cfg in configs]
     cand, base = results[0], (results[1] if baseline is not None else None)
@@ -341,6 +401,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
                  baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
 
     settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,
+                "parallel": len(launch.slots), "slots": list(launch.slots),
                 "device": launch.device or "cuda", "budget_s": float(budget_s), "smoke": smoke,
                 "data": str(data), "tokenizer": str(tokenizer), "source": source or {}}
     result = RerunResult(name, out_dir, cand, base, step_times(results), comparison, out_dir / RESULT_JSON,
@@ -370,7 +431,8 @@ def _config_dict(res: ConfigResult) -> dict:
         "runs": [{"seed": r.seed, "run_dir": str(r.run_dir), "val_bpb": r.val_bpb, "val_loss": r.val_loss,
                   "artifact_bytes": r.artifact_bytes, "steps": r.steps, "step_ms": r.step_ms, "train_s": r.train_s,
                   "tokens_per_s": r.tokens_per_s, "world_size": r.world_size, "device": r.device,
-                  "trained_now": r.trained_now} for r in res.runs],
+                  "trained_now": r.trained_now, "slot": r.slot, "started_at": r.started_at,
+                  "finished_at": r.finished_at} for r in res.runs],
         "config": config,
     }
 
@@ -420,7 +482,8 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
                  f"| {s.tokens_per_s_mean:,.0f} |" for s in result.step_times]
     lines = [
         f"# Rerun `{result.name}`", "",
-        f"{len(settings['seeds'])} seed(s) {settings['seeds']}, {settings['ranks']} rank(s) on {settings['device']}, "
+        f"{len(settings['seeds'])} seed(s) {settings['seeds']}, {settings['ranks']} rank(s) on {settings['device']} "
+        f"per run, {settings['parallel']} run(s) at a time, "
         f"budget {settings['budget_s']:g} training s{' (smoke)' if settings['smoke'] else ''}.", "",
         f"**{verdict_line(result)}**", "",
         "| config | seeds | val_bpb (mean ± std) | val_loss nats (mean ± std) | max artifact bytes |",
@@ -447,4 +510,5 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
 
 
 __all__ = ["rerun", "RerunResult", "RerunError", "SeedRun", "ConfigResult", "StepTime", "Comparison",
-           "seed_config", "plan_launch", "launch_command", "train_seed", "compare", "step_times"]
+           "seed_config", "plan_launch", "gpu_slots", "launch_command", "train_seed", "train_all", "compare",
+           "step_times"]

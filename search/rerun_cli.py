@@ -110,7 +110,8 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rerun", help="rerun the best config (and a baseline) over seeds at full scale, with significance",
         description="For each seed, train the candidate and the baseline the same way (same budget and data, DDP "
-        "over all GPUs of this node via torchrun; on the CPU with gloo when there is no GPU), then write "
+        "over the GPUs of this node via torchrun, --parallel runs at once on disjoint GPUs; on the CPU with gloo "
+        "when there is no GPU), then write "
         "rerun.json, rerun.md (val_bpb mean/std, step time per GPU count, one-sided Welch tests, the record "
         "criterion) and a records-style submission folder record/. Runs with a metrics.json are kept, so "
         "running the same command again after a crash continues where it stopped.")
@@ -125,7 +126,10 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
                       help="baseline run config (default: spaces/presets/baseline.yaml, else trainer defaults)")
     base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
     p.add_argument("--gpus", type=int, default=None,
-                   help="GPUs per run, DDP on this node (default: all of them; 0 or no CUDA: the CPU)")
+                   help="GPUs per run, DDP on this node (default: all of them / --parallel; 0 or no CUDA: the CPU)")
+    p.add_argument("--parallel", type=int, default=1, metavar="P",
+                   help="runs that train at once, each on its own --gpus GPUs (default 1); e.g. --gpus 1 --parallel 2 "
+                   "trains the candidate and the baseline of a seed side by side on a 2-GPU node")
     p.add_argument("--cpu-procs", type=int, default=1, metavar="K", help="gloo processes per run on the CPU (default 1)")
     p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per run (default 600)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3; >= 2 for the tests)")
@@ -173,15 +177,24 @@ def run_rerun_command(args: argparse.Namespace) -> int:
         data = args.data or (search.data_dir if search else DEFAULT_DATA)
         tokenizer = args.tokenizer or (search.tokenizer if search else DEFAULT_TOKENIZER)
         out = args.out or _default_out(args, search, subfolder)
-        gpus = args.gpus if args.gpus is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        gpus = args.gpus if args.gpus is not None else default_gpus(torch.cuda.device_count() if
+                                                                     torch.cuda.is_available() else 0, args.parallel)
         result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
                        Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
-                       smoke=args.smoke, source=source)
+                       parallel=args.parallel, smoke=args.smoke, source=source)
     except (RerunError, ConfigError, SettingsError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.md_path.read_text())
     return 0
+
+
+def default_gpus(available: int, parallel: int) -> int:
+    """GPUs per run when --gpus is not given: the node's GPUs shared evenly by the --parallel runs."""
+    if available and parallel > available:
+        raise RerunError(f"--parallel {parallel}: this node has {available} GPU(s); pass --parallel {available} or "
+                         "fewer")
+    return available // max(parallel, 1)
 
 
 def _default_out(args: argparse.Namespace, search: SearchSettings | None, subfolder: str) -> Path:

@@ -239,3 +239,37 @@ def test_best_trial_rerun_end_to_end(tiny_corpus, tmp_path):
     metrics = metrics_of(out / "candidate" / "seed1337")
     assert metrics["config"]["model"]["unique_blocks"] == 1 and metrics["config"]["train"]["budget_s"] == 60.0
     assert (out / "record" / "README.md").is_file()
+
+
+def test_parallel_runs_train_side_by_side(tiny_corpus, tmp_path):
+    out = tmp_path / "out"
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [3], 0, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="par", parallel=2, terminal=None)
+    cand, base = result.candidate.runs[0], result.baseline.runs[0]
+    # Both runs of the seed were in flight at once: each started before the other finished.
+    assert cand.started_at < base.finished_at and base.started_at < cand.finished_at
+    assert metrics_of(out / "candidate" / "seed3")["config"]["model"]["virtual_layers"] == [0, 0]
+    assert metrics_of(out / "baseline" / "seed3")["config"]["model"]["unique_blocks"] == 2
+    data = json.loads(result.json_path.read_text())
+    assert data["parallel"] == 2 and data["candidate"]["runs"][0]["started_at"] == cand.started_at
+
+
+def test_gpu_slots_are_disjoint_groups_of_the_visible_gpus():
+    from search.rerun import gpu_slots
+
+    assert gpu_slots(1, 2, 2, visible="") == ("0", "1")
+    assert gpu_slots(2, 2, 4, visible="") == ("0,1", "2,3")
+    assert gpu_slots(1, 2, 2, visible="4,6") == ("4", "6")  # indices of the parent's own visible set
+    assert gpu_slots(2, 1, 2, visible="") == ("",)  # the whole node: environment left as it is
+    assert gpu_slots(1, 1, 2, visible="") == ("0",)
+
+
+def test_parallel_needing_more_gpus_than_the_node_has_is_refused(tiny_corpus, tmp_path):
+    from search.rerun_cli import default_gpus
+
+    with pytest.raises(RerunError, match="--parallel 3: this node has 2 GPU"):
+        default_gpus(2, 3)
+    assert default_gpus(4, 2) == 2 and default_gpus(0, 2) == 0
+    with pytest.raises(RerunError, match="--parallel 0: .*parallel >= 1"):
+        rerun(from_dict(CANDIDATE), None, [1], 0, 60.0, tiny_corpus["data"], tiny_corpus["tokenizer"],
+              tmp_path / "o", parallel=0, terminal=None)
