@@ -63,6 +63,10 @@ def asha_rungs(rung_s: float, reduction_factor: float, max_t: float) -> list[flo
     return out
 
 
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
 @dataclass(frozen=True)
 class RungFidelity:
     """Rank agreement at one milestone between the rung's val_bpb and the final val_bpb."""
@@ -72,6 +76,7 @@ class RungFidelity:
     spearman: float | None
     asha: bool = False
     note: str = ""
+    spearman_prequant: float | None = None  # against the final pre-quantization val_bpb (same trials)
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -83,8 +88,10 @@ def rung_fidelity(
     finals: Mapping[int, float],
     rung_s: float,
     asha: Sequence[float] = (),
+    finals_prequant: Mapping[int, float] | None = None,
 ) -> list[RungFidelity]:
-    """Per milestone: Spearman(rung val_bpb, final val_bpb) over trials in both rungs and finals, with its n."""
+    """Per milestone: Spearman(rung val_bpb, final val_bpb) over trials in both rungs and finals, with its n;
+    with finals_prequant, also against those values over the same trials (None where one is missing)."""
     at: dict[float, dict[int, float]] = {}
     for trial, reports in rungs.items():
         for train_s, value in reports:
@@ -94,7 +101,11 @@ def rung_fidelity(
     out = []
     for m in sorted(at):
         both = sorted(t for t in at[m] if t in finals and finals[t] is not None and math.isfinite(float(finals[t])))
-        rho = spearman([at[m][t] for t in both], [float(finals[t]) for t in both]) if len(both) >= MIN_TRIALS else None
-        note = TOO_FEW if len(both) < MIN_TRIALS else (ALL_TIED if rho is None else "")
-        out.append(RungFidelity(m, len(both), rho, m in asha_set, note))
+        enough = len(both) >= MIN_TRIALS
+        rho = spearman([at[m][t] for t in both], [float(finals[t]) for t in both]) if enough else None
+        rho_pre = None
+        if enough and finals_prequant is not None and all(_finite(finals_prequant.get(t)) for t in both):
+            rho_pre = spearman([at[m][t] for t in both], [float(finals_prequant[t]) for t in both])
+        note = TOO_FEW if not enough else (ALL_TIED if rho is None else "")
+        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre))
     return out

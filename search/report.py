@@ -14,7 +14,8 @@ from search.overhead import COLUMNS as TIME_COLUMNS
 from search.overhead import breakdown, totals
 from search.pareto import pareto_front
 from search.searcher import (
-    COMPLETE, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, PRUNED, REASON, RUNGS, RUNNING, STATUS,
+    COMPLETE, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, REASON, RUNGS, RUNNING,
+    STATUS,
     STATUSES, TUNE_ID,
 )
 from search.settings import SearchSettings
@@ -129,20 +130,27 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
 
 
 def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFidelity]:
-    """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials."""
+    """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
+    (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
     trials = study.get_trials(deepcopy=False)
     rungs = {t.number: trial_rungs(t) for t in trials}
-    finals = {t.number: float(t.user_attrs["val_bpb"]) for t in trials
-              if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("val_bpb") is not None}
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    finals = {t.number: float(t.user_attrs["val_bpb"]) for t in done if t.user_attrs.get("val_bpb") is not None}
+    prequant = {t.number: float(t.user_attrs["val_bpb_prequant"]) for t in done
+                if t.user_attrs.get("val_bpb_prequant") is not None}
     asha = asha_rungs(settings.rung_s, settings.reduction_factor, settings.asha_max_t)
-    return rung_fidelity(rungs, finals, settings.rung_s, asha)
+    return rung_fidelity(rungs, finals, settings.rung_s, asha, finals_prequant=prequant)
 
 
 def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
-    """The fidelity rows as a table: rung_s, asha, n, spearman (or why there is none)."""
+    """The fidelity rows as a table: rung_s, asha, n, spearman and spearman_prequant (or why there is none)."""
+    def shown(rho: float | None, note: str) -> str:
+        return f"{rho:+.3f}" if rho is not None else note
+
     rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
-             "spearman": f"{f.spearman:+.3f}" if f.spearman is not None else f.note} for f in fidelity]
-    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman"])
+             "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note)}
+            for f in fidelity]
+    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant"])
 
 
 def time_text(t: dict) -> str:
@@ -193,6 +201,8 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               "Pruned and failed trials record train_s only: their compile and rung evaluations are in other_s.",
               "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
+              "Rungs are scored before quantization; `spearman_prequant` ranks against the final pre-quantization "
+              "val_bpb, so the gap between the two columns is what the export (quant bits) reorders.", "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
     return "\n".join(lines)
 
@@ -289,9 +299,9 @@ def status_text(settings: SearchSettings) -> str:
                  f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f} "
                  f"(trial wall-s {info['device_s_total']:.0f})")
     lines.append(f"time of finished trials: {time_text(info['time'])}")
-    for _, r in df[df["status"] == RUNNING].iterrows():
+    for _, r in df[df["status"].isin((RUNNING, INTERRUPTED))].iterrows():
         rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
-        lines.append(f"  running #{r['number']}: {r['summary']} ({rung})")
+        lines.append(f"  {r['status']} #{r['number']}: {r['summary']} ({rung})")
     if info["best"]:
         b = info["best"]
         lines.append(f"best: #{b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes ({b['summary']})")

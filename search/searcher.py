@@ -44,7 +44,8 @@ TUNE_ID = "tune_trial_id"
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, RUNNING = "infeasible_predicted", "infeasible_measured", "running"
-STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED, RUNNING)
+INTERRUPTED = "interrupted"  # in flight when the driver was stopped; `resume` continues it from its checkpoint
+STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED, RUNNING, INTERRUPTED)
 
 # Result keys the trainable sets (see search.trainable).
 FINAL_KEY, FAILED_KEY, FAIL_REASON_KEY, NUMBER_KEY = "final", "failed", "fail_reason", "optuna_number"
@@ -271,11 +272,14 @@ class RecurrenceSearcher(OptunaSearch):
                 return None
             ot_trial = self._trial_by_number(int(number))
             self._ot_trials[trial_id] = ot_trial
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state.is_finished():
             # Finished in the study already: a resumed driver whose Tune state predates the finish reruns it
             # from its last checkpoint; the recorded outcome stands and the rerun's results are ignored.
             self._completed_trials.add(trial_id)
             return None
+        if frozen.user_attrs.get(STATUS) == INTERRUPTED:  # a resumed driver runs it again
+            ot_trial.set_user_attr(STATUS, RUNNING)
         return ot_trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -352,11 +356,25 @@ class RecurrenceSearcher(OptunaSearch):
             log.warning("could not tell Optuna trial %d as %s: %s", ot_trial.number, state.name, exc)
 
 
-def fail_orphans(settings: SearchSettings, reason: str) -> int:
-    """Mark Optuna trials still RUNNING (their driver died and Tune did not resume them) as FAIL."""
+def mark_interrupted(settings: SearchSettings, reason: str, tune_ids: set[str]) -> int:
+    """Label RUNNING trials whose Tune trial is in tune_ids as interrupted; they stay RUNNING for `resume`."""
+    study = open_study(settings)
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get(TUNE_ID) in tune_ids]
+    for t in running:
+        study._storage.set_trial_user_attr(t._trial_id, STATUS, INTERRUPTED)
+        study._storage.set_trial_user_attr(t._trial_id, REASON, reason)
+    return len(running)
+
+
+def fail_orphans(settings: SearchSettings, reason: str, keep_tune_ids: set[str] = frozenset()) -> int:
+    """Mark Optuna trials still RUNNING (their driver died and Tune did not resume them) as FAIL, except those
+    whose Tune trial is in keep_tune_ids (interrupted by this driver's stop, resumable)."""
     study = open_study(settings)
     count = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(TUNE_ID) in keep_tune_ids:
+            continue
         study._storage.set_trial_user_attr(t._trial_id, STATUS, FAILED)
         study._storage.set_trial_user_attr(t._trial_id, REASON, reason)
         study.tell(t.number, state=TrialState.FAIL)
@@ -366,5 +384,5 @@ def fail_orphans(settings: SearchSettings, reason: str) -> int:
 
 __all__ = [
     "RecurrenceSearcher", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
-    "prepare_config", "summarize", "fail_orphans", "load_space_bundle", "STATUSES",
+    "prepare_config", "summarize", "fail_orphans", "mark_interrupted", "load_space_bundle", "STATUSES",
 ]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search import store
-from search.searcher import RecurrenceSearcher, fail_orphans, open_study
+from search.searcher import RecurrenceSearcher, fail_orphans, mark_interrupted, open_study
 from search.settings import SearchSettings, SettingsError
 from search.trainable import make_trainable
 
@@ -101,8 +102,26 @@ def run_search(settings: SearchSettings):
     store.save_settings(settings)
     open_study(settings)  # create the database now so `status` works from the first second
     results = build_tuner(settings).fit()
-    fail_orphans(settings, "its trainable never reported a finish (driver stopped)")
+    close_out(settings, results, "its trainable never reported a finish (driver stopped)")
     return results
+
+
+def tune_trial_ids(results) -> set[str]:
+    """Tune ids of the trials this driver ran (from their folder names, t<number>_<tune id>)."""
+    return {Path(r.path).name.rsplit("_", 1)[-1] for r in results if r.path}
+
+
+def close_out(settings: SearchSettings, results, orphan_reason: str) -> None:
+    """After fit(): trials of this run that never reported a finish were in flight when the driver was stopped
+    (Ctrl-C, a job's time limit): they stay resumable as `interrupted`. Any other unfinished trial is an orphan
+    of an earlier driver that Tune never knew of: FAIL."""
+    ran_here = tune_trial_ids(results)
+    count = mark_interrupted(settings, f"driver stopped; `python -m search resume {settings.name}` continues it "
+                                       "from its last checkpoint", ran_here)
+    if count:
+        print(f"[search] stopped with {count} trial(s) in flight: `python -m search resume {settings.name}` "
+              "continues them and launches the rest", flush=True)
+    fail_orphans(settings, orphan_reason, keep_tune_ids=ran_here)
 
 
 def resume_search(settings: SearchSettings):
@@ -116,7 +135,7 @@ def resume_search(settings: SearchSettings):
     tuner = tune.Tuner.restore(path, trainable=make_trainable(settings), resume_unfinished=True,
                                resume_errored=True)
     results = tuner.fit()
-    fail_orphans(settings, "started by a driver that died before Tune checkpointed it; not resumed")
+    close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
     return results
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import optuna
 from optuna.trial import TrialState
 
 from search import tuner
@@ -97,6 +98,19 @@ def test_rung_fidelity_counts_only_trials_with_a_final():
     assert tied[0].spearman is None and tied[0].note == ALL_TIED
 
 
+def test_prequant_fidelity_separates_what_the_export_reorders():
+    # Rungs rank 1 < 2 < 3 < 4, as do the pre-quantization finals; trial 1's coarse quantization makes its
+    # final (round-trip) val_bpb the worst, so only the post-quantization correlation drops.
+    rungs = {n: [(0.5, 2.0 + n / 10)] for n in (1, 2, 3, 4)}
+    prequant = {1: 1.10, 2: 1.20, 3: 1.30, 4: 1.40}
+    finals = {1: 1.50, 2: 1.21, 3: 1.31, 4: 1.41}
+    (row,) = rung_fidelity(rungs, finals, 0.5, finals_prequant=prequant)
+    assert row.spearman_prequant == pytest.approx(1.0)
+    assert row.spearman == pytest.approx(spearman([2.1, 2.2, 2.3, 2.4], [1.50, 1.21, 1.31, 1.41])) == pytest.approx(-0.2)
+    (partial,) = rung_fidelity(rungs, finals, 0.5, finals_prequant={1: 1.1, 2: 1.2, 3: 1.3})
+    assert partial.spearman_prequant is None and partial.spearman == row.spearman  # one pre-quant value missing
+
+
 # ---- time breakdown --------------------------------------------------------------------------------
 def test_breakdown_of_complete_pruned_and_rejected_trials():
     done = breakdown(1.5, 0.1, 0.2, 0.05, trainer_wall_s=2.5, tune_wall_s=3.0)
@@ -173,6 +187,9 @@ def test_report_cli_shows_time_and_fidelity(search, capsys):
         assert f["n"] == len(pairs) and f["asha"]
         if len(pairs) >= 3:
             assert f["spearman"] == pytest.approx(_brute_spearman(*zip(*pairs)))
+            pre = [(v, t.user_attrs["val_bpb_prequant"]) for t in done for ms, v in t.intermediate_values.items()
+                   if math.floor(ms / 1000 / search.rung_s + 1e-9) * search.rung_s == pytest.approx(f["rung_s"])]
+            assert f["spearman_prequant"] == pytest.approx(_brute_spearman(*zip(*pre)))
         else:
             assert f["spearman"] is None and f["note"] == TOO_FEW and TOO_FEW in out
     md = (folder / "report.md").read_text()
@@ -185,3 +202,19 @@ def test_rerun_is_a_search_command():
     out = subprocess.run([sys.executable, "-m", "search", "rerun", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, env=cli_env())
     assert out.returncode == 0 and "--baseline-config" in out.stdout and "--best" in out.stdout, out.stderr
+
+
+def test_study_fidelity_reads_finals_and_prequant_finals_from_the_study(tmp_path, tiny_corpus):
+    from search.report import study_fidelity
+
+    settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "fid")  # rung_s 0.5
+    study = optuna.create_study()
+    finals = {0: (1.50, 1.10), 1: (1.21, 1.20), 2: (1.31, 1.30), 3: (1.41, 1.40)}  # (val_bpb, prequant)
+    for number, (final, pre) in finals.items():
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=final, intermediate_values={500: 2.1 + number / 10},
+            user_attrs={"val_bpb": final, "val_bpb_prequant": pre}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={500: 1.0}))
+    (row,) = study_fidelity(study, settings)
+    assert row.rung_s == 0.5 and row.n == 4 and row.asha  # the pruned trial has no final: not counted
+    assert row.spearman_prequant == pytest.approx(1.0) and row.spearman == pytest.approx(-0.2)

@@ -79,3 +79,65 @@ def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
     # recorded as failed-orphans if Tune had not checkpointed them yet).
     assert len(finished_ok) >= 8 - 2 and len(launched) >= 8
     assert (storage / name / "report" / "report.md").is_file()
+
+
+def _running_with_a_rung(db: Path) -> int:
+    """Launched trials still RUNNING that have reported at least one rung."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute(
+                "SELECT COUNT(DISTINCT t.trial_id) FROM trials t "
+                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'tune_trial_id' "
+                "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
+    """Ctrl-C (or a job's time limit sending SIGINT) stops the driver: trials in flight are `interrupted`,
+    not failed, and `resume` finishes them from their checkpoints."""
+    storage, name = tmp_path / "runs", "stopped"
+    space = write_space(tmp_path)
+    env = cli_env()
+    driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
+    run = ["run", "--space", str(space), "--name", name, "--storage", str(storage), "--trials", "6",
+           "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "4", "--grace-s", "0.5",
+           "--reduction-factor", "2", "--seed", "3", "--ray-address", "local",
+           "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(driver + run, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        db = storage / name / store.STUDY_FILE
+        deadline = time.time() + 300
+        try:
+            while _running_with_a_rung(db) < 1:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "no trial reached its first rung"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)  # to the driver only, as a terminal's Ctrl-C reaches Tune's handler
+            assert proc.wait(timeout=180) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert f"python -m search resume {name}" in log_path.read_text()
+
+    settings = store.load_settings(name, str(storage))
+    trials = load_study(settings).get_trials(deepcopy=False)
+    interrupted = [t.number for t in trials if t.user_attrs.get("status") == "interrupted"]
+    assert interrupted and all(t.state == TrialState.RUNNING for t in trials if t.number in interrupted)
+    assert not [t for t in trials if t.state == TrialState.FAIL], "a stopped driver must not fail its trials"
+
+    out = subprocess.run(driver + ["resume", name, "--storage", str(storage)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = {t.number: t for t in load_study(settings).get_trials(deepcopy=False)}
+    for number in interrupted:  # resumed from their checkpoints and finished with a real outcome
+        assert after[number].user_attrs["status"] in ("complete", "pruned", "infeasible_measured"), \
+            after[number].user_attrs
+        assert after[number].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert all(t.state != TrialState.RUNNING for t in after.values())
