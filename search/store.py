@@ -1,6 +1,7 @@
 """Where a search lives: its folder, settings file, Optuna study database and report files."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -134,4 +135,8 @@ def load_settings(name: str, storage: str | None = None) -> SearchSettings:
             f"no search named {name!r} under {local_root} ({hint}); "
             f"check the name, or pass --storage (or set ${STORAGE_ENV}) to where it was run"
         )
-    return SearchSettings.from_json(path.read_text(), where=str(path))
+    settings = SearchSettings.from_json(path.read_text(), where=str(path))
+    if not is_uri(settings.storage) and not is_uri(root) and Path(settings.storage) != Path(root):
+        # The folder was copied or moved (e.g. fetched from a cluster's head node): it is the search now.
+        settings = dataclasses.replace(settings, storage=root)
+    return settings

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import random
 import statistics
 import subprocess
@@ -218,3 +219,14 @@ def test_study_fidelity_reads_finals_and_prequant_finals_from_the_study(tmp_path
     (row,) = study_fidelity(study, settings)
     assert row.rung_s == 0.5 and row.n == 4 and row.asha  # the pruned trial has no final: not counted
     assert row.spearman_prequant == pytest.approx(1.0) and row.spearman == pytest.approx(-0.2)
+
+
+def test_a_copied_search_folder_is_read_where_it_now_is(search, tmp_path, capsys):
+    assert main(["report", search.name, "--storage", search.storage]) == 0
+    original = json.loads((Path(search.storage, search.name, "report", "summary.json")).read_text())
+    moved = tmp_path / "fetched"
+    shutil.copytree(Path(search.storage, search.name), moved / search.name)
+    shutil.rmtree(moved / search.name / "report")
+    assert main(["report", search.name, "--storage", str(moved)]) == 0
+    info = json.loads((moved / search.name / "report" / "summary.json").read_text())
+    assert info["counts"] == original["counts"] and info["best"] == original["best"]
