@@ -100,3 +100,23 @@ def test_unpack_of_a_payload_matches_load_of_its_file_and_holds_checks_the_file(
     assert not artifact.holds(tmp_path / "m.ptz", payload[:-1] + bytes([payload[-1] ^ 1]))
     with pytest.raises(artifact.ArtifactError, match="wrong magic"):
         artifact.unpack(b"not an artifact payload")
+
+
+def test_compress_keeps_the_smaller_of_the_strong_and_the_fast_level():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # Gaussian 5-bit codes, one per byte, as int5 weights are stored: level 1 beats level 22 here.
+    codes = np.clip(np.round(rng.normal(0, 4.4, 200_000)), -15, 15).astype(np.int8).tobytes()
+    block, filler = rng.bytes(100_000), rng.bytes(1_200_000)
+    structured = block + filler + block  # a repeat farther back than level 1's window: level 22 wins
+    for payload in (codes, structured):
+        sizes = {level: len(zstandard.ZstdCompressor(level=level).compress(payload)) for level in (1, 22)}
+        blob = artifact.compress(payload, 22)
+        assert len(blob) == min(sizes.values())
+        assert zstandard.ZstdDecompressor().decompress(blob) == payload
+    assert len(artifact.compress(codes, 22)) == len(zstandard.ZstdCompressor(level=1).compress(codes)) < len(
+        zstandard.ZstdCompressor(level=22).compress(codes))
+    assert len(artifact.compress(structured, 22)) == len(zstandard.ZstdCompressor(level=22).compress(structured)) < len(
+        zstandard.ZstdCompressor(level=1).compress(structured))
+    assert artifact.compress(codes, 1) == zstandard.ZstdCompressor(level=1).compress(codes)
