@@ -127,3 +127,33 @@ def test_ddp_on_two_cpu_processes(tiny_corpus, tiny_config_dict, tmp_path):
     assert metrics["world_size"] == 2 and metrics["steps"] == 6
     # Both ranks share one global batch: the tokens counted are the configured global batch per step.
     assert metrics["train_tokens"] == 6 * tiny_config_dict["train"]["batch_tokens"]
+
+
+def test_rung_roundtrip_scores_the_quantized_weights_and_leaves_training_alone(tiny_corpus, tiny_config_dict,
+                                                                               tmp_path):
+    cfg_dict = tiny_config_dict
+    cfg_dict["train"].update(max_steps=30, report_every_s=0.05, budget_s=1000.0, rung_roundtrip=True)
+    cfg_dict["export"] = {**cfg_dict.get("export", {}), "quant_bits": 5}
+    cfg = config.from_dict(cfg_dict)
+    val_prefix = load_val_tokens(tiny_corpus["data"], 320)[: cfg.train.val_prefix_tokens + 1]
+    reports, rescored = [], []
+
+    def report(metrics, save_checkpoint):
+        reports.append(metrics)
+        if len(reports) <= 2:  # rescore from the rung's checkpoint: the weights the rung evaluated
+            save_checkpoint(tmp_path / f"ckpt{len(reports)}")
+            state = torch.load(tmp_path / f"ckpt{len(reports)}" / "trainer_state.rank0.pt", weights_only=True)
+            model = GPT(cfg.model)
+            model.load_state_dict(artifact.unpack(artifact.pack(state["model"], cfg))[1])
+            rescored.append(evaluate(model, val_prefix, byte_table(tiny_corpus["sp"], 320), cfg.train.seq_len,
+                                     cfg.train.val_batch_tokens, torch.device("cpu")).val_bpb)
+
+    with_roundtrip = run(tiny_corpus, cfg_dict, tmp_path / "on", report=report)
+    assert len(reports) >= 2
+    for rung, again in zip(reports, rescored):
+        assert rung["val_bpb"] == pytest.approx(again, abs=1e-6)
+        assert rung["val_bpb"] != rung["val_bpb_prequant"]  # int5 changes the score
+    cfg_dict["train"]["rung_roundtrip"] = False
+    without = run(tiny_corpus, cfg_dict, tmp_path / "off", report=lambda m, s: None)
+    # The round trip is scored on a copy: training continues from the unquantized weights, step for step.
+    assert with_roundtrip["val_bpb_prequant"] == pytest.approx(without["val_bpb_prequant"], abs=1e-6)

@@ -236,12 +236,18 @@ def train(
             train_s += time.perf_counter() - t0
             eval_start = time.perf_counter()
             res = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
-            eval_s += time.perf_counter() - eval_start
             _check_finite(res.val_loss, step)
-            report(
-                {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": res.val_bpb, "val_loss": res.val_loss},
-                save_checkpoint,
-            )
+            rung = {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": res.val_bpb,
+                    "val_loss": res.val_loss, "val_bpb_prequant": res.val_bpb, "val_loss_prequant": res.val_loss}
+            if tc.rung_roundtrip:
+                trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(artifact.unpack(artifact.pack(trained, cfg))[1])
+                post = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank,
+                                rt.world_size)
+                model.load_state_dict(trained)  # training goes on from the unquantized weights
+                rung.update(val_bpb=post.val_bpb, val_loss=post.val_loss)
+            eval_s += time.perf_counter() - eval_start
+            report(rung, save_checkpoint)
             while next_report_s <= train_s:
                 next_report_s += tc.report_every_s
             t0 = time.perf_counter()
