@@ -19,18 +19,21 @@ REPO = Path(__file__).resolve().parent.parent
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def _finished_launched(db: Path) -> int:
-    """Launched trials (with a Tune id) that have finished, read straight from the study database."""
+def _count(db: Path, sql: str) -> int:
+    """One COUNT(*) over the study database, read-only; 0 while it does not exist or is busy."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute(
-                "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                "WHERE a.key = 'tune_trial_id' AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')"
-            ).fetchone()[0]
+            return con.execute(sql).fetchone()[0]
     except sqlite3.Error:
         return 0  # tables not created yet, or locked for a moment
+
+
+def _finished_launched(db: Path) -> int:
+    """Launched trials (with a Tune id) that have finished, read straight from the study database."""
+    return _count(db, "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                      "WHERE a.key = 'tune_trial_id' AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL')")
 
 
 def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
@@ -83,17 +86,9 @@ def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
 
 def _running_with_a_rung(db: Path) -> int:
     """Launched trials still RUNNING that have reported at least one rung."""
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            return con.execute(
-                "SELECT COUNT(DISTINCT t.trial_id) FROM trials t "
-                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'tune_trial_id' "
-                "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'"
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return _count(db, "SELECT COUNT(DISTINCT t.trial_id) FROM trials t "
+                      "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'tune_trial_id' "
+                      "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'")
 
 
 def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
