@@ -49,6 +49,11 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting in every suggested config, e.g. --set train.compile=false")
+    p.add_argument("--enqueue", action="append", default=[], metavar="CONFIG",
+                   help="run config file (e.g. spaces/presets/baseline.yaml) whose point of the space is tried first, "
+                   "so known schemes sit in the same table and frontier; repeatable")
+    p.add_argument("--enqueue-presets", action="store_true",
+                   help="enqueue every spaces/presets/*.yaml that is a point of the space (others are skipped)")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"shard folder (default {DEFAULT_DATA})")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER, help=f"SentencePiece model (default {DEFAULT_TOKENIZER})")
     p.add_argument("--ray-address", default="",
@@ -89,10 +94,30 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 
 def _check_space(settings: SearchSettings) -> None:
     """Load the space once in the driver so a bad file fails here, not inside Ray."""
-    from search.searcher import import_object
-    from search.tuner import space_loader_of
+    from search.searcher import import_object, space_loader_of
 
     import_object(space_loader_of(settings))(settings.space)
+
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+
+
+def _with_enqueued(settings: SearchSettings, files: list[str], presets: bool) -> SearchSettings:
+    """Settings whose `enqueue` holds the given config files (each must be a point of the space) and, with
+    --enqueue-presets, the presets that are points of it; says what it queued."""
+    from search.searcher import space_points
+
+    points = space_points(settings, [resolve_local(f, "--enqueue", must_exist=True) for f in files])
+    if presets:
+        preset_files = [str(p) for p in sorted(PRESETS_DIR.glob("*.yaml"))]
+        found = space_points(settings, preset_files, skip_outside=True)
+        skipped = sorted(set(map(lambda f: Path(f).stem, preset_files)) - {Path(f).stem for f, _ in found})
+        points += [pt for pt in found if pt[0] not in {f for f, _ in points}]
+        if skipped:
+            print(f"[search] presets that are no point of this space, not enqueued: {', '.join(skipped)}", flush=True)
+    for path, _ in points:
+        print(f"[search] enqueued {Path(path).stem} ({path})", flush=True)
+    return dataclasses.replace(settings, enqueue=tuple(path for path, _ in points))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     store.ensure_new(settings)
     _check_space(settings)
+    settings = _with_enqueued(settings, args.enqueue, args.enqueue_presets)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each, "

@@ -14,14 +14,14 @@ from search.overhead import COLUMNS as TIME_COLUMNS
 from search.overhead import breakdown, totals
 from search.pareto import pareto_front
 from search.searcher import (
-    COMPLETE, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, REASON, RUNGS, RUNNING,
-    STATUS,
+    COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED,
+    REASON, RUNGS, RUNNING, STATUS,
     STATUSES, TUNE_ID,
 )
 from search.settings import SearchSettings
 
 COLUMNS = [
-    "number", "status", "reason", "summary", "unique_params", "virtual_layers", "predicted_artifact_bytes",
+    "number", "status", "reason", "summary", "enqueued_from", "unique_params", "virtual_layers", "predicted_artifact_bytes",
     "artifact_bytes", "val_bpb", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s", "steps",
     "device_s", "gpu_s", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
 ]
@@ -55,12 +55,14 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         rungs = trial_rungs(t)
-        status = a.get(STATUS) or (RUNNING if t.state == optuna.trial.TrialState.RUNNING else FAILED)
+        status = a.get(STATUS) or {optuna.trial.TrialState.RUNNING: RUNNING,
+                                    optuna.trial.TrialState.WAITING: QUEUED}.get(t.state, FAILED)
         rows.append({
             "number": t.number,
             "status": status,
             "reason": a.get(REASON, ""),
             "summary": a.get("summary", ""),
+            "enqueued_from": a.get(ENQUEUED_FROM, ""),
             "unique_params": a.get("unique_params"),
             "virtual_layers": a.get("virtual_layers"),
             "predicted_artifact_bytes": a.get("predicted_artifact_bytes"),

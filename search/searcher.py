@@ -30,8 +30,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search import store
-from search.settings import SearchSettings
+from search.settings import SearchSettings, SettingsError
 from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict
+from trainer.config import load as load_config
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ TUNE_ID = "tune_trial_id"
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, RUNNING = "infeasible_predicted", "infeasible_measured", "running"
 INTERRUPTED = "interrupted"  # in flight when the driver was stopped; `resume` continues it from its checkpoint
-STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED, RUNNING, INTERRUPTED)
+QUEUED = "queued"  # enqueued (--enqueue) and not handed out yet
+STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED, RUNNING, INTERRUPTED, QUEUED)
 
 # Result keys the trainable sets (see search.trainable).
 FINAL_KEY, FAILED_KEY, FAIL_REASON_KEY, NUMBER_KEY = "final", "failed", "fail_reason", "optuna_number"
@@ -63,6 +65,12 @@ class Space(Protocol):
     """What the searcher needs from spaces.space.SearchSpace."""
 
     def suggest(self, trial: optuna.Trial) -> RunConfig: ...
+
+    def assignment_for(self, cfg: RunConfig) -> dict[str, Any] | None: ...
+
+
+DEFAULT_SPACE_LOADER = "search.searcher:load_space_bundle"
+ENQUEUED_FROM = "enqueued_from"
 
 
 def load_space_bundle(space_path: str) -> tuple[Space, Callable[[RunConfig], Any]]:
@@ -182,7 +190,7 @@ class SpaceDefineByRun:
 class RecurrenceSearcher(OptunaSearch):
     """OptunaSearch over a recurrence space with a hard size gate and truthful PRUNED/FAIL states."""
 
-    def __init__(self, settings: SearchSettings, space_loader: str = "search.searcher:load_space_bundle"):
+    def __init__(self, settings: SearchSettings, space_loader: str = DEFAULT_SPACE_LOADER):
         self._settings = settings
         metric = list(OBJECTIVES) if settings.multi_objective else OBJECTIVES[0]
         mode = ["min", "min"] if settings.multi_objective else "min"
@@ -356,6 +364,34 @@ class RecurrenceSearcher(OptunaSearch):
             log.warning("could not tell Optuna trial %d as %s: %s", ot_trial.number, state.name, exc)
 
 
+def space_loader_of(settings: SearchSettings) -> str:
+    """The space loader recorded for this search (tests may plug in another)."""
+    return settings.extra.get("space_loader", DEFAULT_SPACE_LOADER)
+
+
+def space_points(settings: SearchSettings, files: list[str], skip_outside: bool = False) -> list[tuple[str, dict]]:
+    """(file, assignment) of each run config file that is a point of the search's space. A file outside the
+    space raises SettingsError naming it, or is left out with skip_outside (e.g. presets of another space)."""
+    space, _ = import_object(space_loader_of(settings))(settings.space)
+    points = []
+    for path in files:
+        assignment = space.assignment_for(load_config(Path(path)))
+        if assignment is None and not skip_outside:
+            raise SettingsError(
+                f"--enqueue {path}: its model and export sections are no point of the space {settings.space}; "
+                "add its shape to the space, or drop it from --enqueue")
+        if assignment is not None:
+            points.append((str(path), assignment))
+    return points
+
+
+def enqueue_points(settings: SearchSettings, points: list[tuple[str, dict]]) -> None:
+    """Queue the points as the study's next trials: the sampler hands them out first, then proposes its own."""
+    study = open_study(settings)
+    for path, assignment in points:
+        study.enqueue_trial(assignment, user_attrs={ENQUEUED_FROM: Path(path).stem}, skip_if_exists=True)
+
+
 def mark_interrupted(settings: SearchSettings, reason: str, tune_ids: set[str]) -> int:
     """Label RUNNING trials whose Tune trial is in tune_ids as interrupted; they stay RUNNING for `resume`."""
     study = open_study(settings)
@@ -385,4 +421,5 @@ def fail_orphans(settings: SearchSettings, reason: str, keep_tune_ids: set[str] 
 __all__ = [
     "RecurrenceSearcher", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
     "prepare_config", "summarize", "fail_orphans", "mark_interrupted", "load_space_bundle", "STATUSES",
+    "space_points", "enqueue_points",
 ]

@@ -44,6 +44,7 @@ class SearchSettings:
     local_dir: str = ""  # where study.db and reports go when storage is a cloud URI
     train_fn: str = DEFAULT_TRAIN_FN  # "module:function" with trainer.train.train's signature
     limit_bytes: int = 16_000_000
+    enqueue: tuple[str, ...] = ()  # run config files whose points of the space are the first trials
     extra: dict[str, Any] = field(default_factory=dict)  # room for later commands (e.g. rerun)
 
     @property
@@ -99,6 +100,7 @@ class SearchSettings:
         if unknown:
             raise SettingsError(f"{where}: unknown key(s) {unknown}; it was written by another version")
         data["overrides"] = tuple(data.get("overrides", ()))
+        data["enqueue"] = tuple(data.get("enqueue", ()))
         return cls(**data).validate()
 
 

@@ -10,7 +10,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search import store
-from search.searcher import RecurrenceSearcher, fail_orphans, mark_interrupted, open_study
+from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, mark_interrupted, open_study,
+                             space_loader_of, space_points)
 from search.settings import SearchSettings, SettingsError
 from search.trainable import make_trainable
 
@@ -101,6 +102,7 @@ def run_search(settings: SearchSettings):
     store.ensure_new(settings)
     store.save_settings(settings)
     open_study(settings)  # create the database now so `status` works from the first second
+    enqueue_points(settings, space_points(settings, list(settings.enqueue)))
     results = build_tuner(settings).fit()
     close_out(settings, results, "its trainable never reported a finish (driver stopped)")
     return results
@@ -137,11 +139,6 @@ def resume_search(settings: SearchSettings):
     results = tuner.fit()
     close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
     return results
-
-
-def space_loader_of(settings: SearchSettings) -> str:
-    """The space loader recorded for this search (tests may plug in another)."""
-    return settings.extra.get("space_loader", "search.searcher:load_space_bundle")
 
 
 __all__ = ["connect", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus"]

@@ -227,6 +227,20 @@ class SearchSpace:
                 return
             path[-1] += 1
 
+    def assignment_for(self, cfg: RunConfig) -> dict[str, Any] | None:
+        """An assignment that builds cfg's model and export sections (a known scheme as a point), or None."""
+        width = Width(cfg.model.model_dim, cfg.model.num_heads, cfg.model.num_kv_heads).label
+        wanted = {"width": width, **{axis: getattr(getattr(cfg, section), key)
+                                     for axis, (section, key) in AXIS_KEYS.items()}}
+        for a in self.assignments():
+            # Axis values first (cheap); build only the few assignments that agree on all of them.
+            if any(key in a and a[key] != value for key, value in wanted.items()):
+                continue
+            built = self.build(a)
+            if built.model == cfg.model and built.export == cfg.export:
+                return a
+        return None
+
     def configs(self) -> Iterator[tuple[dict[str, Any], RunConfig]]:
         """Every point of the space as (assignment, config), whether or not it fits."""
         for a in self.assignments():

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from search.searcher import RecurrenceSearcher, fail_orphans, open_study
@@ -109,3 +111,62 @@ def test_nsga2_tells_both_objectives(settings):
     t = _states(s)[number]
     assert t.state == TrialState.COMPLETE and t.values == [1.45, 41_000.0]
     assert t.user_attrs["rungs"] == [[0.5, 2.0]] and not math.isnan(t.values[0])
+
+
+# ---- --enqueue: known configs as the first trials -----------------------------------------------------------
+def _point_file(settings, tmp_path, index: int = 0):
+    """A run config file holding the index-th config of the tiny space that fits, and its assignment."""
+    from spaces.space import load_space
+
+    space = load_space(settings.space)
+    fitting = [(a, cfg) for a, cfg in space.configs() if cfg.model.model_dim < 2048]
+    assignment, cfg = fitting[index]
+    path = tmp_path / f"known{index}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path, assignment, cfg
+
+
+def test_enqueued_configs_are_the_first_trials_handed_out(settings, tmp_path):
+    from search.searcher import enqueue_points, space_points
+
+    files = [_point_file(settings, tmp_path, i) for i in (3, 1)]
+    enqueue_points(settings, space_points(settings, [str(path) for path, _, _ in files]))
+    from search.report import trials_table
+
+    table = trials_table(open_study(settings))
+    assert list(table["status"]) == ["queued", "queued"] and list(table["enqueued_from"]) == ["known3", "known1"]
+    searcher = RecurrenceSearcher(settings)
+    for k, (path, assignment, cfg) in enumerate(files):
+        out = searcher.suggest(f"tune{k}")
+        trial = _states(settings)[out["optuna_number"]]
+        assert trial.params == assignment and trial.user_attrs["enqueued_from"] == path.stem
+        assert out["run"]["model"] == cfg.to_dict()["model"]
+    later = searcher.suggest("tune9")  # then the sampler proposes its own
+    assert "enqueued_from" not in _states(settings)[later["optuna_number"]].user_attrs
+
+
+def test_a_config_outside_the_space_is_refused_by_name(settings, tmp_path):
+    from search.searcher import space_points
+    from search.settings import SettingsError
+
+    path, _, cfg = _point_file(settings, tmp_path)
+    outside = tmp_path / "outside.yaml"
+    data = cfg.to_dict()
+    data["model"]["model_dim"] = 24  # no such width in the tiny space
+    data["model"]["num_heads"], data["model"]["num_kv_heads"] = 3, 1
+    outside.write_text(yaml.safe_dump(data))
+    with pytest.raises(SettingsError, match=r"--enqueue .*outside\.yaml.*no point of the space"):
+        space_points(settings, [str(path), str(outside)])
+    assert [p for p, _ in space_points(settings, [str(path), str(outside)], skip_outside=True)] == [str(path)]
+
+
+def test_enqueue_presets_takes_the_presets_of_the_default_space(settings, capsys):
+    import dataclasses
+
+    from search.cli import PRESETS_DIR, _with_enqueued
+
+    default = dataclasses.replace(settings, space=str(PRESETS_DIR.parent / "default.yaml"))
+    queued = _with_enqueued(default, [], presets=True)
+    assert sorted(Path(p).stem for p in queued.enqueue) == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    tiny = _with_enqueued(settings, [], presets=True)  # the tiny space holds none of them
+    assert tiny.enqueue == () and "not enqueued: baseline" in capsys.readouterr().out

@@ -207,3 +207,20 @@ def test_nothing_fits_reports_smallest_prediction(tmp_path):
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(SpaceError, match="no such space file"):
         load_space(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_POINTS))
+def test_assignment_for_finds_each_preset_in_the_default_space(name):
+    space = load_space(DEFAULT)
+    preset = load(ROOT / "presets" / f"{name}.yaml")
+    assignment = space.assignment_for(preset)
+    assert assignment is not None and space.build(assignment) == preset
+
+
+def test_assignment_for_a_config_outside_the_space_is_none():
+    space = load_space(DEFAULT)
+    wider = load(ROOT / "presets" / "baseline.yaml", ["model.model_dim=1024", "model.num_heads=16",
+                                                       "model.num_kv_heads=8"])
+    assert space.assignment_for(wider) is None
+    other_zstd = load(ROOT / "presets" / "baseline.yaml", ["export.zstd_level=3"])
+    assert space.assignment_for(other_zstd) is None  # the export section must match too
