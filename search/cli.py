@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from search import store
-from search.rerun_cli import add_rerun_command
+from search.rerun_cli import PRESETS_DIR, add_rerun_command
 from search.settings import SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
 
 DEFAULT_SPACE = "spaces/default.yaml"
@@ -99,9 +99,6 @@ def _check_space(settings: SearchSettings) -> None:
     import_object(space_loader_of(settings))(settings.space)
 
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
-
-
 def _with_enqueued(settings: SearchSettings, files: list[str], presets: bool) -> SearchSettings:
     """Settings whose `enqueue` holds the given config files (each must be a point of the space) and, with
     --enqueue-presets, the presets that are points of it; says what it queued."""
@@ -111,8 +108,9 @@ def _with_enqueued(settings: SearchSettings, files: list[str], presets: bool) ->
     if presets:
         preset_files = [str(p) for p in sorted(PRESETS_DIR.glob("*.yaml"))]
         found = space_points(settings, preset_files, skip_outside=True)
-        skipped = sorted(set(map(lambda f: Path(f).stem, preset_files)) - {Path(f).stem for f, _ in found})
-        points += [pt for pt in found if pt[0] not in {f for f, _ in points}]
+        skipped = sorted({Path(f).stem for f in preset_files} - {Path(f).stem for f, _ in found})
+        given = {f for f, _ in points}
+        points += [(f, a) for f, a in found if f not in given]
         if skipped:
             print(f"[search] presets that are no point of this space, not enqueued: {', '.join(skipped)}", flush=True)
     for path, _ in points:
