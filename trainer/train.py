@@ -268,7 +268,7 @@ def train(
 
     # Every rank quantizes the same weights to the same payload. Rank 0 compresses it to the artifact in a
     # thread while the round-trip evaluation runs on the weights decoded from that payload; the file is then
-    # checked to decompress to exactly it, so the reported val_bpb is the artifact's (zstd-22 took ~3 s).
+    # checked to decompress to exactly it, so the reported val_bpb is the artifact's (zstd-22: 3-25 s).
     export_start = time.perf_counter()
     artifact_path = out_dir / "model.ptz"
     payload = artifact.pack(model.state_dict(), cfg)
