@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 17 (one H100, the session's last ~2 device minutes): the export's time and bytes with
+# Device call 17 (one H100; written 2026-11-24, NOT RUN yet: that session had no device time left): the
 # export.zstd_level=1 against the default 22 (best of 22 and 1), baseline shape at int6, 20 s eager runs.
 source benchmarks/device_env.sh
 S="--config spaces/presets/baseline.yaml --set train.budget_s=20 --set train.warmdown_steps=40 --set train.compile=false"
