@@ -7,6 +7,7 @@ trainer's defaults (9 blocks x 512, each once). Register with `add_rerun_command
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from search import store
 from search.records import RecordError
 from search.rerun import RerunError, rerun
 from search.settings import NAME_RE, SearchSettings, SettingsError, is_uri
-from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict, load
+from trainer.config import ConfigError, RunConfig, TrainConfig, apply_overrides, from_dict, load
 
 # Same defaults as `python -m search run`; a search's own data and tokenizer take precedence.
 DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
@@ -125,6 +126,9 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
     base.add_argument("--baseline-config", type=Path, metavar="FILE",
                       help="baseline run config (default: spaces/presets/baseline.yaml, else trainer defaults)")
     base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
+    p.add_argument("--baseline-own-train", action="store_true",
+                   help="keep the baseline file's own train section (default: the baseline trains with the "
+                   "candidate's train settings, e.g. a search's --set overrides, so only the model and export differ)")
     p.add_argument("--gpus", type=int, default=None,
                    help="GPUs per run, DDP on this node (default: all of them / --parallel; 0 or no CUDA: the CPU)")
     p.add_argument("--parallel", type=int, default=1, metavar="P",
@@ -174,6 +178,14 @@ def run_rerun_command(args: argparse.Namespace) -> int:
             baseline, source["baseline"] = load(args.baseline_config, args.overrides), str(args.baseline_config)
         else:
             baseline, source["baseline"] = default_baseline(args.overrides)
+        if baseline is not None and not args.baseline_own_train:
+            # Compare shapes, not recipes: a search's overrides (batch, compile, warmdown) reach the baseline too.
+            baseline = dataclasses.replace(baseline, train=candidate.train)
+            print(f"[rerun] both configs train with: {train_differences(candidate)}", flush=True)
+        else:
+            print(f"[rerun] the candidate trains with: {train_differences(candidate)}", flush=True)
+            if baseline is not None:
+                print(f"[rerun] the baseline trains with: {train_differences(baseline)}", flush=True)
         data = args.data or (search.data_dir if search else DEFAULT_DATA)
         tokenizer = args.tokenizer or (search.tokenizer if search else DEFAULT_TOKENIZER)
         out = args.out or _default_out(args, search, subfolder)
@@ -187,6 +199,13 @@ def run_rerun_command(args: argparse.Namespace) -> int:
         return 2
     print(result.md_path.read_text())
     return 0
+
+
+def train_differences(cfg: RunConfig) -> str:
+    """The train settings that differ from the trainer's defaults, as key=value (seed and budget are per run)."""
+    default, own = TrainConfig().__dict__, cfg.train.__dict__
+    changed = [f"{k}={v}" for k, v in own.items() if v != default[k] and k not in ("seed", "budget_s", "report_every_s")]
+    return ", ".join(changed) or "the trainer's defaults"
 
 
 def default_gpus(available: int, parallel: int) -> int:

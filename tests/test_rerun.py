@@ -273,3 +273,22 @@ def test_parallel_needing_more_gpus_than_the_node_has_is_refused(tiny_corpus, tm
     with pytest.raises(RerunError, match="--parallel 0: .*parallel >= 1"):
         rerun(from_dict(CANDIDATE), None, [1], 0, 60.0, tiny_corpus["data"], tiny_corpus["tokenizer"],
               tmp_path / "o", parallel=0, terminal=None)
+
+
+def test_the_baseline_trains_with_the_candidates_train_settings(tiny_corpus, tmp_path, capsys):
+    # The candidate carries a search's overrides (here: another warmdown and LR); the baseline file has its own.
+    cand_train = {**TRAIN, "warmdown_steps": 3, "matrix_lr": 0.03}
+    cand = write_yaml(tmp_path / "cand.yaml", {**CANDIDATE, "train": cand_train})
+    base = write_yaml(tmp_path / "base.yaml", BASELINE)
+    common = ["tiny", "--config", str(cand), "--baseline-config", str(base), "--gpus", "0", "--seeds", "1",
+              "--budget-s", "60", *corpus_args(tiny_corpus)]
+    assert cli([*common, "--out", str(tmp_path / "same")]) == 0
+    out = capsys.readouterr().out
+    assert "both configs train with: " in out and "warmdown_steps=3" in out and "matrix_lr=0.03" in out
+    same = {label: metrics_of(tmp_path / "same" / label / "seed1337")["config"] for label in ("candidate", "baseline")}
+    assert same["baseline"]["train"] == same["candidate"]["train"]
+    assert same["baseline"]["model"] == from_dict(BASELINE).to_dict()["model"]  # the shape stays the baseline's
+
+    assert cli([*common, "--baseline-own-train", "--out", str(tmp_path / "own")]) == 0
+    own = metrics_of(tmp_path / "own" / "baseline" / "seed1337")["config"]["train"]
+    assert own["warmdown_steps"] == TRAIN["warmdown_steps"] and own["matrix_lr"] != 0.03
