@@ -19,6 +19,7 @@ from ray import tune
 
 from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, import_object
 from search.settings import SearchSettings
+from trainer.train import StopRequested
 
 # Final-report keys renamed so ASHA (time_attr=train_s) never mistakes the final full-val result for a rung.
 FINAL_RENAMES = {"train_s": "final_train_s"}
@@ -66,6 +67,7 @@ def run_training(
     resume_dir: Path | None,
     out_dir: Path,
     is_main: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn."""
     from trainer.config import from_dict
@@ -75,8 +77,11 @@ def run_training(
         cfg = from_dict(config["run"], where=f"trial {number}")
         train_fn = import_object(settings.train_fn)
         kwargs: dict[str, Any] = {}
-        if "echo" in inspect.signature(train_fn).parameters:
+        params = inspect.signature(train_fn).parameters
+        if "echo" in params:
             kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
+        if should_stop is not None and "should_stop" in params:
+            kwargs["should_stop"] = should_stop
 
         def on_rung(metrics: dict, save_checkpoint: Callable[[Path], None]) -> None:
             with tempfile.TemporaryDirectory(prefix="rung_") as d:
@@ -85,6 +90,8 @@ def run_training(
 
         final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir,
                          report=on_rung, resume_from=resume_dir, **kwargs)
+    except StopRequested:  # Tune ended the trial (ASHA): it already knows; nothing to report
+        return
     except Exception as exc:  # a failed trial is a result, not a crash of the search
         reason = failure_reason(exc)
         if is_main:
@@ -109,15 +116,37 @@ def ddp_workers(settings: SearchSettings) -> tuple[int, bool]:
     return (int(settings.gpus_per_trial), True) if settings.gpus_per_trial > 1 else (1, settings.gpus_per_trial > 0)
 
 
+def tune_stop_requested() -> bool:
+    """True once Tune has asked this trial's function to end (ASHA stopped it, or its worker is being reused)."""
+    # The flag lives only on Ray's internal session object; without it the trial just runs to its next report.
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return bool(session is not None and getattr(session, "stop_event", None) is not None
+                and session.stop_event.is_set())
+
+
+def fresh_worker_state() -> None:
+    """Forget the previous trial's compiled graphs and cached GPU blocks when Tune reuses this worker process
+    (dynamo's recompile limit would otherwise turn later trials eager); the on-disk compile cache stays warm."""
+    import torch
+
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def trial_function(config: dict, settings: SearchSettings) -> None:
     """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
     if ddp_workers(settings)[0] > 1:
         _ddp_trial(config, settings)
         return
+    fresh_worker_state()
     out_dir = Path(tune.get_context().get_trial_dir()) / "run"
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
-        run_training(config, settings, _tune_report, Path(resume) if resume else None, out_dir)
+        run_training(config, settings, _tune_report, Path(resume) if resume else None, out_dir,
+                     should_stop=tune_stop_requested)
 
 
 def _ddp_worker(loop_config: dict) -> None:

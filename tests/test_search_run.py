@@ -52,6 +52,9 @@ def test_search_runs_all_trials_and_asha_prunes_some(finished_search):
         assert t.state == TrialState.COMPLETE and t.value == t.user_attrs["val_bpb"]
         assert 0 < t.user_attrs["artifact_bytes"] <= 16_000_000
         assert t.user_attrs["val_bpb"] > 0 and t.user_attrs["device_s"] > 0
+    # Workers are reused: a stopped or finished trial hands its process to the next one.
+    pids = [t.user_attrs["worker_pid"] for t in launched]
+    assert len(set(pids)) < len(pids), pids
     print(f"8-trial CPU search took {seconds:.1f}s")
 
 

@@ -13,7 +13,7 @@ from trainer.bpb import byte_table
 from trainer.data import load_val_tokens
 from trainer.evaluate import evaluate
 from trainer.model import GPT
-from trainer.train import TrainingDiverged, train
+from trainer.train import StopRequested, TrainingDiverged, train
 
 REQUIRED = {"val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "unique_params",
             "virtual_layers", "steps", "train_tokens", "train_s", "tokens_per_s"}
@@ -157,3 +157,17 @@ def test_rung_roundtrip_scores_the_quantized_weights_and_leaves_training_alone(t
     without = run(tiny_corpus, cfg_dict, tmp_path / "off", report=lambda m, s: None)
     # The round trip is scored on a copy: training continues from the unquantized weights, step for step.
     assert with_roundtrip["val_bpb_prequant"] == pytest.approx(without["val_bpb_prequant"], abs=1e-6)
+
+
+def test_should_stop_ends_the_run_at_the_next_step_without_export(tiny_corpus, tiny_config_dict, tmp_path):
+    cfg_dict = tiny_config_dict
+    cfg_dict["train"].update(max_steps=1000, budget_s=1000.0)
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(StopRequested, match="step 3"):
+        run(tiny_corpus, cfg_dict, tmp_path, should_stop=should_stop)
+    assert len(calls) == 3 and not (tmp_path / "model.ptz").exists()

@@ -36,6 +36,10 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class StopRequested(RuntimeError):
+    """The caller's should_stop() said stop (e.g. ASHA stopped the trial): the run ends without exporting."""
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where this process runs: device and its place in a distributed group."""
@@ -106,6 +110,7 @@ def train(
     resume_from: Path | None = None,
     device: str | None = None,
     echo: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics."""
     wall_start = time.perf_counter()
@@ -222,6 +227,8 @@ def train(
         train_tokens += tc.batch_tokens
         now_s = train_s + time.perf_counter() - t0
         stop = step >= tc.max_steps or now_s >= tc.budget_s
+        if should_stop is not None and should_stop():  # checked every step, so a stopped trial frees its worker
+            raise StopRequested(f"stopped by the caller at step {step}")
         if rt.world_size > 1:  # every rank must stop on the same step
             flag = torch.tensor(int(stop), device=rt.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
