@@ -318,8 +318,6 @@ class RecurrenceSearcher(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         result = result or {}
-        if "pid" in result:  # Tune's worker process: the same pid on two trials means the worker was reused
-            ot_trial.set_user_attr("worker_pid", int(result["pid"]))
         if "time_total_s" in result:
             device_s = float(result["time_total_s"])
             ot_trial.set_user_attr("device_s", device_s)

@@ -117,7 +117,7 @@ def ddp_workers(settings: SearchSettings) -> tuple[int, bool]:
 
 
 def tune_stop_requested() -> bool:
-    """True once Tune has asked this trial's function to end (ASHA stopped it, or its worker is being reused)."""
+    """True once Tune has asked this trial's function to end (ASHA stopped it, or the driver stopped)."""
     # The flag lives only on Ray's internal session object; without it the trial just runs to its next report.
     from ray.train._internal.session import get_session
 
@@ -126,22 +126,11 @@ def tune_stop_requested() -> bool:
                 and session.stop_event.is_set())
 
 
-def fresh_worker_state() -> None:
-    """Forget the previous trial's compiled graphs and cached GPU blocks when Tune reuses this worker process
-    (dynamo's recompile limit would otherwise turn later trials eager); the on-disk compile cache stays warm."""
-    import torch
-
-    torch._dynamo.reset()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def trial_function(config: dict, settings: SearchSettings) -> None:
     """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
     if ddp_workers(settings)[0] > 1:
         _ddp_trial(config, settings)
         return
-    fresh_worker_state()
     out_dir = Path(tune.get_context().get_trial_dir()) / "run"
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
