@@ -99,9 +99,10 @@ def _check_space(settings: SearchSettings) -> None:
     import_object(space_loader_of(settings))(settings.space)
 
 
-def _with_enqueued(settings: SearchSettings, files: list[str], presets: bool) -> SearchSettings:
+def _with_enqueued(settings: SearchSettings, files: list[str],
+                   presets: bool) -> tuple[SearchSettings, list[tuple[str, dict]]]:
     """Settings whose `enqueue` holds the given config files (each must be a point of the space) and, with
-    --enqueue-presets, the presets that are points of it; says what it queued."""
+    --enqueue-presets, the presets that are points of it, plus their (file, assignment); says what it queued."""
     from search.searcher import space_points
 
     points = space_points(settings, [resolve_local(f, "--enqueue", must_exist=True) for f in files])
@@ -115,7 +116,7 @@ def _with_enqueued(settings: SearchSettings, files: list[str], presets: bool) ->
             print(f"[search] presets that are no point of this space, not enqueued: {', '.join(skipped)}", flush=True)
     for path, _ in points:
         print(f"[search] enqueued {Path(path).stem} ({path})", flush=True)
-    return dataclasses.replace(settings, enqueue=tuple(path for path, _ in points))
+    return dataclasses.replace(settings, enqueue=tuple(path for path, _ in points)), points
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,13 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     store.ensure_new(settings)
     _check_space(settings)
-    settings = _with_enqueued(settings, args.enqueue, args.enqueue_presets)
+    settings, points = _with_enqueued(settings, args.enqueue, args.enqueue_presets)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each, "
           f"budget {settings.budget_s:g}s, ASHA rungs from {settings.rung_s:g}s (x{settings.reduction_factor:g}), "
           f"sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
-    tuner.run_search(settings)
+    tuner.run_search(settings, points)
     return _finish(settings)
 
 

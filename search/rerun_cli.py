@@ -189,8 +189,8 @@ def run_rerun_command(args: argparse.Namespace) -> int:
         data = args.data or (search.data_dir if search else DEFAULT_DATA)
         tokenizer = args.tokenizer or (search.tokenizer if search else DEFAULT_TOKENIZER)
         out = args.out or _default_out(args, search, subfolder)
-        gpus = args.gpus if args.gpus is not None else default_gpus(torch.cuda.device_count() if
-                                                                     torch.cuda.is_available() else 0, args.parallel)
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = args.gpus if args.gpus is not None else default_gpus(available, args.parallel)
         result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
                        Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
                        parallel=args.parallel, smoke=args.smoke, source=source)

@@ -372,6 +372,8 @@ def space_loader_of(settings: SearchSettings) -> str:
 def space_points(settings: SearchSettings, files: list[str], skip_outside: bool = False) -> list[tuple[str, dict]]:
     """(file, assignment) of each run config file that is a point of the search's space. A file outside the
     space raises SettingsError naming it, or is left out with skip_outside (e.g. presets of another space)."""
+    if not files:
+        return []
     space, _ = import_object(space_loader_of(settings))(settings.space)
     points = []
     for path in files:

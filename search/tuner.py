@@ -99,12 +99,16 @@ def build_tuner(settings: SearchSettings) -> tune.Tuner:
     )
 
 
-def run_search(settings: SearchSettings):
-    """Start a new search (refusing to overwrite one of the same name) and run it to the end."""
+def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None = None):
+    """Start a new search (refusing to overwrite one of the same name) and run it to the end.
+
+    points: settings.enqueue already resolved to (file, assignment) by the caller (the CLI does, to fail before
+    Ray starts); else they are resolved here.
+    """
     store.ensure_new(settings)
     store.save_settings(settings)
     open_study(settings)  # create the database now so `status` works from the first second
-    enqueue_points(settings, space_points(settings, list(settings.enqueue)))
+    enqueue_points(settings, space_points(settings, list(settings.enqueue)) if points is None else points)
     results = build_tuner(settings).fit()
     close_out(settings, results, "its trainable never reported a finish (driver stopped)")
     return results

@@ -166,7 +166,8 @@ def test_enqueue_presets_takes_the_presets_of_the_default_space(settings, capsys
     from search.cli import PRESETS_DIR, _with_enqueued
 
     default = dataclasses.replace(settings, space=str(PRESETS_DIR.parent / "default.yaml"))
-    queued = _with_enqueued(default, [], presets=True)
+    queued, points = _with_enqueued(default, [], presets=True)
     assert sorted(Path(p).stem for p in queued.enqueue) == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-    tiny = _with_enqueued(settings, [], presets=True)  # the tiny space holds none of them
+    assert [p for p, _ in points] == list(queued.enqueue)
+    tiny, _ = _with_enqueued(settings, [], presets=True)  # the tiny space holds none of them
     assert tiny.enqueue == () and "not enqueued: baseline" in capsys.readouterr().out

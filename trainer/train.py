@@ -227,7 +227,7 @@ def train(
         train_tokens += tc.batch_tokens
         now_s = train_s + time.perf_counter() - t0
         stop = step >= tc.max_steps or now_s >= tc.budget_s
-        if should_stop is not None and should_stop():  # checked every step, so a stopped trial frees its worker
+        if should_stop is not None and should_stop():  # checked every step, so a stopped trial ends at once
             raise StopRequested(f"stopped by the caller at step {step}")
         if rt.world_size > 1:  # every rank must stop on the same step
             flag = torch.tensor(int(stop), device=rt.device)
