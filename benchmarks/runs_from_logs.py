@@ -31,7 +31,7 @@ def rebuild(log: Path, ptz: Path | None, out_root: Path) -> Path:
         "config": config,
         "model_bytes": model_bytes,
         "code_bytes": int(sizes.group(3).replace(",", "")),
-        "payload_bytes": artifact.payload_bytes(cfg, legacy_config=config),  # these runs wrote format 1
+        "payload_bytes": artifact.payload_bytes(cfg, recorded=config, format_version=1),  # these runs wrote format 1
         "steps": int(done.group(1)),
         "train_s": float(done.group(2)),
         "device": "NVIDIA H100 80GB HBM3",

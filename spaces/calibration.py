@@ -12,7 +12,7 @@ import numpy as np
 from trainer import artifact
 from trainer.config import ConfigError, RunConfig, from_dict
 
-from spaces.size_model import FEATURES, Calibration, features, predict_model_bytes
+from spaces.size_model import FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes
 
 # The margin is this many times the fit's worst leave-one-out under-prediction, so an unseen config
 # whose error is somewhat worse than any seen one is still caught; never below MIN_MARGIN_FRACTION.
@@ -41,7 +41,8 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
     for key in ("model_bytes", "payload_bytes", "config"):
         if key not in metrics:
             raise ConfigError(f"{metrics_path}: no '{key}' key; this run predates the size report, re-run it")
-    cfg = from_dict(metrics["config"], where=f"{metrics_path}:config")
+    recorded = metrics["config"]
+    cfg = from_dict(_with_legacy_init(recorded), where=f"{metrics_path}:config")
     source = "metrics.json model_bytes (model.ptz absent: file size not re-checked)"
     if model_path.is_file():
         on_disk = model_path.stat().st_size
@@ -49,14 +50,22 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
             raise ConfigError(f"{run_dir}: model.ptz is {on_disk} bytes but metrics.json says {metrics['model_bytes']}; the run is inconsistent, re-export it")
         source = "model.ptz"
     expected = artifact.payload_bytes(cfg)
-    # A run written before artifact format 2 also stored its train section in the header.
-    legacy = artifact.payload_bytes(cfg, legacy_config=metrics["config"])
-    if metrics["payload_bytes"] not in (expected, legacy):
+    # Older runs' headers hold their config as they wrote it (format 1: with the train section too).
+    as_recorded = {artifact.payload_bytes(cfg, recorded, version) for version in (1, artifact.FORMAT_VERSION)}
+    if metrics["payload_bytes"] not in {expected, *as_recorded}:
         raise ConfigError(
             f"{metrics_path}: payload_bytes {metrics['payload_bytes']} != {expected} computed now; "
             f"the artifact format changed since this run, so drop it or re-export it"
         )
     return MeasuredRun(name=run_dir.name, cfg=cfg, model_bytes=int(metrics["model_bytes"]), metrics=metrics, size_source=source)
+
+
+def _with_legacy_init(config: dict) -> dict:
+    """A run recorded before model.weight_init existed was initialised uniformly; say so explicitly."""
+    model = config.get("model") or {}
+    if "weight_init" in model:
+        return config
+    return {**config, "model": {**model, "weight_init": "uniform"}}
 
 
 # Physical bounds on each coefficient (bytes per unit). zstd does not meaningfully expand data, so a code
@@ -66,9 +75,13 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
 # soak up noise and get absurd coefficients that extrapolate badly.
 BOUNDS = {
     "codes": (0.0, 1.0), "code_bits": (0.0, 0.25), "code_log2_fanin": (-0.125, 0.125),
+    # A zero-initialised matrix's code differs from the others by under 2 bits (H100: 0.3-0.6 bits).
+    "zero_init_codes": (-0.25, 0.25), "zero_init_log2_fanin": (-0.125, 0.125),
     "scales_fp16": (0.0, 2.0), "floats_fp16": (0.0, 2.0), "scalars_fp16": (0.0, 2.0),
     "header_bytes": (0.0, 1.0), "frame": (0.0, 1024.0),
+    **{f: (v, v) for f, v in FIXED_COEFFICIENTS.items()},
 }
+FIXED = {FEATURES.index(f): v for f, v in FIXED_COEFFICIENTS.items()}
 # A coefficient must be exercised (non-zero feature) by this many runs to be cross-validated.
 MIN_SUPPORT = 2
 
@@ -94,7 +107,7 @@ def _solve_bounded(x: np.ndarray, y: np.ndarray, lower: np.ndarray, upper: np.nd
 
 def _fit_coefficients(rows: np.ndarray, measured: np.ndarray, fit_idx: list[int], fixed: dict[int, float] | None = None) -> np.ndarray:
     """Fit the selected feature columns on relative (not absolute) error, so small runs count too; `fixed` pins some."""
-    fixed = fixed or {}
+    fixed = {**{i: v for i, v in FIXED.items() if i in fit_idx}, **(fixed or {})}
     free = [i for i in fit_idx if i not in fixed]
     offset = sum(rows[:, i] * v for i, v in fixed.items()) if fixed else 0.0
     x = rows[:, free] / measured[:, None]
@@ -117,7 +130,7 @@ def leave_one_out(rows: np.ndarray, measured: np.ndarray, fit_idx: list[int]) ->
     preds, pinned = np.empty(len(measured)), {}
     for k in range(len(measured)):
         keep = np.arange(len(measured)) != k
-        unsupported = [i for i in fit_idx if rows[k, i] != 0 and not rows[keep, i].any()]
+        unsupported = [i for i in fit_idx if i not in FIXED and rows[k, i] != 0 and not rows[keep, i].any()]
         fixed = {i: conservative_bound(FEATURES[i], rows[k, i]) for i in unsupported}
         coef = _fit_coefficients(rows[keep], measured[keep], fit_idx, fixed)
         preds[k] = rows[k, fit_idx] @ coef
@@ -131,7 +144,7 @@ def thin_feature_margins(rows: np.ndarray, fit_idx: list[int], coefficients: dic
     its fitted value to its physical bound, so a config using it is judged as if that component were worst case."""
     margins = {}
     for i in fit_idx:
-        if 0 < np.count_nonzero(rows[:, i]) < MIN_SUPPORT:
+        if i not in FIXED and 0 < np.count_nonzero(rows[:, i]) < MIN_SUPPORT:
             f = FEATURES[i]
             lower, upper = BOUNDS[f]
             margins[f] = round(max(upper - coefficients[f], coefficients[f] - lower), 6)
@@ -145,13 +158,15 @@ def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibratio
     rows = np.array([list(features(r.cfg).values()) for r in runs], dtype=float)  # FEATURES order
     measured = np.array([r.model_bytes for r in runs], dtype=float)
     fit_idx = [i for i, f in enumerate(FEATURES) if rows[:, i].any()]
-    carried = [f for i, f in enumerate(FEATURES) if i not in fit_idx]
+    carried = [f for i, f in enumerate(FEATURES) if i not in fit_idx and f not in FIXED_COEFFICIENTS]
+    fitted = [i for i in fit_idx if i not in FIXED]
     if carried and prior is None:
         raise ConfigError(f"calibrate: no run exercises {carried}; add such runs or pass --prior FILE to carry them over")
-    if len(runs) < len(fit_idx) + 1:
-        raise ConfigError(f"calibrate: {len(runs)} runs cannot fit {len(fit_idx)} coefficients; pass at least {len(fit_idx) + 1} runs")
+    if len(runs) < len(fitted) + 1:
+        raise ConfigError(f"calibrate: {len(runs)} runs cannot fit {len(fitted)} coefficients; pass at least {len(fitted) + 1} runs")
     coef = _fit_coefficients(rows, measured, fit_idx)
-    coefficients = {f: (float(coef[fit_idx.index(i)]) if i in fit_idx else prior.coefficients[f]) for i, f in enumerate(FEATURES)}
+    known = {**FIXED_COEFFICIENTS, **(prior.coefficients if prior else {})}
+    coefficients = {f: (float(coef[fit_idx.index(i)]) if i in fit_idx else known[f]) for i, f in enumerate(FEATURES)}
     carried_bytes = rows[:, [i for i in range(len(FEATURES)) if i not in fit_idx]] @ np.array(
         [coefficients[f] for i, f in enumerate(FEATURES) if i not in fit_idx])
 

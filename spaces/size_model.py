@@ -5,8 +5,15 @@ quantized codes are modelled physically: per-row symmetric quantization clips ea
 so the bytes one code costs are about a constant (`codes`, an int6 code in a 512-long row), plus a cost
 per bit of grid resolution (`code_bits`, per log2(qmax) beyond int6's), plus a cost per doubling of the
 row length (`code_log2_fanin`, negative for trained weights: a longer heavy-tailed row has its max further
-out, so its codes crowd near 0). fp16 scales, fp16 weight matrices kept float, fp16 control scalars, the
-header and the zstd frame each get their own bytes-per-unit. Coefficients and the safety margin live in
+out, so its codes crowd near 0). Output projections start at zero and hold only what training wrote, which
+compresses differently (H100 call 19: 4.8-5.0 bits per int6 code against 5.3 for q/k/v/fc), so they get
+their own offset and row-length slope (`zero_init_codes`, `zero_init_log2_fanin`). fp16 scales, fp16 weight matrices kept float, fp16 control scalars, the
+header and the zstd frame each get their own bytes-per-unit.
+
+The fit assumes Gaussian-initialised matrices (model.weight_init: normal, the default), whose codes start
+close to where training leaves them. A uniformly initialised matrix's codes are incompressible until
+training has moved it, by an amount the config does not fix, so under weight_init: uniform those codes are
+priced at their full bit width (`uniform_code_bytes`, coefficient fixed at 1): never under, up to ~8% over. Coefficients and the safety margin live in
 size_calibration.json, written by `python -m spaces calibrate` (see calibration.py).
 """
 from __future__ import annotations
@@ -20,15 +27,17 @@ from pathlib import Path
 from trainer import artifact
 from trainer.config import ConfigError, RunConfig
 from trainer.quant import is_quantized, qmax, stored_bytes
-from trainer.schedule import tensor_layout, unique_params
+from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 QUANT_BITS = (5, 6, 8)
 REFERENCE_BITS = 6  # code_bits is centred here: an int6 code adds 0 to it
 REFERENCE_FANIN = 512  # code_log2_fanin is centred here: a 512-long row adds 0 to it
 # Regression features, in a fixed order (see the module docstring for what each one measures).
-FEATURES = ("codes", "code_bits", "code_log2_fanin", "scales_fp16", "floats_fp16", "scalars_fp16",
-            "header_bytes", "frame")
+FEATURES = ("codes", "code_bits", "code_log2_fanin", "zero_init_codes", "zero_init_log2_fanin", "scales_fp16",
+            "floats_fp16", "scalars_fp16", "header_bytes", "frame", "uniform_code_bytes")
+# Features whose bytes per unit are known exactly, not fitted: a uniform code costs its full bit width.
+FIXED_COEFFICIENTS = {"uniform_code_bytes": 1.0}
 
 
 class SizeLimitError(ConfigError):
@@ -90,7 +99,11 @@ def _load_calibration_cached(path: str, _mtime_ns: int) -> Calibration:
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no size calibration; run `python -m spaces calibrate RUN_DIR ...` to write one")
     data = json.loads(Path(path).read_text())
-    coefficients = data.get("coefficients", {})
+    coefficients = {**FIXED_COEFFICIENTS, **data.get("coefficients", {})}
+    changed = [f for f, v in FIXED_COEFFICIENTS.items() if coefficients[f] != v]
+    if changed:
+        raise ConfigError(f"{path}: coefficients {changed} are fixed at {FIXED_COEFFICIENTS}, not fitted; delete them "
+                          f"or re-run `python -m spaces calibrate RUN_DIR ...`")
     missing = [f for f in FEATURES if f not in coefficients]
     if missing:
         raise ConfigError(f"{path}: coefficients lack {missing} (an older size-model format?); "
@@ -111,16 +124,28 @@ def code_bits(bits: int) -> float:
     return math.log2(qmax(bits) / qmax(REFERENCE_BITS))
 
 
+def starts_uniform(spec: TensorSpec, cfg: RunConfig) -> bool:
+    """Whether a tensor is drawn from nn.Linear's uniform init (block matrices that do not start at zero)."""
+    return cfg.model.weight_init == "uniform" and spec.role == "matrix" and not spec.starts_at_zero
+
+
 def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, float]:
     """Values of each feature for a config (the regression inputs; code_* are centred, so may be negative)."""
     values = dict.fromkeys(FEATURES, 0.0)
     data_bytes = 0
     for spec in tensor_layout(cfg.model):
         data_bytes += stored_bytes(spec, cfg.export)
-        if is_quantized(spec, cfg.export):
+        if is_quantized(spec, cfg.export) and starts_uniform(spec, cfg):
+            values["uniform_code_bytes"] += spec.numel * cfg.export.quant_bits / 8
+            values["scales_fp16"] += spec.shape[0]
+        elif is_quantized(spec, cfg.export):
+            log2_fanin = math.log2(spec.shape[1] / REFERENCE_FANIN)
             values["codes"] += spec.numel
             values["code_bits"] += spec.numel * code_bits(cfg.export.quant_bits)
-            values["code_log2_fanin"] += spec.numel * math.log2(spec.shape[1] / REFERENCE_FANIN)
+            values["code_log2_fanin"] += spec.numel * log2_fanin
+            if spec.starts_at_zero:  # holds only what training wrote: its own offset and row-length slope
+                values["zero_init_codes"] += spec.numel
+                values["zero_init_log2_fanin"] += spec.numel * log2_fanin
             values["scales_fp16"] += spec.shape[0]
         elif spec.role == "scalar":
             values["scalars_fp16"] += spec.numel

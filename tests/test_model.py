@@ -204,3 +204,33 @@ def test_regional_compilation_computes_what_the_eager_model_computes():
     with torch.no_grad():  # evaluation stays eager by default and gives the same per-token losses
         assert torch.allclose(eager(x, x, reduction="none"), regional(x, x, reduction="none"), atol=1e-6)
     torch._dynamo.reset()
+
+
+def _kurtosis(w: torch.Tensor) -> float:
+    x = w.detach().flatten().double()
+    x = x - x.mean()
+    return float((x**4).mean() / (x**2).mean() ** 2)
+
+
+def test_weight_init_draws_gaussian_or_uniform_matrices_with_the_same_std():
+    torch.manual_seed(0)
+    normal = make(model_dim=256, num_heads=4, num_kv_heads=2, weight_init="normal")
+    torch.manual_seed(0)
+    uniform = make(model_dim=256, num_heads=4, num_kv_heads=2, weight_init="uniform")
+    for name in ("attns.0.c_q.weight", "attns.1.c_v.weight", "mlps.0.fc.weight"):
+        n, u = normal.get_parameter(name), uniform.get_parameter(name)
+        fan_in = n.shape[1]
+        assert abs(n.std().item() * (3 * fan_in) ** 0.5 - 1) < 0.03 and abs(u.std().item() * (3 * fan_in) ** 0.5 - 1) < 0.03
+        assert abs(_kurtosis(n) - 3.0) < 0.15 and abs(_kurtosis(u) - 1.8) < 0.1  # Gaussian vs uniform
+        assert u.abs().max() <= fan_in**-0.5 and n.abs().max() > fan_in**-0.5
+    for model in (normal, uniform):  # output projections start at zero either way
+        assert not model.get_parameter("attns.0.proj.weight").any() and not model.get_parameter("mlps.1.proj.weight").any()
+
+
+def test_unknown_weight_init_is_rejected_with_the_choices():
+    import pytest
+
+    from trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.weight_init.*normal.*uniform"):
+        make(weight_init="xavier")

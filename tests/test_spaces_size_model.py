@@ -89,7 +89,7 @@ SHAPES = [dict(dim=64, blocks=2), dict(dim=96, blocks=3, order=(0, 1, 2, 1, 2), 
           dict(dim=128, blocks=1, order=(0, 0, 0)), dict(dim=96, blocks=2, depth="sinusoidal")]
 
 
-def _tiny_runs(root: Path, shapes=SHAPES[:3], bit_widths=(5, 6, 8)) -> list[Path]:
+def _tiny_runs(root: Path, shapes=SHAPES[:4], bit_widths=(5, 6, 8)) -> list[Path]:
     dirs = []
     for i, shape in enumerate(shapes):
         for bits in bit_widths:
@@ -122,7 +122,8 @@ def test_calibrate_cli_fits_and_reports(tmp_path, capsys):
 
 
 def test_calibrate_carries_unfitted_coefficients_from_prior(tmp_path):
-    shapes = SHAPES + [dict(dim=128, blocks=3)]  # 7 runs for the 6 coefficients an all-int6 set can fit
+    # 9 runs for the 8 coefficients an all-int6 set can fit
+    shapes = SHAPES + [dict(dim=128, blocks=3), dict(dim=64, blocks=3, order=(0, 1, 2, 2)), dict(dim=96, blocks=1)]
     runs = [calibration.read_run(d) for d in _tiny_runs(tmp_path, shapes=shapes, bit_widths=(6,))]
     with pytest.raises(Exception, match="code_bits"):  # all int6 = the reference: no run exercises code_bits
         calibration.fit(runs)
@@ -145,7 +146,8 @@ def test_read_run_rejects_inconsistent_metrics(tmp_path):
 def test_loo_with_a_single_run_coefficient_gives_a_finite_small_margin(tmp_path):
     """One int8 run among int6 runs alone exercises code_bits: it is left out of the LOO max (its fold pins
     code_bits to the bound), the margin stays small, and code_bits carries its own bound-based margin."""
-    shapes = SHAPES + [dict(dim=32, blocks=2), dict(dim=32, blocks=3, order=(0, 1, 2, 1))]  # dim 32: c_k stays float
+    shapes = SHAPES + [dict(dim=32, blocks=2), dict(dim=32, blocks=3, order=(0, 1, 2, 1)),  # dim 32: c_k stays float
+                       dict(dim=128, blocks=3), dict(dim=64, blocks=3, order=(0, 1, 2, 2)), dict(dim=96, blocks=1)]
     dirs = _tiny_runs(tmp_path, shapes=shapes, bit_widths=(6,))
     write_run(tiny(bits=8, **SHAPES[0]), tmp_path / "lone-int8", "laplace", seed=99, code_bytes=1000)
     runs = [calibration.read_run(d) for d in [*dirs, tmp_path / "lone-int8"]]
@@ -202,7 +204,7 @@ def test_read_run_accepts_format_1_runs_and_still_rejects_other_payload_sizes(tm
     (d / "model.ptz").unlink()
     metrics = json.loads((d / "metrics.json").read_text())
     cfg = from_dict(metrics["config"])
-    metrics["payload_bytes"] = artifact.payload_bytes(cfg, legacy_config=metrics["config"])
+    metrics["payload_bytes"] = artifact.payload_bytes(cfg, recorded=metrics["config"], format_version=1)
     assert metrics["payload_bytes"] > artifact.payload_bytes(cfg)
     (d / "metrics.json").write_text(json.dumps(metrics))
     assert calibration.read_run(d).cfg == cfg
@@ -210,3 +212,46 @@ def test_read_run_accepts_format_1_runs_and_still_rejects_other_payload_sizes(tm
     (d / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(Exception, match="the artifact format changed since this run"):
         calibration.read_run(d)
+
+
+def test_uniform_init_prices_its_random_matrices_at_the_full_bit_width():
+    base = {"model": {"vocab_size": 64, "model_dim": 128, "num_heads": 2, "num_kv_heads": 1, "unique_blocks": 2},
+            "export": {"quant_bits": 6, "keep_float_max_numel": 1024}}
+    normal = from_dict(base)
+    uniform = from_dict({**base, "model": {**base["model"], "weight_init": "uniform"}})
+    fn, fu = size_model.features(normal), size_model.features(uniform)
+    random_numel = sum(s.numel for s in artifact.layout_for(normal) if s.role == "matrix" and not s.starts_at_zero)
+    assert fn["uniform_code_bytes"] == 0 and fu["uniform_code_bytes"] == random_numel * 6 / 8
+    assert fu["codes"] == fn["codes"] - random_numel  # moved out of the fitted features, not counted twice
+    assert fu["zero_init_codes"] == fn["zero_init_codes"] > 0 and fu["scales_fp16"] == fn["scales_fp16"]
+    p_normal, p_uniform = size_model.predict(normal), size_model.predict(uniform)
+    assert p_uniform.predicted_model_bytes > p_normal.predicted_model_bytes
+    # Uniform codes are incompressible: a freshly initialised uniform model compresses to about its bit width.
+    from trainer.model import GPT
+    import torch
+    torch.manual_seed(0)
+    measured = artifact.compress(artifact.pack(GPT(uniform.model).state_dict(), uniform), 22)
+    random_bytes = random_numel * 6 / 8
+    assert len(measured) >= 0.99 * random_bytes  # those codes alone take their full width
+
+
+def test_a_calibration_cannot_change_a_fixed_coefficient(tmp_path):
+    data = json.loads(size_model.CALIBRATION_PATH.read_text())
+    data["coefficients"]["uniform_code_bytes"] = 0.5
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(Exception, match="uniform_code_bytes.*fixed"):
+        size_model.load_calibration(path)
+
+
+def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
+    d = _tiny_runs(tmp_path, shapes=SHAPES[:1], bit_widths=(6,))[0]
+    (d / "model.ptz").unlink()
+    metrics = json.loads((d / "metrics.json").read_text())
+    del metrics["config"]["model"]["weight_init"]  # as a run of before 2026-11-24 wrote it
+    cfg = from_dict(metrics["config"])
+    metrics["payload_bytes"] = artifact.payload_bytes(cfg, recorded=metrics["config"])  # its format-2 header
+    assert metrics["payload_bytes"] < artifact.payload_bytes(cfg)  # the header lacked the field
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    run = calibration.read_run(d)
+    assert run.cfg.model.weight_init == "uniform"

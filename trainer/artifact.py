@@ -81,22 +81,26 @@ def stored_config(cfg: RunConfig) -> dict:
     return {"model": full["model"], "export": full["export"]}
 
 
-def header_bytes(cfg: RunConfig, legacy_config: dict | None = None) -> bytes:
+def header_bytes(cfg: RunConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
     """The JSON header exactly as written (deterministic for a config).
 
-    legacy_config: the full config dict a format-1 artifact stored, to size artifacts written before format 2.
+    recorded: the config dict an older run wrote, to size its artifact as it was (its header held that dict
+    verbatim: every section for format 1, model and export for format 2, before fields added since).
     """
-    if legacy_config is None:
-        header = {"format": FORMAT_VERSION, "config": stored_config(cfg), "tensors": _tensor_table(cfg)}
+    if recorded is None:
+        config = stored_config(cfg)
+    elif format_version == 1:
+        config = recorded
     else:
-        header = {"format": 1, "config": legacy_config, "tensors": _tensor_table(cfg)}
+        config = {"model": recorded["model"], "export": recorded["export"]}
+    header = {"format": format_version, "config": config, "tensors": _tensor_table(cfg)}
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
-def payload_bytes(cfg: RunConfig, legacy_config: dict | None = None) -> int:
-    """Exact uncompressed payload size for a config, computed without any weights."""
+def payload_bytes(cfg: RunConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> int:
+    """Exact uncompressed payload size for a config, computed without any weights (see header_bytes)."""
     data = sum(stored_bytes(s, cfg.export) for s in tensor_layout(cfg.model))
-    return len(MAGIC) + 4 + len(header_bytes(cfg, legacy_config)) + data
+    return len(MAGIC) + 4 + len(header_bytes(cfg, recorded, format_version)) + data
 
 
 def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:

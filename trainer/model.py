@@ -184,11 +184,20 @@ class GPT(nn.Module):
         if cfg.depth_signal == "sinusoidal":
             self.depth_gain = nn.Parameter(torch.zeros(depth))  # starts silent; training decides the use
             self.register_buffer("depth_code", sinusoidal_depth(depth, cfg.model_dim), persistent=False)
+        if cfg.weight_init == "normal":
+            self._normal_init()
         self.num_skips = num_skip_weights(cfg)
         self._compiled = None  # (layer function, loss head) once compile_layers() has run
         self._compiled_eval = False
         if self.num_skips:
             self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim))
+
+    def _normal_init(self) -> None:
+        """Redraw the non-zero block matrices from a Gaussian with nn.Linear's default std, 1/sqrt(3 fan_in)."""
+        for module in (*self.attns, *self.mlps):
+            for linear in module.children():
+                if isinstance(linear, CastedLinear) and linear.weight.any():
+                    nn.init.normal_(linear.weight, std=1.0 / math.sqrt(3 * linear.in_features))
 
     def depth_signal(self, position: int) -> torch.Tensor | None:
         """What is added to the residual stream before virtual layer `position`."""

@@ -22,6 +22,7 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
     role: str
+    starts_at_zero: bool = False  # output projections: each layer starts as the identity
 
     @property
     def numel(self) -> int:
@@ -85,12 +86,12 @@ def tensor_layout(cfg: ModelConfig) -> list[TensorSpec]:
             TensorSpec(f"attns.{b}.c_q.weight", (d, d), "matrix"),
             TensorSpec(f"attns.{b}.c_k.weight", (kv, d), "matrix"),
             TensorSpec(f"attns.{b}.c_v.weight", (kv, d), "matrix"),
-            TensorSpec(f"attns.{b}.proj.weight", (d, d), "matrix"),
+            TensorSpec(f"attns.{b}.proj.weight", (d, d), "matrix", starts_at_zero=True),
         ]
     for m in range(num_mlps(cfg)):
         specs += [
             TensorSpec(f"mlps.{m}.fc.weight", (cfg.mlp_hidden, d), "matrix"),
-            TensorSpec(f"mlps.{m}.proj.weight", (d, cfg.mlp_hidden), "matrix"),
+            TensorSpec(f"mlps.{m}.proj.weight", (d, cfg.mlp_hidden), "matrix", starts_at_zero=True),
         ]
     for i in range(depth):
         specs += [
