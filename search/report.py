@@ -180,6 +180,22 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
+RUNG_NOTES = {
+    False: "Rungs are scored before quantization; `spearman_prequant` ranks against the final pre-quantization "
+           "val_bpb, so the gap between the two columns is what the export (quant bits) reorders.",
+    True: "Rungs are scored after the quantization round trip (train.rung_roundtrip), as the final val_bpb is; "
+          "`spearman_prequant` ranks them against the final pre-quantization val_bpb.",
+    None: "How rungs were scored differs between trials (train.rung_roundtrip); read each trial's config.",
+}
+
+
+def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
+    """Whether the trials scored their rungs after the quantization round trip (None: mixed or no trials)."""
+    flags = {bool(t.user_attrs["run_config"].get("train", {}).get("rung_roundtrip", False))
+             for t in study.trials if "run_config" in t.user_attrs}
+    return flags.pop() if len(flags) == 1 else (False if not flags else None)
+
+
 def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity]) -> str:
     cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
     timed = df[df["wall_s"].notna()]
@@ -203,8 +219,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               "Pruned and failed trials record train_s only: their compile and rung evaluations are in other_s.",
               "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
-              "Rungs are scored before quantization; `spearman_prequant` ranks against the final pre-quantization "
-              "val_bpb, so the gap between the two columns is what the export (quant bits) reorders.", "",
+              RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
     return "\n".join(lines)
 
@@ -261,6 +276,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     info = summary(df, settings)
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
+    info["rungs_after_roundtrip"] = rungs_after_roundtrip(study)
     out = store.report_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}

@@ -230,3 +230,20 @@ def test_a_copied_search_folder_is_read_where_it_now_is(search, tmp_path, capsys
     assert main(["report", search.name, "--storage", str(moved)]) == 0
     info = json.loads((moved / search.name / "report" / "summary.json").read_text())
     assert info["counts"] == original["counts"] and info["best"] == original["best"]
+
+
+def test_report_says_whether_rungs_were_scored_after_the_round_trip():
+    from search.report import RUNG_NOTES, rungs_after_roundtrip
+
+    def study_with(*flags):
+        study = optuna.create_study()
+        for flag in flags:
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=1.0, user_attrs={"run_config": {"train": {"rung_roundtrip": flag}}}))
+        return study
+
+    assert rungs_after_roundtrip(study_with(True, True)) is True
+    assert rungs_after_roundtrip(study_with(False)) is False
+    assert rungs_after_roundtrip(study_with(True, False)) is None
+    assert rungs_after_roundtrip(study_with()) is False  # nothing ran: the default
+    assert "after the quantization round trip" in RUNG_NOTES[True] and "before" in RUNG_NOTES[False]
