@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device call 21 (one H100, 2026-11-24 fourth session): call 18's search on the one-GPU kind. Trials compiled at
+# Device call 21 (one H100, 2026-11-24 fourth session): the search calls 14-16 called for. Trials compiled at
 # the rerun's 120 s budget, the seven presets first (--enqueue-presets), rungs scored after the quantization round
 # trip, the level-1 export, Gaussian init with the size model refitted on it (calls 19-20).
 # Part 1 of 2: SIGINT at 470 s; call 22 resumes it on the same warm machine.
