@@ -14,13 +14,14 @@ import zstandard
 
 from trainer import artifact
 from trainer.quant import quantize_rows
+from trainer.schedule import TensorSpec
 
 
-def kind_of(name: str) -> str:
-    """Which init a state_dict matrix started from."""
-    if name == "tok_emb.weight":
+def kind_of(spec: TensorSpec) -> str:
+    """Which init a quantized tensor started from."""
+    if spec.role == "embedding":
         return "embedding"
-    return "zero" if name.endswith("proj.weight") else "random"
+    return "zero" if spec.starts_at_zero else "random"
 
 
 def main() -> None:
@@ -32,13 +33,14 @@ def main() -> None:
     compressor = zstandard.ZstdCompressor(level=args.level)
     for path in args.artifacts:
         cfg, state = artifact.load(path)
-        quantized = {s.name for s in artifact.layout_for(cfg) if s.role in ("matrix", "embedding")}
         blobs: dict[str, list[bytes]] = {}
         counts: dict[str, int] = {}
-        for name in sorted(quantized):
-            codes, _ = quantize_rows(state[name], cfg.export.quant_bits, cfg.export.clip_quantile)
-            blobs.setdefault(kind_of(name), []).append(codes.numpy().tobytes())
-            counts[kind_of(name)] = counts.get(kind_of(name), 0) + codes.numel()
+        for spec in sorted(artifact.layout_for(cfg), key=lambda s: s.name):
+            if spec.role not in ("matrix", "embedding"):
+                continue
+            codes, _ = quantize_rows(state[spec.name], cfg.export.quant_bits, cfg.export.clip_quantile)
+            blobs.setdefault(kind_of(spec), []).append(codes.numpy().tobytes())
+            counts[kind_of(spec)] = counts.get(kind_of(spec), 0) + codes.numel()
         cells = [f"{k} {8 * len(compressor.compress(b''.join(v))) / counts[k]:.3f}" for k, v in sorted(blobs.items())]
         print(f"{path.parent.name} init={cfg.model.weight_init} int{cfg.export.quant_bits}: bits/code " + ", ".join(cells),
               flush=True)

@@ -192,7 +192,7 @@ RUNG_NOTES = {
 def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
     """Whether the trials scored their rungs after the quantization round trip (None: mixed or no trials)."""
     flags = {bool(t.user_attrs["run_config"].get("train", {}).get("rung_roundtrip", False))
-             for t in study.trials if "run_config" in t.user_attrs}
+             for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
     return flags.pop() if len(flags) == 1 else (False if not flags else None)
 
 

@@ -135,10 +135,11 @@ def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, floa
     data_bytes = 0
     for spec in tensor_layout(cfg.model):
         data_bytes += stored_bytes(spec, cfg.export)
-        if is_quantized(spec, cfg.export) and starts_uniform(spec, cfg):
-            values["uniform_code_bytes"] += spec.numel * cfg.export.quant_bits / 8
+        if is_quantized(spec, cfg.export):
             values["scales_fp16"] += spec.shape[0]
-        elif is_quantized(spec, cfg.export):
+            if starts_uniform(spec, cfg):
+                values["uniform_code_bytes"] += spec.numel * cfg.export.quant_bits / 8
+                continue
             log2_fanin = math.log2(spec.shape[1] / REFERENCE_FANIN)
             values["codes"] += spec.numel
             values["code_bits"] += spec.numel * code_bits(cfg.export.quant_bits)
@@ -146,7 +147,6 @@ def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, floa
             if spec.starts_at_zero:  # holds only what training wrote: its own offset and row-length slope
                 values["zero_init_codes"] += spec.numel
                 values["zero_init_log2_fanin"] += spec.numel * log2_fanin
-            values["scales_fp16"] += spec.shape[0]
         elif spec.role == "scalar":
             values["scalars_fp16"] += spec.numel
         else:

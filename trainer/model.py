@@ -15,7 +15,7 @@ from torch import nn
 from trainer.attention import Attention as AttentionKernel
 from trainer.attention import pick_attention
 from trainer.config import ModelConfig
-from trainer.schedule import build_schedule, num_mlps, num_skip_weights
+from trainer.schedule import build_schedule, num_mlps, num_skip_weights, tensor_layout
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -193,11 +193,11 @@ class GPT(nn.Module):
             self.skip_weights = nn.Parameter(torch.ones(self.num_skips, cfg.model_dim))
 
     def _normal_init(self) -> None:
-        """Redraw the non-zero block matrices from a Gaussian with nn.Linear's default std, 1/sqrt(3 fan_in)."""
-        for module in (*self.attns, *self.mlps):
-            for linear in module.children():
-                if isinstance(linear, CastedLinear) and linear.weight.any():
-                    nn.init.normal_(linear.weight, std=1.0 / math.sqrt(3 * linear.in_features))
+        """Redraw the block matrices that do not start at zero (the layout's word, which the size model reads too)
+        from a Gaussian with nn.Linear's default std, 1/sqrt(3 fan_in)."""
+        for spec in tensor_layout(self.cfg):
+            if spec.role == "matrix" and not spec.starts_at_zero:
+                nn.init.normal_(self.get_parameter(spec.name), std=1.0 / math.sqrt(3 * spec.shape[1]))
 
     def depth_signal(self, position: int) -> torch.Tensor | None:
         """What is added to the residual stream before virtual layer `position`."""
