@@ -74,6 +74,17 @@ def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_c
     assert resumed["val_bpb_prequant"] == pytest.approx(full["val_bpb_prequant"], abs=1e-5)
 
 
+def test_startup_phases_are_timed_and_recorded(tiny_corpus, tiny_config_dict, tmp_path):
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path)
+    assert metrics["startup_s"] > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["startup_s"] == metrics["startup_s"]
+    assert metrics["wall_s"] >= metrics["startup_s"] + metrics["compile_s"] + metrics["train_s"]
+    (line,) = [ln for ln in (tmp_path / "train.log").read_text().splitlines() if "] startup " in ln]
+    for phase in ("runtime", "tokenizer", "val", "model", "optimizers", "compile_wrap", "data"):
+        assert f" {phase} " in line, line
+    assert f"startup {metrics['startup_s']:.2f} s:" in line
+
+
 def test_divergence_is_reported_not_hidden(tiny_corpus, tiny_config_dict, tmp_path):
     tiny_config_dict["train"].update(scalar_lr=1e18, embed_lr=1e18, matrix_lr=1e18, log_every_steps=1)
     with pytest.raises(TrainingDiverged, match="lower the learning rates"):

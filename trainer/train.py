@@ -74,6 +74,27 @@ def setup_runtime(device: str | None) -> Runtime:
     return Runtime(device=dev, rank=rank, world_size=world)
 
 
+class PhaseTimer:
+    """Seconds per named phase, each measured from the end of the one before (or from the start)."""
+
+    def __init__(self, start: float):
+        self.last, self.phases_s = start, {}
+
+    def done(self, name: str) -> None:
+        """Close the phase `name` now."""
+        now = time.perf_counter()
+        self.phases_s[name] = now - self.last
+        self.last = now
+
+    def total_s(self) -> float:
+        return sum(self.phases_s.values())
+
+    def line(self, title: str) -> str:
+        """'title 9.1 s: a 0.4, b 0.1, ...' for the log."""
+        parts = ", ".join(f"{name} {s:.2f}" for name, s in self.phases_s.items())
+        return f"{title} {self.total_s():.2f} s: {parts}"
+
+
 class RunLog:
     """Progress lines to the terminal and to out_dir/train.log (main rank only)."""
 
@@ -114,12 +135,15 @@ def train(
 ) -> dict:
     """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics."""
     wall_start = time.perf_counter()
+    # Start-up (entry to compilation) is pure overhead for a search trial; time its phases to see what to cut.
+    startup = PhaseTimer(wall_start)
     rt = setup_runtime(device)
     tc = cfg.train
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(out_dir / "train.log", rt.is_main, echo)
     log(f"config {json.dumps(cfg.to_dict(), sort_keys=True)}")
+    startup.done("runtime")
 
     sp = load_sentencepiece(tokenizer_path)
     if sp.vocab_size() > cfg.model.vocab_size:
@@ -127,16 +151,21 @@ def train(
             f"tokenizer has {sp.vocab_size()} pieces but model.vocab_size={cfg.model.vocab_size}; raise vocab_size"
         )
     table = byte_table(sp, cfg.model.vocab_size)
+    startup.done("tokenizer")
     val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, tc.final_val_tokens or None)
     val_prefix = val_tokens[: tc.val_prefix_tokens + 1]
     local_tokens, grad_accum = tc.split_batch(rt.world_size)
+    startup.done("val")
 
     torch.manual_seed(tc.seed)
     on_gpu = rt.device.type == "cuda"
     compute_dtype = torch.bfloat16 if on_gpu else torch.float32
     residual_dtype = getattr(torch, tc.residual_dtype) if on_gpu else torch.float32
     model = GPT(cfg.model, tc.attention, compute_dtype, residual_dtype).to(rt.device)
+    _sync(rt.device)  # charge the weights' copy to the model phase, not to the next one
+    startup.done("model")
     optimizers = build_optimizers(model, tc)
+    startup.done("optimizers")
     compiled, evaluator = model, model
     if tc.compile and on_gpu and tc.compile_scope == "layers":
         model.compile_layers(for_eval=tc.compile_eval)
@@ -149,13 +178,16 @@ def train(
         if rt.world_size > 1
         else compiled
     )
+    startup.done("compile_wrap")
     stream = TokenStream(data_dir, cfg.model.vocab_size)
     batches = DistributedBatches(stream, rt.rank, rt.world_size, rt.device)
+    startup.done("data")
     log(
         f"unique_params {unique_params(cfg.model):,} virtual_layers {len(model.schedule)} "
         f"grad_accum {grad_accum} world {rt.world_size} device {rt.device} attention {model.attention_kernel} "
         f"compile {tc.compile_scope if tc.compile and on_gpu else 'off'}"
     )
+    log(startup.line("startup"))
 
     def train_step(step: int, train_s: float) -> torch.Tensor:
         set_schedule(optimizers, tc, step, train_s)
@@ -320,6 +352,7 @@ def train(
         "flops_per_token": flops_per_token(cfg.model, tc.seq_len),
         "mfu": train_mfu,
         "peak_mem_bytes": peak_mem_bytes,
+        "startup_s": startup.total_s(),
         "compile_s": compile_s,
         "eval_s": eval_s,
         "export_s": export_s,
