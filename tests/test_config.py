@@ -42,6 +42,10 @@ def test_overrides_and_round_trip():
         (["train.residual_dtype=float16"], "must be float32 or bfloat16"),
         (["train.compile_scope=blocks"], "train.compile_scope: 'blocks' is not one of"),
         (["model.unique_blocks=many"], "expected an integer"),
+        (["train.report_at_s=[20, 10]"], "train.report_at_s: [20.0, 10.0] must be positive seconds in increasing"),
+        (["train.report_at_s=[0, 10]"], "train.report_at_s"),
+        (["train.report_at_s=[10, 10]"], "train.report_at_s"),
+        (["train.report_every_s=-1"], "train.report_every_s"),
     ],
 )
 def test_invalid_values_name_the_key_and_problem(overrides, fragment):
@@ -85,3 +89,21 @@ def test_batch_that_cannot_split_over_ranks_is_a_clear_error():
     train = config.load(None, ["train.batch_tokens=3072", "train.micro_batch_tokens=1024"]).train
     with pytest.raises(ConfigError, match="does not split into 2 ranks"):
         train.split_batch(2)  # 1,536 tokens per rank is not a whole number of 1,024-token sequences
+
+
+def test_configs_recorded_before_report_at_s_still_load():
+    # metrics.json configs of earlier runs (size-model calibration, rerun resume checks) lack the key.
+    recorded = config.RunConfig().to_dict()
+    del recorded["train"]["report_at_s"]
+    cfg = config.from_dict(recorded)
+    assert cfg.train.report_at_s == () and cfg == config.RunConfig()
+    assert config.load(None, ["train.report_at_s=[20, 60]"]).train.report_at_s == (20.0, 60.0)
+
+
+def test_next_report_is_the_earlier_of_both_schedules():
+    at_only = config.TrainConfig(report_at_s=(20.0, 60.0))
+    assert [at_only.next_report_s(s) for s in (0.0, 19.9, 20.0, 20.3, 59.0, 60.5)] == [20, 20, 60, 60, 60, None]
+    both = config.TrainConfig(report_at_s=(20.0, 60.0), report_every_s=25.0)
+    assert [both.next_report_s(s) for s in (0.0, 20.1, 25.2, 50.0, 60.1, 75.0)] == [20, 25, 50, 60, 75, 100]
+    assert config.TrainConfig().next_report_s(5.0) is None  # no schedule: no reports
+    assert config.TrainConfig(report_every_s=10.0).next_report_s(25.0) == 30.0

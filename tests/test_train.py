@@ -74,6 +74,23 @@ def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_c
     assert resumed["val_bpb_prequant"] == pytest.approx(full["val_bpb_prequant"], abs=1e-5)
 
 
+@pytest.mark.parametrize("report_at_s, report_every_s, expected", [
+    ((0.2, 0.6), 0.0, [0.2, 0.6]),  # only the listed times (a search's ASHA rungs)
+    ((0.2, 0.6), 0.4, [0.2, 0.4, 0.6, 0.8]),  # both schedules; 0.4 and 0.8 are periodic, 0.6 is listed
+    ((0.2, 0.4), 0.2, [0.2, 0.4, 0.6, 0.8]),  # times on both schedules report once
+])
+def test_reports_once_per_scheduled_time_crossed(tiny_corpus, tiny_config_dict, tmp_path, report_at_s,
+                                                 report_every_s, expected):
+    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=1.0, report_at_s=list(report_at_s),
+                                     report_every_s=report_every_s)
+    reports = []
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path, report=lambda m, save: reports.append(m["train_s"]))
+    # Each report comes on the first step past its time, before the next time (steps take a few ms here).
+    assert len(reports) == len(expected), reports
+    for train_s, due, following in zip(reports, expected, expected[1:] + [metrics["train_s"]]):
+        assert due <= train_s < following, (reports, expected)
+
+
 def test_startup_phases_are_timed_and_recorded(tiny_corpus, tiny_config_dict, tmp_path):
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path)
     assert metrics["startup_s"] > 0

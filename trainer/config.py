@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,7 +145,10 @@ class TrainConfig:
     # Residual stream dtype on the GPU; blocks compute in bf16 either way. bfloat16 saves memory traffic and
     # matched float32's val_bpb at equal steps on an H100 (1.3930 vs 1.3946 at 490 steps; BENCHMARKS.md).
     residual_dtype: str = "bfloat16"
-    report_every_s: float = 0.0  # 0: no intermediate reports
+    report_every_s: float = 0.0  # 0: no periodic intermediate reports
+    # Training seconds of extra one-off reports (a search's ASHA rungs); a report happens at the next time of
+    # either schedule, so each report costs an evaluation and a checkpoint only where someone reads it.
+    report_at_s: tuple[float, ...] = ()
     val_prefix_tokens: int = 262_144  # val tokens scored for intermediate reports
     # Score each report on the weights after the artifact's quantization round trip, so ASHA ranks what the
     # export will score (call 14: rungs vs final val_bpb +0.48 at 5 s, vs the pre-quant final +0.95: the export
@@ -170,6 +174,13 @@ class TrainConfig:
         _require(self.budget_s > 0, "train.budget_s", "must be positive seconds")
         _require(self.max_steps > 0, "train.max_steps", "must be positive")
         _require(self.val_prefix_tokens >= self.seq_len, "train.val_prefix_tokens", "must hold one sequence")
+        _require(self.report_every_s >= 0, "train.report_every_s", "must be 0 (none) or positive seconds")
+        _require(
+            all(t > 0 for t in self.report_at_s)
+            and all(a < b for a, b in zip(self.report_at_s, self.report_at_s[1:])),
+            "train.report_at_s",
+            f"{list(self.report_at_s)} must be positive seconds in increasing order",
+        )
         _require(
             self.residual_dtype in ("float32", "bfloat16"),
             "train.residual_dtype",
@@ -185,6 +196,13 @@ class TrainConfig:
             "train.attention",
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
+
+    def next_report_s(self, train_s: float) -> float | None:
+        """The first report time after train_s on either schedule (report_at_s, multiples of report_every_s)."""
+        times = [t for t in self.report_at_s if t > train_s]
+        if self.report_every_s > 0:
+            times.append((math.floor(train_s / self.report_every_s) + 1) * self.report_every_s)
+        return min(times, default=None)
 
     def split_batch(self, world_size: int) -> tuple[int, int]:
         """(tokens per micro-batch on one rank, micro-batches per step) for a step of batch_tokens over world_size ranks.

@@ -248,7 +248,7 @@ def train(
         torch.save(state, Path(path) / STATE_FILE.format(rank=rt.rank))
 
     eval_s = 0.0
-    next_report_s = (math.floor(train_s / tc.report_every_s) + 1) * tc.report_every_s if tc.report_every_s else None
+    next_report_s = tc.next_report_s(train_s)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(rt.device)
     _sync(rt.device)
@@ -287,8 +287,7 @@ def train(
                 rung.update(val_bpb=post.val_bpb, val_loss=post.val_loss)
             eval_s += time.perf_counter() - eval_start
             report(rung, save_checkpoint)
-            while next_report_s <= train_s:
-                next_report_s += tc.report_every_s
+            next_report_s = tc.next_report_s(train_s)  # one report however many scheduled times were crossed
             t0 = time.perf_counter()
         if stop:
             break
