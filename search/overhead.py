@@ -1,10 +1,10 @@
-"""Where a trial's wall time went: training, compilation, evaluation, export, and the rest (setup, Ray)."""
+"""Where a trial's wall time went: training, trainer start-up, compilation, evaluation, export, and the rest (Ray)."""
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
 
-PARTS = ("train_s", "compile_s", "eval_s", "export_s")
+PARTS = ("train_s", "startup_s", "compile_s", "eval_s", "export_s")
 COLUMNS = ("wall_s", *PARTS, "other_s", "overhead_pct")
 
 
@@ -23,14 +23,16 @@ def breakdown(
     export_s: float | None = None,
     trainer_wall_s: float | None = None,
     tune_wall_s: float | None = None,
+    startup_s: float | None = None,
 ) -> dict[str, float | None]:
     """One trial's seconds per part, other_s = wall - known parts, overhead_pct = non-training % of wall.
 
     wall_s is the longer of Tune's time for the trial and the trainer's own wall_s (Tune's adds the worker
-    start; the trainer's is the only one before Tune reports). Unknown parts (None) count in other_s.
+    start; the trainer's is the only one before Tune reports). Unknown parts (None) count in other_s, e.g.
+    startup_s of trials recorded before the trainer measured it.
     """
-    parts = {"train_s": _num(train_s), "compile_s": _num(compile_s), "eval_s": _num(eval_s),
-             "export_s": _num(export_s)}
+    parts = {"train_s": _num(train_s), "startup_s": _num(startup_s), "compile_s": _num(compile_s),
+             "eval_s": _num(eval_s), "export_s": _num(export_s)}
     walls = [w for w in (_num(trainer_wall_s), _num(tune_wall_s)) if w is not None]
     wall = max(walls) if walls else None
     out: dict[str, float | None] = {"wall_s": wall, **parts, "other_s": None, "overhead_pct": None}

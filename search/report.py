@@ -42,11 +42,11 @@ def trial_rungs(t: optuna.trial.FrozenTrial) -> list[tuple[float, float]]:
 
 
 def time_breakdown(t: optuna.trial.FrozenTrial) -> dict:
-    """The trial's wall time split into train/compile/eval/export/other; pruned trials know train_s only."""
+    """The trial's wall time split into train/startup/compile/eval/export/other; pruned trials know train_s only."""
     a, rungs = t.user_attrs, trial_rungs(t)
     train_s = a.get("final_train_s", rungs[-1][0] if rungs else None)
-    return breakdown(train_s, a.get("compile_s"), a.get("eval_s"), a.get("export_s"), a.get("wall_s"),
-                     a.get("device_s"))
+    return breakdown(train_s, a.get("compile_s"), a.get("eval_s"), a.get("export_s"), trainer_wall_s=a.get("wall_s"),
+                     tune_wall_s=a.get("device_s"), startup_s=a.get("startup_s"))
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -159,9 +159,9 @@ def time_text(t: dict) -> str:
     """One line: total seconds per part and the overall non-training share."""
     if not t["trials"]:
         return "no launched trial has a recorded wall time yet"
-    return (f"{t['wall_s']:.1f} s wall over {t['trials']} trials: train {t['train_s']:.1f}, compile "
-            f"{t['compile_s']:.1f}, eval {t['eval_s']:.1f}, export {t['export_s']:.1f}, other {t['other_s']:.1f}; "
-            f"non-training share {t['overhead_pct']:.1f}%")
+    return (f"{t['wall_s']:.1f} s wall over {t['trials']} trials: train {t['train_s']:.1f}, startup "
+            f"{t['startup_s']:.1f}, compile {t['compile_s']:.1f}, eval {t['eval_s']:.1f}, export "
+            f"{t['export_s']:.1f}, other {t['other_s']:.1f}; non-training share {t['overhead_pct']:.1f}%")
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -215,8 +215,11 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               markdown_table(front[cols]) if len(front) else "_no feasible finished trial yet_",
               "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_",
               "", "## Trial time (seconds)", "",
-              "wall_s = train_s + compile_s + eval_s + export_s + other_s; overhead_pct = non-training share. "
-              "Pruned and failed trials record train_s only: their compile and rung evaluations are in other_s.",
+              "wall_s = train_s + startup_s + compile_s + eval_s + export_s + other_s; overhead_pct = non-training "
+              "share. startup_s is the trainer's set-up before compiling (tokenizer, val tokens, model, optimizers, "
+              "data); other_s is the rest: Ray's worker start, rung checkpoints, reporting. Pruned and failed trials "
+              "record train_s only: their start-up, compile and rung evaluations are in other_s, as is startup_s of "
+              "trials run before the trainer measured it.",
               "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",

@@ -56,7 +56,7 @@ OBJECTIVES = ("val_bpb", "artifact_bytes")
 # Final metrics copied into the study's user attrs for the report.
 FINAL_ATTRS = (
     "val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
-    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", "compile_s", "eval_s", "export_s",
+    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", "startup_s", "compile_s", "eval_s", "export_s",
     "over_limit",
 )
 

@@ -130,6 +130,16 @@ def test_breakdown_of_complete_pruned_and_rejected_trials():
     assert totals([rejected])["overhead_pct"] is None
 
 
+def test_startup_is_a_known_part_and_old_trials_without_it_still_add_up():
+    new = breakdown(1.5, 0.1, 0.2, 0.05, tune_wall_s=3.0, startup_s=0.4)
+    assert new["startup_s"] == 0.4 and new["other_s"] == pytest.approx(0.75)  # only Ray and checkpoints remain
+    old = breakdown(1.5, 0.1, 0.2, 0.05, tune_wall_s=3.0)  # recorded before the trainer measured start-up
+    assert old["startup_s"] is None and old["other_s"] == pytest.approx(1.15)
+    assert new["overhead_pct"] == old["overhead_pct"] == pytest.approx(50.0)
+    t = totals([new, old])
+    assert t["startup_s"] == pytest.approx(0.4) and t["other_s"] == pytest.approx(1.9) and t["wall_s"] == 6.0
+
+
 # ---- one tiny real search -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, tiny_corpus):
@@ -149,21 +159,22 @@ def test_finished_trials_record_their_time_parts(search):
     complete = [t for t in trials if t.user_attrs.get("status") == "complete"]
     assert complete
     for t in complete:  # carried from trainer.train's metrics through Tune into the study
-        for key in ("final_train_s", "compile_s", "eval_s", "export_s", "wall_s", "device_s"):
+        for key in ("final_train_s", "startup_s", "compile_s", "eval_s", "export_s", "wall_s", "device_s"):
             assert t.user_attrs[key] >= 0, key
         assert t.user_attrs["eval_s"] > 0 and t.user_attrs["wall_s"] > t.user_attrs["final_train_s"]
     df = trials_table(load_study(search))
     launched = df[df["tune_trial_id"].astype(str) != ""]
     assert launched["wall_s"].notna().all() and df.loc[df["tune_trial_id"].astype(str) == "", "wall_s"].isna().all()
     for r in launched.itertuples():
-        parts = sum(v for v in (r.train_s, r.compile_s, r.eval_s, r.export_s, r.other_s) if v == v and v is not None)
+        parts = sum(v for v in (r.train_s, r.startup_s, r.compile_s, r.eval_s, r.export_s, r.other_s)
+                    if v == v and v is not None)
         assert parts == pytest.approx(r.wall_s) and 0 < r.overhead_pct < 100
         assert r.wall_s >= r.device_s - 1e-9
         if r.status == "pruned":
             last = next(t for t in trials if t.number == r.number).user_attrs["rungs"][-1][0]
             assert r.train_s == pytest.approx(last) and math.isnan(r.compile_s)
         if r.status == "complete":
-            assert r.train_s == pytest.approx(r.final_train_s)
+            assert r.train_s == pytest.approx(r.final_train_s) and r.startup_s > 0
 
 
 def test_report_cli_shows_time_and_fidelity(search, capsys):
@@ -193,8 +204,10 @@ def test_report_cli_shows_time_and_fidelity(search, capsys):
             assert f["spearman_prequant"] == pytest.approx(_brute_spearman(*zip(*pre)))
         else:
             assert f["spearman"] is None and f["note"] == TOO_FEW and TOO_FEW in out
+    assert info["time"]["startup_s"] == pytest.approx(df["startup_s"].sum()) and ", startup " in out
     md = (folder / "report.md").read_text()
     assert "## Trial time (seconds)" in md and "## Rung fidelity" in md and "non-training share" in md
+    assert "| number | status | wall_s | train_s | startup_s | compile_s |" in md
 
 
 def test_rerun_is_a_search_command():
