@@ -44,6 +44,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-s", type=float, default=0.0,
                    help="first ASHA rung in training seconds (default: budget / reduction_factor^2)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
+    p.add_argument("--report-every-s", type=float, default=0.0,
+                   help="also report (val-prefix evaluation + checkpoint) every this many training seconds between "
+                   "ASHA's rungs (default 0: at the rungs only). Fewer reports cost less evaluation time, but a "
+                   "resumed or node-lost trial restarts from its last report")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe: minimize val_bpb; nsga2: minimize (val_bpb, artifact_bytes) together")
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
@@ -80,6 +84,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         budget_s=args.budget_s,
         grace_s=args.grace_s,
         reduction_factor=args.reduction_factor,
+        report_every_s=args.report_every_s,
         sampler=args.sampler,
         seed=args.seed,
         overrides=tuple(args.overrides),
@@ -128,9 +133,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings, points = _with_enqueued(settings, args.enqueue, args.enqueue_presets)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
+    rungs = ", ".join(f"{t:g}" for t in settings.asha_milestones_s)
+    periodic = f" and every {settings.report_every_s:g}s" if settings.report_every_s else ""
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each, "
-          f"budget {settings.budget_s:g}s, ASHA rungs from {settings.rung_s:g}s (x{settings.reduction_factor:g}), "
-          f"sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
+          f"budget {settings.budget_s:g}s, ASHA rungs at {rungs}s (x{settings.reduction_factor:g}), reports there"
+          f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
     tuner.run_search(settings, points)
     return _finish(settings)
 

@@ -47,20 +47,17 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def milestone(train_s: float, rung_s: float) -> float:
-    """The report milestone (a multiple of rung_s) a rung report at train_s belongs to: the last one reached."""
-    if rung_s <= 0:
-        raise ValueError(f"rung_s is {rung_s}; pass the search's report interval (settings.rung_s, > 0)")
-    return round(math.floor(train_s / rung_s + 1e-9) * rung_s, 6)
-
-
-def asha_rungs(rung_s: float, reduction_factor: float, max_t: float) -> list[float]:
-    """ASHA's decision points: rung_s * rf^k up to max_t (the other milestones are reports only)."""
-    out, t = [], rung_s
-    while t <= max_t * (1 + 1e-6):
-        out.append(round(t, 6))
-        t *= reduction_factor
-    return out
+def milestone(train_s: float, every_s: float, asha: Sequence[float] = ()) -> float | None:
+    """The report milestone a report at train_s belongs to: the last scheduled time reached, a multiple of
+    every_s (periodic reports; 0: none) or an ASHA rung; None before the first."""
+    if every_s < 0 or (every_s == 0 and not asha):
+        raise ValueError(f"every_s is {every_s} and no ASHA rungs; pass the search's report schedule "
+                         "(settings.report_every_s >= 0, and its ASHA rungs)")
+    reached = [a for a in asha if a <= train_s + 1e-6]  # reports come at or after their time
+    if every_s > 0:
+        reached.append(math.floor(train_s / every_s + 1e-9) * every_s)
+    last = max(reached, default=0.0)
+    return round(last, 6) if last > 0 else None
 
 
 def _finite(value) -> bool:
@@ -86,17 +83,19 @@ class RungFidelity:
 def rung_fidelity(
     rungs: Mapping[int, Sequence[Sequence[float]]],
     finals: Mapping[int, float],
-    rung_s: float,
+    every_s: float,
     asha: Sequence[float] = (),
     finals_prequant: Mapping[int, float] | None = None,
 ) -> list[RungFidelity]:
-    """Per milestone: Spearman(rung val_bpb, final val_bpb) over trials in both rungs and finals, with its n;
-    with finals_prequant, also against those values over the same trials (None where one is missing)."""
+    """Per milestone (ASHA rungs, multiples of every_s): Spearman(rung val_bpb, final val_bpb) over trials in
+    both rungs and finals, with its n; with finals_prequant, also against those values over the same trials
+    (None where one is missing)."""
     at: dict[float, dict[int, float]] = {}
     for trial, reports in rungs.items():
         for train_s, value in reports:
-            if value is not None and math.isfinite(float(value)):
-                at.setdefault(milestone(float(train_s), rung_s), {})[trial] = float(value)
+            m = milestone(float(train_s), every_s, asha)
+            if m is not None and value is not None and math.isfinite(float(value)):
+                at.setdefault(m, {})[trial] = float(value)
     asha_set = {round(a, 6) for a in asha}
     out = []
     for m in sorted(at):

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 
 from search import store
-from search.fidelity import RungFidelity, asha_rungs, rung_fidelity
+from search.fidelity import RungFidelity, rung_fidelity
 from search.overhead import COLUMNS as TIME_COLUMNS
 from search.overhead import breakdown, totals
 from search.pareto import pareto_front
@@ -140,8 +140,7 @@ def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFi
     finals = {t.number: float(t.user_attrs["val_bpb"]) for t in done if t.user_attrs.get("val_bpb") is not None}
     prequant = {t.number: float(t.user_attrs["val_bpb_prequant"]) for t in done
                 if t.user_attrs.get("val_bpb_prequant") is not None}
-    asha = asha_rungs(settings.rung_s, settings.reduction_factor, settings.asha_max_t)
-    return rung_fidelity(rungs, finals, settings.rung_s, asha, finals_prequant=prequant)
+    return rung_fidelity(rungs, finals, settings.report_every_s, settings.asha_milestones_s, finals_prequant=prequant)
 
 
 def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:

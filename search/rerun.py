@@ -140,7 +140,7 @@ class RerunResult:
 
 def seed_config(cfg: RunConfig, seed: int, budget_s: float, smoke: bool = False) -> RunConfig:
     """The config one seed trains: its seed and the shared budget; no rung reports (those are ASHA's)."""
-    train = dataclasses.replace(cfg.train, seed=seed, budget_s=float(budget_s), report_every_s=0.0)
+    train = dataclasses.replace(cfg.train, seed=seed, budget_s=float(budget_s), report_every_s=0.0, report_at_s=())
     out = dataclasses.replace(cfg, train=train)
     # smoke_version is applied here rather than by `trainer train --smoke` so metrics.json holds
     # exactly the written config, which is what the resume check compares.

@@ -121,10 +121,12 @@ def open_study(settings: SearchSettings, create: bool = True) -> optuna.Study:
 
 
 def prepare_config(cfg: RunConfig, settings: SearchSettings) -> RunConfig:
-    """Apply the search's overrides, its budget and rung interval, and the hard byte limit."""
+    """Apply the search's overrides, its budget and report times, and the hard byte limit."""
     data = apply_overrides(cfg.to_dict(), list(settings.overrides))
     data["train"]["budget_s"] = settings.budget_s
-    data["train"]["report_every_s"] = settings.rung_s
+    # Reports where ASHA decides, plus the optional periodic ones: each costs an evaluation and a checkpoint.
+    data["train"]["report_at_s"] = list(settings.asha_milestones_s)
+    data["train"]["report_every_s"] = settings.report_every_s
     # The limit is the challenge's, not the space's: a space or override cannot raise it.
     data["export"]["limit_bytes"] = settings.limit_bytes
     return from_dict(data, where="suggested config")

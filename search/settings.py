@@ -35,6 +35,9 @@ class SearchSettings:
     budget_s: float = 600.0  # training seconds per trial; ASHA's time axis
     grace_s: float = 0.0  # first ASHA rung in training seconds; 0: budget_s / reduction_factor**2
     reduction_factor: float = 3.0
+    # Trainer reports (a val-prefix evaluation and a checkpoint each) come at ASHA's rungs only; > 0 adds one
+    # every report_every_s training seconds, for more checkpoints and fidelity points at more evaluation time.
+    report_every_s: float = 0.0
     sampler: str = "tpe"
     seed: int | None = None
     overrides: tuple[str, ...] = ()  # section.key=value applied to every suggested config
@@ -53,7 +56,7 @@ class SearchSettings:
 
     @property
     def rung_s(self) -> float:
-        """Training seconds of the first ASHA rung, also the trainer's report interval."""
+        """Training seconds of the first ASHA rung."""
         return self.grace_s or self.budget_s / self.reduction_factor**2
 
     @property
@@ -63,6 +66,15 @@ class SearchSettings:
         while top * self.reduction_factor < self.budget_s * (1 - 1e-9):
             top *= self.reduction_factor
         return top
+
+    @property
+    def asha_milestones_s(self) -> tuple[float, ...]:
+        """Training seconds where ASHA decides, rung_s * rf^k up to asha_max_t, as Ray computes them."""
+        count = 1
+        while self.rung_s * self.reduction_factor**count <= self.asha_max_t * (1 + 1e-6):
+            count += 1
+        # Same expression as Ray's ASHA (grace * rf**k), so a report at the milestone is never a float ulp early.
+        return tuple(self.rung_s * self.reduction_factor**k for k in range(count))
 
     def validate(self) -> "SearchSettings":
         """Raise SettingsError naming the flag and the fix; return self."""
@@ -77,6 +89,7 @@ class SearchSettings:
         _need(self.budget_s > 0, "--budget-s", "must be positive training seconds")
         _need(self.reduction_factor > 1, "--reduction-factor", "must be above 1 (3 is usual)")
         _need(0 <= self.grace_s < self.budget_s, "--grace-s", "must be below --budget-s (0 picks budget/rf^2)")
+        _need(self.report_every_s >= 0, "--report-every-s", "must be 0 (reports at ASHA rungs only) or positive")
         _need(self.sampler in SAMPLERS, "--sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
         _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
         _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")
@@ -101,7 +114,12 @@ class SearchSettings:
             raise SettingsError(f"{where}: unknown key(s) {unknown}; it was written by another version")
         data["overrides"] = tuple(data.get("overrides", ()))
         data["enqueue"] = tuple(data.get("enqueue", ()))
-        return cls(**data).validate()
+        settings = cls(**data)
+        if "report_every_s" not in data:
+            # Written before the setting existed, when the trainer reported every rung_s: keep that, so the
+            # report reads its rungs as they were taken and a resumed search reports as it did.
+            settings = dataclasses.replace(settings, report_every_s=settings.rung_s)
+        return settings.validate()
 
 
 def _need(ok: bool, flag: str, problem: str) -> None:

@@ -292,3 +292,13 @@ def test_the_baseline_trains_with_the_candidates_train_settings(tiny_corpus, tmp
     assert cli([*common, "--baseline-own-train", "--out", str(tmp_path / "own")]) == 0
     own = metrics_of(tmp_path / "own" / "baseline" / "seed1337")["config"]["train"]
     assert own["warmdown_steps"] == TRAIN["warmdown_steps"] and own["matrix_lr"] != 0.03
+
+
+def test_seed_config_drops_the_search_reports():
+    from search.rerun import seed_config
+    from search.rerun_cli import train_differences
+
+    searched = from_dict({"train": {"report_at_s": [20, 60], "report_every_s": 30.0, "matrix_lr": 0.03}})
+    cfg = seed_config(searched, seed=7, budget_s=120)
+    assert cfg.train.report_at_s == () and cfg.train.report_every_s == 0.0 and cfg.train.seed == 7
+    assert train_differences(searched) == "matrix_lr=0.03"  # report times are the search's, not the recipe

@@ -27,9 +27,10 @@ from tests.search_fixtures import cli_env, write_space
 REPO = Path(__file__).resolve().parent.parent
 NAME = "multinode"
 TRIALS = 3
-# A report with a checkpoint every RUNG_S training seconds. With reduction factor 4, ASHA's rungs are at 1 s and
-# 4 s only; the reports in between and after 4 s can never stop a trial, so a trial caught at one of them has at
-# least a second of training left before ASHA could end it, and the kill lands while it is surely running.
+# A report with a checkpoint every RUNG_S training seconds (--report-every-s: by default a search reports at ASHA's
+# rungs only). With reduction factor 4, ASHA's rungs are at 1 s and 4 s only; the reports in between and after 4 s
+# can never stop a trial, so a trial caught at one of them has at least a second of training left before ASHA
+# could end it, and the kill lands while it is surely running.
 # The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test).
 RUNG_S, BUDGET_S, REDUCTION = 1.0, 24.0, 4
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -108,7 +109,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
     space = write_space(tmp_path)
     driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py"), "run", "--space", str(space),
               "--name", NAME, "--storage", str(storage), "--trials", str(TRIALS), "--gpus-per-trial", "0",
-              "--max-concurrent", "2", "--budget-s", str(BUDGET_S), "--grace-s", str(RUNG_S),
+              "--max-concurrent", "2", "--budget-s", str(BUDGET_S), "--grace-s", str(RUNG_S), "--report-every-s", str(RUNG_S),
               "--reduction-factor", str(REDUCTION), "--seed", "0", "--max-failures", "2",
               "--ray-address", cluster.address,
               "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from search import tuner
 from search.cli import build_parser, main
 from search.fidelity import (
-    ALL_TIED, TOO_FEW, RungFidelity, asha_rungs, average_ranks, milestone, rung_fidelity, spearman,
+    ALL_TIED, TOO_FEW, RungFidelity, average_ranks, milestone, rung_fidelity, spearman,
 )
 from search.overhead import breakdown, totals
 from search.report import load_study, trials_table
@@ -72,12 +72,17 @@ def test_spearman_matches_brute_force(seed):
 
 
 # ---- rungs and fidelity ------------------------------------------------------------------------------
-def test_milestones_and_asha_rungs():
+def test_milestones_of_periodic_and_asha_reports():
+    # Periodic only (searches before report_at_s reported every rung_s).
     assert milestone(0.502, 0.5) == 0.5 and milestone(1.006, 0.5) == 1.0 and milestone(0.6, 0.2) == 0.6
     assert milestone(66.9, 66.666667) == 66.666667
-    assert asha_rungs(0.5, 2.0, 1.0) == [0.5, 1.0]
-    assert asha_rungs(10.0, 3.0, 270.0) == [10.0, 30.0, 90.0, 270.0]
-    with pytest.raises(ValueError, match="settings.rung_s"):
+    # ASHA's rungs only (the default now), exact floats as Ray computes them.
+    asha = (600 / 9, 200.0)
+    assert milestone(66.7, 0.0, asha) == 66.666667 and milestone(150.0, 0.0, asha) == 66.666667
+    assert milestone(200.01, 0.0, asha) == 200.0 and milestone(10.0, 0.0, asha) is None
+    # Both: the last scheduled time reached.
+    assert [milestone(t, 25.0, (20.0, 60.0)) for t in (20.1, 25.3, 50.2, 60.1, 75.0)] == [20, 25, 50, 60, 75]
+    with pytest.raises(ValueError, match="report_every_s"):
         milestone(1.0, 0.0)
 
 
@@ -97,6 +102,19 @@ def test_rung_fidelity_counts_only_trials_with_a_final():
     assert third == RungFidelity(1.5, 1, None, True, TOO_FEW)
     tied = rung_fidelity({1: [(0.5, 1.0)], 2: [(0.5, 1.0)], 3: [(0.5, 1.0)]}, {1: 1, 2: 2, 3: 3}, 0.5)
     assert tied[0].spearman is None and tied[0].note == ALL_TIED
+
+
+def test_rung_fidelity_with_reports_at_asha_rungs_only_and_with_periodic_ones_between():
+    finals = {1: 1.3, 2: 1.2, 3: 1.4}
+    only_asha = {n: [(20.01, 2 + v), (60.02, 1 + v)] for n, v in finals.items()}
+    rows = rung_fidelity(only_asha, finals, 0.0, asha=(20.0, 60.0))
+    assert [(r.rung_s, r.n, r.asha) for r in rows] == [(20, 3, True), (60, 3, True)]
+    assert all(r.spearman == pytest.approx(1.0) for r in rows)
+    # Periodic reports every 25 s between the rungs: each report keeps its own milestone (25 s is no ASHA rung).
+    mixed = {n: [(20.01, 2 + v), (25.01, 5 - v), (60.02, 1 + v)] for n, v in finals.items()}
+    rows = rung_fidelity(mixed, finals, 25.0, asha=(20.0, 60.0))
+    assert [(r.rung_s, r.asha) for r in rows] == [(20, True), (25, False), (60, True)]
+    assert [r.spearman for r in rows] == pytest.approx([1.0, -1.0, 1.0])
 
 
 def test_prequant_fidelity_separates_what_the_export_reorders():
@@ -232,6 +250,24 @@ def test_study_fidelity_reads_finals_and_prequant_finals_from_the_study(tmp_path
     (row,) = study_fidelity(study, settings)
     assert row.rung_s == 0.5 and row.n == 4 and row.asha  # the pruned trial has no final: not counted
     assert row.spearman_prequant == pytest.approx(1.0) and row.spearman == pytest.approx(-0.2)
+
+
+def test_study_fidelity_of_a_search_from_before_report_at_s(tmp_path, tiny_corpus):
+    from search.report import study_fidelity
+    from search.settings import SearchSettings
+
+    settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "old", budget_s=4.5,
+                             reduction_factor=3.0)  # ASHA rungs at 0.5 s and 1.5 s
+    old_json = json.loads(settings.to_json())
+    del old_json["report_every_s"]  # its trainers reported every rung_s: 0.5, 1.0, 1.5, 2.0, ...
+    old = SearchSettings.from_json(json.dumps(old_json))
+    study = optuna.create_study()
+    for number, final in enumerate((1.5, 1.2, 1.3)):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=final, user_attrs={"val_bpb": final},
+            intermediate_values={ms: final + 1000 / ms for ms in (502, 1004, 1503, 2001)}))
+    rows = study_fidelity(study, old)
+    assert [(r.rung_s, r.asha, r.n) for r in rows] == [(0.5, True, 3), (1.0, False, 3), (1.5, True, 3), (2.0, False, 3)]
 
 
 def test_a_copied_search_folder_is_read_where_it_now_is(search, tmp_path, capsys):

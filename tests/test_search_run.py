@@ -76,6 +76,17 @@ def test_checkpoints_at_every_report(finished_search):
     assert (folder / "run" / "model.ptz").is_file() and (folder / "run" / "metrics.json").is_file()
 
 
+def test_trials_report_at_ashas_rungs_only(finished_search):
+    settings, _ = finished_search
+    assert settings.asha_milestones_s == (0.5, 1.0) and settings.report_every_s == 0
+    trials = load_study(settings).get_trials(deepcopy=False)
+    for t in (t for t in trials if t.user_attrs.get("status") == "complete"):
+        times = [train_s for train_s, _ in t.user_attrs["rungs"]]
+        assert len(times) == 2 and 0.5 <= times[0] < 1.0 <= times[1] < settings.budget_s, times
+        folder = next(Path(settings.storage, settings.name).glob(f"t{t.number:04d}_*"))
+        assert "] startup " in (folder / "run" / "train.log").read_text()
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env=cli_env())

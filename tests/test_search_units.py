@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -83,10 +85,51 @@ def test_unknown_search_lists_existing_ones(tmp_path):
 def test_prepare_config_applies_budget_rungs_overrides_and_the_hard_limit(tmp_path):
     s = _settings(tmp_path, budget_s=90, grace_s=10, overrides=("train.compile=false", "export.limit_bytes=99000000"))
     cfg = prepare_config(from_dict({"model": {"unique_blocks": 3, "virtual_layers": [0, 1, 2, 1, 2]}}), s.validate())
-    assert cfg.train.budget_s == 90 and cfg.train.report_every_s == 10 and cfg.train.compile is False
+    assert cfg.train.budget_s == 90 and cfg.train.compile is False
+    assert cfg.train.report_at_s == (10, 30) and cfg.train.report_every_s == 0  # ASHA's rungs only, by default
     assert cfg.export.limit_bytes == 16_000_000  # an override cannot raise the challenge's limit
     assert "u3 v5 sched=01212" in summarize(cfg)
     assert isinstance(cfg, RunConfig)
+
+
+@pytest.mark.parametrize("changes, rungs", [
+    ({"budget_s": 180}, (20, 60)), ({"budget_s": 180, "grace_s": 10}, (10, 30, 90)),
+    ({"budget_s": 1.5, "grace_s": 0.5, "reduction_factor": 2}, (0.5, 1.0)),
+    ({"budget_s": 600}, (600 / 9, 200)), ({"budget_s": 100, "reduction_factor": 2.5}, (16, 40)),
+])
+def test_reports_come_where_ashas_rungs_are(tmp_path, changes, rungs):
+    from search.tuner import make_scheduler
+
+    s = _settings(tmp_path, **changes).validate()
+    assert s.asha_milestones_s == pytest.approx(rungs)
+    cfg = prepare_config(from_dict({}), s)
+    assert cfg.train.report_at_s == s.asha_milestones_s and cfg.train.report_every_s == 0
+    # The very floats Ray's ASHA decides at (grace * rf**k): a report at a milestone is never counted as early.
+    assert tuple(sorted(m for m, _ in make_scheduler(s)._brackets[0]._rungs)) == s.asha_milestones_s
+    periodic = prepare_config(from_dict({}), replace(s, report_every_s=15.0).validate())
+    assert periodic.train.report_every_s == 15 and periodic.train.report_at_s == s.asha_milestones_s
+
+
+def test_report_every_s_is_persisted_and_old_search_json_loads_with_its_periodic_reports(tmp_path):
+    s = _settings(tmp_path, budget_s=180, report_every_s=30.0).validate()
+    assert SearchSettings.from_json(s.to_json()).report_every_s == 30
+    old = json.loads(_settings(tmp_path, budget_s=180).validate().to_json())
+    del old["report_every_s"]  # written before the setting existed, when the trainer reported every rung_s
+    loaded = SearchSettings.from_json(json.dumps(old))
+    assert loaded.report_every_s == loaded.rung_s == 20
+    with pytest.raises(SettingsError, match="--report-every-s"):
+        _settings(tmp_path, report_every_s=-1.0).validate()
+
+
+def test_run_flag_report_every_s(tmp_path):
+    from search.cli import build_parser, settings_from_args
+
+    for path in ("space.yaml", "tok.model"):
+        (tmp_path / path).write_text("")
+    base = ["run", "--name", "s1", "--space", str(tmp_path / "space.yaml"), "--data", str(tmp_path),
+            "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path)]
+    assert settings_from_args(build_parser().parse_args(base)).report_every_s == 0
+    assert settings_from_args(build_parser().parse_args(base + ["--report-every-s", "12"])).report_every_s == 12
 
 
 def test_constraint_reads_excess_bytes():
