@@ -199,3 +199,15 @@ def test_should_stop_ends_the_run_at_the_next_step_without_export(tiny_corpus, t
     with pytest.raises(StopRequested, match="step 3"):
         run(tiny_corpus, cfg_dict, tmp_path, should_stop=should_stop)
     assert len(calls) == 3 and not (tmp_path / "model.ptz").exists()
+
+
+def test_gpu_runs_pin_the_cpu_thread_count_whatever_the_launcher_set():
+    """Inductor's cache key holds the thread count: a Ray trial (OMP_NUM_THREADS = its CPUs) and a torchrun rerun
+    of one shape must agree on it, or each compiles cold."""
+    code = "import torch; from trainer.train import pin_cpu_threads; pin_cpu_threads(); print(torch.get_num_threads())"
+    counts = set()
+    for omp in ("1", "2", "5"):
+        env = dict(os.environ, OMP_NUM_THREADS=omp)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        counts.add(int(out.stdout.strip()))
+    assert counts == {min(8, os.cpu_count() or 1)}
