@@ -1,13 +1,16 @@
 """One search trial: the trainer under Ray Tune, reporting rungs with checkpoints and the final metrics.
 
-G <= 1 GPU: a function trainable that calls the trainer in-process.
+G <= 1 GPU: a function trainable that calls the trainer in-process; Tune may run consecutive trials in one warm
+worker process (reuse_actors, see reuses_workers), so each trial starts by clearing what the last one left.
 G > 1 GPUs: the same function launches a Ray Train TorchTrainer with G workers (DDP); the trainer joins
 the process group Ray Train set up, and TuneReportCallback forwards rank 0's reports to Tune.
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import math
+import sys
 import tempfile
 import traceback
 from contextlib import nullcontext
@@ -15,10 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ray
+import torch
 from ray import tune
 
+from search import store
 from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, import_object
-from search.settings import SearchSettings
+from search.settings import SearchSettings, is_uri
 from trainer.train import StopRequested
 
 # Final-report keys renamed so ASHA (time_attr=train_s) never mistakes the final full-val result for a rung.
@@ -27,6 +32,10 @@ FINAL_RENAMES = {"train_s": "final_train_s"}
 DROP_FINAL = {"config"}
 # Every report names the Ray node it came from, so a trial retried after a lost node shows where each rung ran.
 NODE_KEY = "node_id"
+# Every report also says which trial of its worker process it is: 1 in a fresh process, 2+ in a reused one.
+WORKER_TRIAL_KEY = "worker_trial"
+
+_trials_in_process = 0
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -126,15 +135,53 @@ def tune_stop_requested() -> bool:
                 and session.stop_event.is_set())
 
 
+def reuses_workers(settings: SearchSettings) -> bool:
+    """Whether Tune may run consecutive trials in one warm worker process (TuneConfig reuse_actors)."""
+    # Single-process trials on local storage only: there run_dir is the storage folder itself. With a cloud
+    # URI a trial's run/ lives in Tune's trial dir, which a reused worker would never upload (see run_dir).
+    return ddp_workers(settings)[0] <= 1 and not is_uri(settings.storage)
+
+
+def run_dir(settings: SearchSettings) -> Path:
+    """The trial's run/ folder (train.log, model.ptz, metrics.json), inside its trial folder in storage."""
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    if is_uri(settings.storage):
+        return trial_dir / "run"  # a fresh worker's trial dir: the driver uploads it with the experiment state
+    # Tune's trial dir is a staging folder under the Ray session: a fresh worker gets the driver's one
+    # (driver_artifacts/, uploaded to storage), a reused worker its working dir (working_dirs/, uploaded only
+    # with SyncConfig(sync_artifacts=True)); so reused trials lost run/. Local storage is shared by every node
+    # (Ray requires it for checkpoints), so the trial writes there directly, whichever worker runs it.
+    return Path(store.experiment_path(settings)) / trial_dir.name / "run"
+
+
+def start_clean() -> int:
+    """Count this trial in its worker process; in a reused process, drop what the previous trial left."""
+    global _trials_in_process
+    _trials_in_process += 1
+    if _trials_in_process > 1:
+        gc.collect()  # the previous trial's model and optimizers, freed when Tune ended its thread
+        if "torch._dynamo" in sys.modules:  # something compiled here (importing it just to reset costs ~1 s)
+            # Its graphs would count against the recompile limit of the code every model shares (past it
+            # dynamo falls back to eager), and hold memory.
+            torch._dynamo.reset()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # cached blocks sized for the previous model
+    return _trials_in_process
+
+
 def trial_function(config: dict, settings: SearchSettings) -> None:
     """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
     if ddp_workers(settings)[0] > 1:
         _ddp_trial(config, settings)
         return
-    out_dir = Path(tune.get_context().get_trial_dir()) / "run"
+    worker_trial = start_clean()
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        _tune_report({**metrics, WORKER_TRIAL_KEY: worker_trial}, checkpoint_dir)
+
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
-        run_training(config, settings, _tune_report, Path(resume) if resume else None, out_dir,
+        run_training(config, settings, report, Path(resume) if resume else None, run_dir(settings),
                      should_stop=tune_stop_requested)
 
 

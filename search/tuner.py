@@ -13,7 +13,7 @@ from search import store
 from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, mark_interrupted, open_study,
                              space_loader_of, space_points)
 from search.settings import SearchSettings, SettingsError
-from search.trainable import make_trainable
+from search.trainable import make_trainable, reuses_workers
 
 # A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -89,8 +89,9 @@ def build_tuner(settings: SearchSettings) -> tune.Tuner:
             scheduler=make_scheduler(settings),
             num_samples=settings.trials,
             max_concurrent_trials=settings.max_concurrent or None,
-            # Not reuse_actors: it cut an 8-trial CPU search from 25.1 s to 11.3 s, but the reused workers' trials
-            # lost their run/ folders (train.log, artifact, metrics) from storage. See BENCHMARKS.md.
+            # Consecutive trials run in one warm worker process (no new Python process, torch import or CUDA
+            # context per trial); each writes its run/ straight into its storage folder (trainable.run_dir).
+            reuse_actors=reuses_workers(settings),
             # Short, stable names: the Optuna trial number links a folder to the study and the report.
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from search import tuner
 from search.pareto import dominates
 from search.report import load_study
-from search.trainable import failure_reason, run_training
+from search.trainable import WORKER_TRIAL_KEY, failure_reason, run_training
 from tests.search_fixtures import cli_env, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,8 +154,31 @@ def test_a_failing_trial_reports_its_reason(tmp_path, tiny_corpus, finished_sear
     assert failure_reason(TrainingDiverged("training loss is nan at step 3")).startswith("diverged:")
 
 
+def test_trials_reuse_warm_workers_and_keep_their_run_in_storage(finished_search):
+    # reuse_actors: the 8 trials (2 at a time) run in a few worker processes, each process counting its trials
+    # (worker_trial 1, 2, ...); a reused worker's trial still writes its run/ into its own storage folder (a
+    # reused worker's Tune trial dir is a staging folder that never reaches storage).
+    settings, _ = finished_search
+    study = {t.number: t for t in load_study(settings).get_trials(deepcopy=False) if t.user_attrs.get("tune_trial_id")}
+    by_pid: dict[int, list[int]] = {}
+    reused = 0
+    for number, t in study.items():
+        (folder,) = Path(settings.storage, settings.name).glob(f"t{number:04d}_*")
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        (pid,) = {r["pid"] for r in rows}  # Tune adds the worker's pid to every result
+        (worker_trial,) = {r[WORKER_TRIAL_KEY] for r in rows}
+        by_pid.setdefault(pid, []).append(worker_trial)
+        reused += worker_trial > 1
+        assert "unique_params" in (folder / "run" / "train.log").read_text()
+        if t.user_attrs["status"] == "complete":
+            metrics = json.loads((folder / "run" / "metrics.json").read_text())
+            assert metrics["val_bpb"] == t.user_attrs["val_bpb"] and (folder / "run" / "model.ptz").is_file()
+    assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in by_pid.values()), by_pid
+    assert reused >= settings.trials // 2 and len(by_pid) < settings.trials, by_pid
+
+
 def test_each_trial_folder_holds_its_own_run(finished_search):
-    # Each trial writes its train.log into its own folder (Tune's reuse_actors broke exactly this).
+    # Each trial writes its train.log into its own folder (Tune's reuse_actors once broke exactly this).
     settings, _ = finished_search
     for t in load_study(settings).get_trials(deepcopy=False):
         if not t.user_attrs.get("tune_trial_id"):

@@ -1,6 +1,7 @@
 """Fast tests of the search's pure parts: Pareto frontier, settings, store errors, config preparation."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -139,3 +140,45 @@ def test_constraint_reads_excess_bytes():
     assert excess_bytes_constraint(Frozen()) == [1234.0]
     Frozen.user_attrs = {}
     assert excess_bytes_constraint(Frozen()) == [0.0]
+
+
+def test_only_single_process_trials_on_local_storage_reuse_workers(tmp_path):
+    from search.trainable import reuses_workers
+
+    base = SearchSettings(name="s", space="x.yaml", storage=str(tmp_path), data_dir="d", tokenizer="t")
+    assert reuses_workers(base) and reuses_workers(dataclasses.replace(base, gpus_per_trial=0.5))
+    assert not reuses_workers(dataclasses.replace(base, gpus_per_trial=2.0))  # DDP: Ray Train workers
+    assert not reuses_workers(dataclasses.replace(base, extra={"cpu_ddp_workers": 2}))
+    assert not reuses_workers(dataclasses.replace(base, storage="s3://bucket/runs"))  # run/ is not in storage
+
+
+def test_a_reused_worker_starts_its_trial_with_fresh_compile_caches(monkeypatch):
+    # A trial's compiled graphs must not count against the next trial's recompile limit: past it, dynamo runs
+    # the model in eager mode without failing, and the trial's speed would no longer be its own.
+    import torch
+    import torch._dynamo
+
+    from search import trainable
+
+    compiles = []
+
+    def backend(gm, _inputs):
+        compiles.append(1)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(trainable, "_trials_in_process", 1)  # a worker that has run one trial
+
+    @torch.compile(backend=backend, dynamic=False)
+    def double(x):
+        return x * 2
+
+    for n in (1, 2):  # the "previous trial" uses up the limit
+        double(torch.ones(n))
+    assert trainable.start_clean() == 2
+    double(torch.ones(3))
+    assert len(compiles) == 3  # compiled again, not eager
+    trainable.start_clean()
+    double(torch.ones(4))
+    assert len(compiles) == 4
