@@ -30,6 +30,6 @@ fi
 end=$((SECONDS + ${WAIT_S:-540}))
 while [ $SECONDS -lt $end ] && [ ! -f /tmp/c30.done ]; do sleep 5; done
 echo "done: $(cat /tmp/c30.done 2>/dev/null || echo 'not yet')"
-tail -3 /tmp/c30/search_*.log; grep -h "startup\|step 1 \|training done" /tmp/c30/plain/train.log 2>/dev/null
+tail -n 3 /tmp/c30/search_*.log; grep -h "startup\|step 1 \|training done" /tmp/c30/plain/train.log 2>/dev/null
 grep -h "^- time\|non-training" /tmp/c30/report_*.md 2>/dev/null
 tar -czf $OUT/c30_files.tgz -C / tmp/c30 $(cd / && find tmp/searches -name "train.log" -o -name "metrics.json" -o -name "report.md" -o -name "summary.json" -o -name "frontier.png" -o -name "study.db" | grep -v checkpoint) 2>/dev/null
