@@ -1,6 +1,7 @@
 """What differs in Inductor's cache keys between a plain process and a Ray Tune trial (issue #6 item 2).
 
-python benchmarks/cache_key_probe.py plain|tune OUT.json: compiles a small CUDA function (forward and backward)
+python benchmarks/cache_key_probe.py plain|pinned|setonly|tune OUT.json (pinned: trainer.train.pin_cpu_threads() first;
+setonly: torch.set_num_threads(8) alone): compiles a small CUDA function (forward and backward)
 and writes the hit/miss counters and every field of the FX-graph and AOTAutograd cache-key details except the
 graph itself, so two runs can be diffed field by field.
 """
@@ -22,7 +23,7 @@ def probe() -> dict:
 
         def init(self, *args, **kwargs):
             original(self, *args, **kwargs)
-            seen.append({"kind": cls.__name__, **{k: repr(v)[:4000] for k, v in vars(self).items()
+            seen.append({"kind": cls.__name__, **{k: repr(v)[:400000] for k, v in vars(self).items()
                                                    if k not in ("gm", "example_inputs", "fx_kwargs")}})
         cls.__init__ = init
 
@@ -51,6 +52,12 @@ if __name__ == "__main__":
         result = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path="/tmp/keyprobe", verbose=0)).fit()
         text = result[0].metrics["out"]
     else:
+        if mode == "pinned":
+            from trainer.train import pin_cpu_threads
+            pin_cpu_threads()
+        if mode == "setonly":
+            import torch
+            torch.set_num_threads(8)
         text = json.dumps(probe())
     open(out, "w").write(text)
     print(mode, json.loads(text)["counters"])

@@ -78,9 +78,11 @@ def setup_runtime(device: str | None) -> Runtime:
 def pin_cpu_threads() -> None:
     """Give this GPU run the CPU thread count every GPU run on a node uses, whoever launched it (Ray, torchrun).
 
-    Inductor's compiled-graph cache key includes torch.get_num_threads(). Ray sets it to a trial's CPUs
-    (OMP_NUM_THREADS), torchrun and plain runs leave it at the core count, so a search trial and a rerun of the
-    same shape compiled cold one after the other (H100: 45 s instead of 6 s). A GPU run does little CPU math.
+    Inductor's compiled-graph cache key includes torch.get_num_threads(), which Ray sets to a trial's CPUs
+    (OMP_NUM_THREADS) and torchrun leaves at the core count (call 31: a 16-thread process missed what an 8-thread
+    Tune trial compiled, an 8-thread one hit it). On torch 2.11 the key also holds AOTAutograd's decomposition
+    table, which differs between a Tune trial and a plain process (call 35), so reruns after a search still
+    compile each shape once. A GPU run does little CPU math.
     """
     torch.set_num_threads(min(8, os.cpu_count() or 1))
 
