@@ -126,6 +126,9 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
     base.add_argument("--baseline-config", type=Path, metavar="FILE",
                       help="baseline run config (default: spaces/presets/baseline.yaml, else trainer defaults)")
     base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
+    p.add_argument("--widest-bits", action="store_true",
+                   help="export the candidate at the widest quantization (8, 6, 5 bits) the size model says fits: "
+                   "training does not depend on it, and a search's trial may have used fewer bits than fit")
     p.add_argument("--baseline-own-train", action="store_true",
                    help="keep the baseline file's own train section (default: the baseline trains with the "
                    "candidate's train settings, e.g. a search's --set overrides, so only the model and export differ)")
@@ -164,6 +167,21 @@ def _candidate(args: argparse.Namespace) -> tuple[RunConfig, dict, SearchSetting
     return cfg, source, choice.search, f"rerun_trial{choice.number}"
 
 
+def widen_bits(cfg: RunConfig, source: dict) -> RunConfig:
+    """cfg exported at the widest quantization predicted to fit; source records the change for rerun.json."""
+    from spaces.size_model import widest_fitting_bits
+
+    bits = widest_fitting_bits(cfg)
+    if bits is None:
+        raise RerunError(f"--widest-bits: the candidate is predicted over {cfg.export.limit_bytes:,} bytes at every "
+                         "quantization; drop --widest-bits or pick a smaller config")
+    source["quant_bits_from"], source["quant_bits"] = cfg.export.quant_bits, bits
+    if bits != cfg.export.quant_bits:
+        print(f"[rerun] --widest-bits: the candidate exports at int{bits} (it had int{cfg.export.quant_bits})",
+              flush=True)
+    return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, quant_bits=bits))
+
+
 def run_rerun_command(args: argparse.Namespace) -> int:
     """Run `rerun` from parsed arguments; a wrong input prints one line naming the fix and returns 2."""
     import torch
@@ -172,6 +190,8 @@ def run_rerun_command(args: argparse.Namespace) -> int:
         if not NAME_RE.match(args.name):
             raise RerunError(f"NAME {args.name!r}: use 1-100 letters, digits, '_', '-', '.'")
         candidate, source, search, subfolder = _candidate(args)
+        if args.widest_bits:
+            candidate = widen_bits(candidate, source)
         if args.no_baseline:
             baseline, source["baseline"] = None, None
         elif args.baseline_config is not None:

@@ -18,6 +18,8 @@ size_calibration.json, written by `python -m spaces calibrate` (see calibration.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import json
 import math
@@ -220,6 +222,19 @@ def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int) -> Si
         fits=total + safety <= limit,
         margin_bytes=limit - total - safety,
     )
+
+
+def widest_fitting_bits(cfg: RunConfig, calibration: Calibration | None = None) -> int | None:
+    """The most quantization bits (of QUANT_BITS) at which cfg is predicted to fit, or None if none fits.
+
+    Training never reads export.quant_bits (a search's int5 and int6 trials of one shape train identically), so
+    the bits can be chosen after training: the widest that fits loses least in the round trip.
+    """
+    for bits in sorted(QUANT_BITS, reverse=True):
+        candidate = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, quant_bits=bits))
+        if predict(candidate, calibration).fits:
+            return bits
+    return None
 
 
 def check_fits(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None) -> SizePrediction:

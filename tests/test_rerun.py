@@ -302,3 +302,18 @@ def test_seed_config_drops_the_search_reports():
     cfg = seed_config(searched, seed=7, budget_s=120)
     assert cfg.train.report_at_s == () and cfg.train.report_every_s == 0.0 and cfg.train.seed == 7
     assert train_differences(searched) == "matrix_lr=0.03"  # report times are the search's, not the recipe
+
+
+def test_widest_bits_exports_the_candidate_at_the_most_bits_that_fit(tiny_corpus, tmp_path, capsys):
+    # A tiny candidate at int5 fits at int8: --widest-bits trains it the same and exports it at int8; the
+    # baseline keeps its own bits, and rerun.json records the change.
+    cand = write_yaml(tmp_path / "cand.yaml", {**CANDIDATE, "export": {**CANDIDATE.get("export", {}), "quant_bits": 5}})
+    base = write_yaml(tmp_path / "base.yaml", BASELINE)
+    out = tmp_path / "wide"
+    assert cli(["tiny", "--config", str(cand), "--baseline-config", str(base), "--gpus", "0", "--seeds", "1",
+                "--budget-s", "60", "--widest-bits", "--out", str(out), *corpus_args(tiny_corpus)]) == 0
+    assert "exports at int8 (it had int5)" in capsys.readouterr().out
+    assert metrics_of(out / "candidate" / "seed1337")["config"]["export"]["quant_bits"] == 8
+    assert metrics_of(out / "baseline" / "seed1337")["config"]["export"]["quant_bits"] == from_dict(BASELINE).export.quant_bits
+    source = json.loads((out / "rerun.json").read_text())["source"]
+    assert (source["quant_bits_from"], source["quant_bits"]) == (5, 8)

@@ -255,3 +255,16 @@ def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
     (d / "metrics.json").write_text(json.dumps(metrics))
     run = calibration.read_run(d)
     assert run.cfg.model.weight_init == "uniform"
+
+
+def test_widest_fitting_bits_picks_the_most_bits_under_the_limit():
+    """The 11-block loop with untied MLPs: predicted over the limit at int8, under it at int6 (measured at
+    15,117,101-15,129,052 bytes on an H100); a tiny model fits at int8; nothing fits under a tiny limit."""
+    loop = load(PRESETS_DIR / "loop45_untied_mlp.yaml")
+    assert loop.export.quant_bits == 5
+    assert size_model.widest_fitting_bits(loop) == 6
+    assert not size_model.predict(load(PRESETS_DIR / "loop45_untied_mlp.yaml", ["export.quant_bits=8"])).fits
+    small = load(PRESETS_DIR / "cycle3x3_512.yaml")
+    assert size_model.widest_fitting_bits(small) == 8
+    tight = load(PRESETS_DIR / "loop45_untied_mlp.yaml", ["export.limit_bytes=1000000"])
+    assert size_model.widest_fitting_bits(tight) is None
