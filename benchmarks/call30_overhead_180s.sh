@@ -21,15 +21,9 @@ job() {
     > /tmp/c30/plain.log 2>&1
   for n in h100_180s_a h100_180s_b; do python3 -m search report $n --storage $S --format md > /tmp/c30/report_$n.md 2>&1; done
 }
-if [ ! -f /tmp/c30.started ]; then
-  source benchmarks/device_packs_env.sh > $OUT/setup.log 2>&1 || { cat $OUT/setup.log; exit 1; }
-  mkdir -p /tmp/c30; touch /tmp/c30.started
-  export -f job; export S
-  setsid nohup bash -c "job; echo \$? > /tmp/c30.done" < /dev/null > /tmp/c30/job.log 2>&1 &
-fi
-end=$((SECONDS + ${WAIT_S:-540}))
-while [ $SECONDS -lt $end ] && [ ! -f /tmp/c30.done ]; do sleep 5; done
-echo "done: $(cat /tmp/c30.done 2>/dev/null || echo 'not yet')"
+source benchmarks/detached.sh
+export S
+detached c30
 tail -n 3 /tmp/c30/search_*.log; grep -h "startup\|step 1 \|training done" /tmp/c30/plain/train.log 2>/dev/null
 grep -h "^- time\|non-training" /tmp/c30/report_*.md 2>/dev/null
 tar -czf $OUT/c30_files.tgz -C / tmp/c30 $(cd / && find tmp/searches -name "train.log" -o -name "metrics.json" -o -name "report.md" -o -name "summary.json" -o -name "frontier.png" -o -name "study.db" | grep -v checkpoint) 2>/dev/null

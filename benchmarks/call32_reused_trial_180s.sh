@@ -16,14 +16,8 @@ job() {
   python3 benchmarks/cache_key_probe.py tune /tmp/c32/key_tune.json >> /tmp/c32/key.log 2>&1
   OMP_NUM_THREADS=8 python3 benchmarks/cache_key_probe.py plain /tmp/c32/key_plain8.json >> /tmp/c32/key.log 2>&1
 }
-if [ ! -f /tmp/c32.started ]; then
-  source benchmarks/device_packs_env.sh > $OUT/setup.log 2>&1 || { cat $OUT/setup.log; exit 1; }
-  mkdir -p /tmp/c32; touch /tmp/c32.started
-  export -f job; export S
-  setsid nohup bash -c "job; echo \$? > /tmp/c32.done" < /dev/null > /tmp/c32/job.log 2>&1 &
-fi
-end=$((SECONDS + ${WAIT_S:-540}))
-while [ $SECONDS -lt $end ] && [ ! -f /tmp/c32.done ]; do sleep 5; done
-echo "done: $(cat /tmp/c32.done 2>/dev/null || echo 'not yet')"
+source benchmarks/detached.sh
+export S
+detached c32
 tail -n 4 /tmp/c32/search_c.log; cat /tmp/c32/key.log 2>/dev/null | grep -v Warning | tail -n 6
 tar -czf $OUT/c32_files.tgz -C / tmp/c32 $(cd / && find tmp/searches -name "train.log" -o -name "metrics.json" -o -name "report.md" -o -name "summary.json" -o -name "frontier.png" -o -name "study.db" -o -name "result.json" | grep -v checkpoint) 2>/dev/null
