@@ -27,8 +27,8 @@ def breakdown(
 ) -> dict[str, float | None]:
     """One trial's seconds per part, other_s = wall - known parts, overhead_pct = non-training % of wall.
 
-    wall_s is the longer of Tune's time for the trial and the trainer's own wall_s (Tune's adds the worker
-    start; the trainer's is the only one before Tune reports). Unknown parts (None) count in other_s, e.g.
+    wall_s is the longer of Tune's time for the trial (from the start of the trial function) and the trainer's own
+    wall_s (the only one before Tune reports). Unknown parts (None) count in other_s, e.g.
     startup_s of trials recorded before the trainer measured it.
     """
     parts = {"train_s": _num(train_s), "startup_s": _num(startup_s), "compile_s": _num(compile_s),

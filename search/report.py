@@ -216,7 +216,8 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               "", "## Trial time (seconds)", "",
               "wall_s = train_s + startup_s + compile_s + eval_s + export_s + other_s; overhead_pct = non-training "
               "share. startup_s is the trainer's set-up before compiling (tokenizer, val tokens, model, optimizers, "
-              "data); other_s is the rest: Ray's worker start, rung checkpoints, reporting. Pruned and failed trials "
+              "data); other_s is the rest: rung checkpoints, reporting (a fresh worker's process start precedes both "
+              "clocks). Pruned and failed trials "
               "record train_s only: their start-up, compile and rung evaluations are in other_s, as is startup_s of "
               "trials run before the trainer measured it.",
               "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
