@@ -16,14 +16,14 @@ from search.pareto import pareto_front
 from search.searcher import (
     COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED,
     REASON, RUNGS, RUNNING, STATUS,
-    STATUSES, TUNE_ID,
+    STATUSES, TUNE_ID, WORKER_TRIAL,
 )
 from search.settings import SearchSettings
 
 COLUMNS = [
     "number", "status", "reason", "summary", "enqueued_from", "unique_params", "virtual_layers", "predicted_artifact_bytes",
     "artifact_bytes", "val_bpb", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s", "steps",
-    "device_s", "gpu_s", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
+    "device_s", "gpu_s", "worker_trial", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
 ]
 FORMATS = ("md", "csv", "html")
 
@@ -75,6 +75,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "steps": a.get("steps"),
             "device_s": float(a.get("device_s", 0.0)),
             "gpu_s": float(a.get("gpu_s", 0.0)),
+            "worker_trial": a.get(WORKER_TRIAL),
             **time_breakdown(t),
             "optuna_state": t.state.name,
             "tune_trial_id": a.get(TUNE_ID, ""),
@@ -219,8 +220,9 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               "data); other_s is the rest: rung checkpoints, reporting (a fresh worker's process start precedes both "
               "clocks). Pruned and failed trials "
               "record train_s only: their start-up, compile and rung evaluations are in other_s, as is startup_s of "
-              "trials run before the trainer measured it.",
-              "", markdown_table(timed[["number", "status", *TIME_COLUMNS]]) if len(timed) else "_none_",
+              "trials run before the trainer measured it. worker_trial: 1 in a fresh worker process, 2+ in a reused "
+              "one (no process start, imports or CUDA context to pay).",
+              "", markdown_table(timed[["number", "status", "worker_trial", *TIME_COLUMNS]]) if len(timed) else "_none_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]

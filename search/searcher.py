@@ -51,6 +51,8 @@ STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED,
 
 # Result keys the trainable sets (see search.trainable).
 FINAL_KEY, FAILED_KEY, FAIL_REASON_KEY, NUMBER_KEY = "final", "failed", "fail_reason", "optuna_number"
+# Which trial of its worker process a trial was: 1 in a fresh process, 2+ in one Tune reused (reuse_actors).
+WORKER_TRIAL = "worker_trial"
 
 OBJECTIVES = ("val_bpb", "artifact_bytes")
 # Final metrics copied into the study's user attrs for the report.
@@ -320,6 +322,8 @@ class RecurrenceSearcher(OptunaSearch):
             return
         self._completed_trials.add(trial_id)
         result = result or {}
+        if result.get(WORKER_TRIAL) is not None:  # every report carries it, the stopping one of a pruned trial too
+            ot_trial.set_user_attr(WORKER_TRIAL, int(result[WORKER_TRIAL]))
         if "time_total_s" in result:
             device_s = float(result["time_total_s"])
             ot_trial.set_user_attr("device_s", device_s)

@@ -22,7 +22,7 @@ import torch
 from ray import tune
 
 from search import store
-from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, import_object
+from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL, import_object
 from search.settings import SearchSettings, is_uri
 from trainer.train import StopRequested
 
@@ -32,8 +32,6 @@ FINAL_RENAMES = {"train_s": "final_train_s"}
 DROP_FINAL = {"config"}
 # Every report names the Ray node it came from, so a trial retried after a lost node shows where each rung ran.
 NODE_KEY = "node_id"
-# Every report also says which trial of its worker process it is: 1 in a fresh process, 2+ in a reused one.
-WORKER_TRIAL_KEY = "worker_trial"
 
 _trials_in_process = 0
 
@@ -177,7 +175,7 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
     worker_trial = start_clean()
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        _tune_report({**metrics, WORKER_TRIAL_KEY: worker_trial}, checkpoint_dir)
+        _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
     checkpoint = tune.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:

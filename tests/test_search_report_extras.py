@@ -225,7 +225,7 @@ def test_report_cli_shows_time_and_fidelity(search, capsys):
     assert info["time"]["startup_s"] == pytest.approx(df["startup_s"].sum()) and ", startup " in out
     md = (folder / "report.md").read_text()
     assert "## Trial time (seconds)" in md and "## Rung fidelity" in md and "non-training share" in md
-    assert "| number | status | wall_s | train_s | startup_s | compile_s |" in md
+    assert "| number | status | worker_trial | wall_s | train_s | startup_s | compile_s |" in md
 
 
 def test_rerun_is_a_search_command():

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 from search import tuner
 from search.pareto import dominates
 from search.report import load_study
-from search.trainable import WORKER_TRIAL_KEY, failure_reason, run_training
+from search.searcher import WORKER_TRIAL
+from search.trainable import failure_reason, run_training
 from tests.search_fixtures import cli_env, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,9 +167,10 @@ def test_trials_reuse_warm_workers_and_keep_their_run_in_storage(finished_search
         (folder,) = Path(settings.storage, settings.name).glob(f"t{number:04d}_*")
         rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
         (pid,) = {r["pid"] for r in rows}  # Tune adds the worker's pid to every result
-        (worker_trial,) = {r[WORKER_TRIAL_KEY] for r in rows}
+        (worker_trial,) = {r[WORKER_TRIAL] for r in rows}
         by_pid.setdefault(pid, []).append(worker_trial)
         reused += worker_trial > 1
+        assert t.user_attrs[WORKER_TRIAL] == worker_trial  # recorded in the study, shown in the report
         assert "unique_params" in (folder / "run" / "train.log").read_text()
         if t.user_attrs["status"] == "complete":
             metrics = json.loads((folder / "run" / "metrics.json").read_text())
