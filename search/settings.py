@@ -60,21 +60,19 @@ class SearchSettings:
         return self.grace_s or self.budget_s / self.reduction_factor**2
 
     @property
-    def asha_max_t(self) -> float:
-        """Top ASHA rung: the last one strictly inside the budget, so no finished trial is cut at the end."""
-        top = self.rung_s
-        while top * self.reduction_factor < self.budget_s * (1 - 1e-9):
-            top *= self.reduction_factor
-        return top
-
-    @property
     def asha_milestones_s(self) -> tuple[float, ...]:
-        """Training seconds where ASHA decides, rung_s * rf^k up to asha_max_t, as Ray computes them."""
+        """Training seconds where ASHA decides, rung_s * rf^k, the last strictly inside the budget (so no finished
+        trial is cut at the end)."""
         count = 1
-        while self.rung_s * self.reduction_factor**count <= self.asha_max_t * (1 + 1e-6):
+        while self.rung_s * self.reduction_factor**count < self.budget_s * (1 - 1e-9):
             count += 1
         # Same expression as Ray's ASHA (grace * rf**k), so a report at the milestone is never a float ulp early.
         return tuple(self.rung_s * self.reduction_factor**k for k in range(count))
+
+    @property
+    def asha_max_t(self) -> float:
+        """Top ASHA rung."""
+        return self.asha_milestones_s[-1]
 
     def validate(self) -> "SearchSettings":
         """Raise SettingsError naming the flag and the fix; return self."""

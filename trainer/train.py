@@ -79,8 +79,8 @@ def pin_cpu_threads() -> None:
     """Give this GPU run the CPU thread count every GPU run on a node uses, whoever launched it (Ray, torchrun).
 
     Inductor's compiled-graph cache key includes torch.get_num_threads(), which Ray sets to a trial's CPUs
-    (OMP_NUM_THREADS) and torchrun leaves at the core count (call 31: a 16-thread process missed what an 8-thread
-    Tune trial compiled, an 8-thread one hit it). On torch 2.11 the key also holds AOTAutograd's decomposition
+    (OMP_NUM_THREADS) and torchrun leaves at the core count (call 32: an 8-thread Tune trial missed what a
+    16-thread process had compiled, an 8-thread process then hit). On torch 2.11 the key also holds AOTAutograd's decomposition
     table, which differs between a Tune trial and a plain process (call 35), so reruns after a search still
     compile each shape once. A GPU run does little CPU math.
     """
@@ -100,6 +100,7 @@ class PhaseTimer:
         self.last = now
 
     def total_s(self) -> float:
+        """Seconds of all phases closed so far."""
         return sum(self.phases_s.values())
 
     def line(self, title: str) -> str:
