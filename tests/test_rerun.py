@@ -317,3 +317,12 @@ def test_widest_bits_exports_the_candidate_at_the_most_bits_that_fit(tiny_corpus
     assert metrics_of(out / "baseline" / "seed1337")["config"]["export"]["quant_bits"] == from_dict(BASELINE).export.quant_bits
     source = json.loads((out / "rerun.json").read_text())["source"]
     assert (source["quant_bits_from"], source["quant_bits"]) == (5, 8)
+
+
+def test_widest_bits_with_nothing_that_fits_is_one_clear_line(tiny_corpus, tmp_path, capsys):
+    cand = write_yaml(tmp_path / "cand.yaml", {**CANDIDATE, "export": {"limit_bytes": 1000}})
+    assert cli(["tiny", "--config", str(cand), "--gpus", "0", "--seeds", "1", "--widest-bits", "--no-baseline",
+                "--out", str(tmp_path / "out"), *corpus_args(tiny_corpus)]) == 2
+    err = capsys.readouterr().err
+    assert "--widest-bits" in err and "1,000 bytes at every quantization" in err and "drop --widest-bits" in err
+    assert not (tmp_path / "out").exists()  # refused before anything trained
