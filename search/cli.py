@@ -40,6 +40,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="GPUs per trial; >1 runs DDP via Ray Train (default: 1 if the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (or per DDP worker)")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default 0: as resources allow)")
+    p.add_argument("--trials-per-gpu", type=int, default=1, metavar="N",
+                   help="trials placed on each GPU (default 1). With N > 1 they start up and compile at once and "
+                   "take turns to train, so the next trial's compile hides behind the current one's training; "
+                   "each trial still trains alone on the GPU for its budget")
     p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per trial (default 600)")
     p.add_argument("--grace-s", type=float, default=0.0,
                    help="first ASHA rung in training seconds (default: budget / reduction_factor^2)")
@@ -81,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         gpus_per_trial=0.0 if args.gpus_per_trial is None else args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent,
+        trials_per_gpu=args.trials_per_gpu,
         budget_s=args.budget_s,
         grace_s=args.grace_s,
         reduction_factor=args.reduction_factor,
@@ -135,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
     rungs = ", ".join(f"{t:g}" for t in settings.asha_milestones_s)
     periodic = f" and every {settings.report_every_s:g}s" if settings.report_every_s else ""
-    print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each, "
+    sharing = f" ({settings.trials_per_gpu} per GPU, taking turns)" if settings.trials_per_gpu > 1 else ""
+    print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each{sharing}, "
           f"budget {settings.budget_s:g}s, ASHA rungs at {rungs}s (x{settings.reduction_factor:g}), reports there"
           f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
     tuner.run_search(settings, points)

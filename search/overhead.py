@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-PARTS = ("train_s", "startup_s", "compile_s", "eval_s", "export_s")
+# wait_s: waiting for a GPU shared with other trials (--trials-per-gpu), time the GPU spent training another trial.
+PARTS = ("train_s", "startup_s", "compile_s", "wait_s", "eval_s", "export_s")
 COLUMNS = ("wall_s", *PARTS, "other_s", "overhead_pct")
 
 
@@ -24,6 +25,7 @@ def breakdown(
     trainer_wall_s: float | None = None,
     tune_wall_s: float | None = None,
     startup_s: float | None = None,
+    wait_s: float | None = None,
 ) -> dict[str, float | None]:
     """One trial's seconds per part, other_s = wall - known parts, overhead_pct = non-training % of wall.
 
@@ -32,7 +34,7 @@ def breakdown(
     startup_s of trials recorded before the trainer measured it.
     """
     parts = {"train_s": _num(train_s), "startup_s": _num(startup_s), "compile_s": _num(compile_s),
-             "eval_s": _num(eval_s), "export_s": _num(export_s)}
+             "wait_s": _num(wait_s), "eval_s": _num(eval_s), "export_s": _num(export_s)}
     walls = [w for w in (_num(trainer_wall_s), _num(tune_wall_s)) if w is not None]
     wall = max(walls) if walls else None
     out: dict[str, float | None] = {"wall_s": wall, **parts, "other_s": None, "overhead_pct": None}

@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from search import store
+from search import device_use, store
 from search.fidelity import RungFidelity, rung_fidelity
 from search.overhead import COLUMNS as TIME_COLUMNS
 from search.overhead import breakdown, totals
@@ -18,7 +18,7 @@ from search.searcher import (
     REASON, RUNGS, RUNNING, STATUS,
     STATUSES, TUNE_ID, WORKER_TRIAL,
 )
-from search.settings import SearchSettings
+from search.settings import SearchSettings, is_uri
 
 COLUMNS = [
     "number", "status", "reason", "summary", "enqueued_from", "unique_params", "virtual_layers", "predicted_artifact_bytes",
@@ -46,7 +46,7 @@ def time_breakdown(t: optuna.trial.FrozenTrial) -> dict:
     a, rungs = t.user_attrs, trial_rungs(t)
     train_s = a.get("final_train_s", rungs[-1][0] if rungs else None)
     return breakdown(train_s, a.get("compile_s"), a.get("eval_s"), a.get("export_s"), trainer_wall_s=a.get("wall_s"),
-                     tune_wall_s=a.get("device_s"), startup_s=a.get("startup_s"))
+                     tune_wall_s=a.get("device_s"), startup_s=a.get("startup_s"), wait_s=a.get("wait_s"))
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -155,12 +155,27 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant"])
 
 
+def device_frame(settings: SearchSettings) -> pd.DataFrame:
+    """The device-use table of a search on local storage (empty when its trials wrote no timeline)."""
+    rows = [] if is_uri(settings.storage) else device_use.device_use(
+        device_use.read_entries(Path(store.experiment_path(settings))))
+    return pd.DataFrame(rows, columns=["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct"])
+
+
+def device_text(t: dict | None) -> str:
+    """One line: how much of the devices' time in use went to training."""
+    if not t:
+        return "no trial timeline recorded (DDP trials, cloud storage, or none trained yet)"
+    return (f"{t['devices']} device(s) in use {t['in_use_s']:.1f} s over {t['trials']} trials, training "
+            f"{t['train_s']:.1f} s; outside training {t['outside_training_pct']:.1f}%")
+
+
 def time_text(t: dict) -> str:
     """One line: total seconds per part and the overall non-training share."""
     if not t["trials"]:
         return "no launched trial has a recorded wall time yet"
     return (f"{t['wall_s']:.1f} s wall over {t['trials']} trials: train {t['train_s']:.1f}, startup "
-            f"{t['startup_s']:.1f}, compile {t['compile_s']:.1f}, eval {t['eval_s']:.1f}, export "
+            f"{t['startup_s']:.1f}, compile {t['compile_s']:.1f}, wait {t['wait_s']:.1f}, eval {t['eval_s']:.1f}, export "
             f"{t['export_s']:.1f}, other {t['other_s']:.1f}; non-training share {t['overhead_pct']:.1f}%")
 
 
@@ -196,7 +211,8 @@ def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
     return flags.pop() if len(flags) == 1 else (False if not flags else None)
 
 
-def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity]) -> str:
+def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity],
+              devices: pd.DataFrame) -> str:
     cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
     timed = df[df["wall_s"].notna()]
     lines = [f"# Search `{info['name']}`", "",
@@ -206,7 +222,8 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
              f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
              f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
              f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
-             f"- time: {time_text(info['time'])}"]
+             f"- time: {time_text(info['time'])}",
+             f"- devices: {device_text(info['devices'])}"]
     if info["best"]:
         b = info["best"]
         lines.append(f"- best: trial {b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes "
@@ -215,14 +232,20 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               markdown_table(front[cols]) if len(front) else "_no feasible finished trial yet_",
               "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_",
               "", "## Trial time (seconds)", "",
-              "wall_s = train_s + startup_s + compile_s + eval_s + export_s + other_s; overhead_pct = non-training "
-              "share. startup_s is the trainer's set-up before compiling (tokenizer, val tokens, model, optimizers, "
-              "data); other_s is the rest: rung checkpoints, reporting (a fresh worker's process start precedes both "
-              "clocks). Pruned and failed trials "
-              "record train_s only: their start-up, compile and rung evaluations are in other_s, as is startup_s of "
-              "trials run before the trainer measured it. worker_trial: 1 in a fresh worker process, 2+ in a reused "
+              "wall_s = train_s + startup_s + compile_s + wait_s + eval_s + export_s + other_s; overhead_pct = "
+              "non-training share. startup_s is the trainer's set-up before compiling (tokenizer, val tokens, model, "
+              "optimizers, data); wait_s is waiting for a GPU that another trial was training on (--trials-per-gpu); "
+              "other_s is the rest: rung checkpoints, reporting (a fresh worker's process start precedes both "
+              "clocks). Pruned trials record train_s, startup_s, compile_s and wait_s: their rung evaluations are in "
+              "other_s. worker_trial: 1 in a fresh worker process, 2+ in a reused "
               "one (no process start, imports or CUDA context to pay).",
               "", markdown_table(timed[["number", "status", "worker_trial", *TIME_COLUMNS]]) if len(timed) else "_none_",
+              "", "## Device use", "",
+              "Each device's time in use is the union of its trials' spans, from the start of a trial function to "
+              "its end; train_s is what they trained in it. With --trials-per-gpu > 1 one trial's start-up and "
+              "compile overlap another's training, so this, not the per-trial share above, is the GPU's "
+              "non-training share.", "",
+              markdown_table(devices) if len(devices) else "_no trial timeline recorded_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
@@ -282,6 +305,8 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
     info["rungs_after_roundtrip"] = rungs_after_roundtrip(study)
+    devices = device_frame(settings)
+    info["devices"] = device_use.totals(devices.to_dict("records"))
     out = store.report_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}
@@ -297,11 +322,12 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
             f"<h1>Search {settings.name}</h1><pre>{json.dumps(info, indent=2)}</pre>"
             f"<h2>Pareto frontier</h2>{front.to_html(index=False)}<h2>All trials</h2>{df.to_html(index=False)}"
             f"<h2>Rung fidelity</h2>{fidelity_frame(fidelity).to_html(index=False)}"
+            f"<h2>Device use</h2>{devices.to_html(index=False)}"
             "</body></html>"
         )
     else:
         paths["table"] = out / "report.md"
-        paths["table"].write_text(_markdown(df, front, info, fidelity))
+        paths["table"].write_text(_markdown(df, front, info, fidelity, devices))
     if plot_path is not None:
         target = plot_path if plot_path.is_absolute() else out / plot_path
         paths["plot"] = plot(df, target, settings.limit_bytes, title=f"search {settings.name}")
@@ -322,6 +348,7 @@ def status_text(settings: SearchSettings) -> str:
                  f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f} "
                  f"(trial wall-s {info['device_s_total']:.0f})")
     lines.append(f"time of finished trials: {time_text(info['time'])}")
+    lines.append(f"devices: {device_text(device_use.totals(device_frame(settings).to_dict('records')))}")
     for _, r in df[df["status"].isin((RUNNING, INTERRUPTED))].iterrows():
         rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
         lines.append(f"  {r['status']} #{r['number']}: {r['summary']} ({rung})")

@@ -58,9 +58,11 @@ OBJECTIVES = ("val_bpb", "artifact_bytes")
 # Final metrics copied into the study's user attrs for the report.
 FINAL_ATTRS = (
     "val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
-    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", "startup_s", "compile_s", "eval_s", "export_s",
+    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", "startup_s", "compile_s", "wait_s", "eval_s", "export_s",
     "over_limit",
 )
+# What a rung report says of the time before training, kept for trials that ASHA stops.
+RUNG_TIME_ATTRS = ("startup_s", "compile_s", "wait_s")
 
 
 class Space(Protocol):
@@ -327,7 +329,7 @@ class RecurrenceSearcher(OptunaSearch):
         if "time_total_s" in result:
             device_s = float(result["time_total_s"])
             ot_trial.set_user_attr("device_s", device_s)
-            ot_trial.set_user_attr("gpu_s", device_s * self._settings.gpus_per_trial)
+            ot_trial.set_user_attr("gpu_s", device_s * self._settings.gpu_share)
         if error:
             self._finish(ot_trial, TrialState.FAIL, None, FAILED,
                          "trial raised in Tune (see error.txt in its trial folder)")
@@ -338,6 +340,9 @@ class RecurrenceSearcher(OptunaSearch):
         elif "train_s" in result:
             # ASHA's stopping result goes straight to on_trial_complete, never to on_trial_result.
             self._record_rung(trial_id, ot_trial, result)
+            for key in RUNG_TIME_ATTRS:
+                if result.get(key) is not None:
+                    ot_trial.set_user_attr(key, result[key])
             self._finish(ot_trial, TrialState.PRUNED, None, PRUNED,
                          f"stopped by ASHA at {float(result['train_s']):.1f} training s")
         else:

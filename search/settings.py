@@ -32,6 +32,10 @@ class SearchSettings:
     gpus_per_trial: float = 1.0
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the cluster's resources allow
+    # Trials placed on each GPU (1/N GPU each). They start up and compile at once and take turns to train
+    # (search.lease), so a new shape's compile overlaps another trial's training. CPU trials (gpus 0) with
+    # N > 1 take turns the same way on each machine.
+    trials_per_gpu: int = 1
     budget_s: float = 600.0  # training seconds per trial; ASHA's time axis
     grace_s: float = 0.0  # first ASHA rung in training seconds; 0: budget_s / reduction_factor**2
     reduction_factor: float = 3.0
@@ -53,6 +57,11 @@ class SearchSettings:
     @property
     def multi_objective(self) -> bool:
         return self.sampler == "nsga2"
+
+    @property
+    def gpu_share(self) -> float:
+        """GPUs Ray reserves for one trial (a fraction when trials share a GPU)."""
+        return self.gpus_per_trial / self.trials_per_gpu
 
     @property
     def rung_s(self) -> float:
@@ -82,6 +91,10 @@ class SearchSettings:
         _need(self.gpus_per_trial >= 0, "--gpus-per-trial", "must be 0 (CPU) or more")
         _need(self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), "--gpus-per-trial",
               "above 1 must be a whole number of GPUs (DDP workers)")
+        _need(self.trials_per_gpu >= 1, "--trials-per-gpu", "must be at least 1")
+        _need(self.trials_per_gpu == 1 or self.gpus_per_trial in (0, 1), "--trials-per-gpu",
+              f"{self.trials_per_gpu} shares one GPU between trials, so it needs --gpus-per-trial 1 (or 0 on the "
+              f"CPU), not {self.gpus_per_trial:g}; pass --trials-per-gpu 1 for DDP or fractional trials")
         _need(self.cpus_per_trial > 0, "--cpus-per-trial", "must be positive")
         _need(self.max_concurrent >= 0, "--max-concurrent", "must be 0 (no limit) or more")
         _need(self.budget_s > 0, "--budget-s", "must be positive training seconds")

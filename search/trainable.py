@@ -2,6 +2,8 @@
 
 G <= 1 GPU: a function trainable that calls the trainer in-process; Tune may run consecutive trials in one warm
 worker process (reuse_actors, see reuses_workers), so each trial starts by clearing what the last one left.
+With --trials-per-gpu N > 1 such trials share a GPU and take turns to train (search.lease). Each writes
+run/device_time.json for the report's device-use table (search.device_use).
 G > 1 GPUs: the same function launches a Ray Train TorchTrainer with G workers (DDP); the trainer joins
 the process group Ray Train set up, and TuneReportCallback forwards rank 0's reports to Tune.
 """
@@ -12,6 +14,7 @@ import inspect
 import math
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +24,8 @@ import ray
 import torch
 from ray import tune
 
-from search import store
+from search import device_use, store
+from search.lease import DeviceLease, device_key
 from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL, import_object
 from search.settings import SearchSettings, is_uri
 from trainer.train import StopRequested
@@ -75,8 +79,10 @@ def run_training(
     out_dir: Path,
     is_main: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> None:
-    """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn."""
+    """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn;
+    before_training runs just before the timed training (once compiled, where train_fn allows)."""
     from trainer.config import from_dict
 
     number = config[NUMBER_KEY]
@@ -89,6 +95,10 @@ def run_training(
             kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
         if should_stop is not None and "should_stop" in params:
             kwargs["should_stop"] = should_stop
+        if before_training is not None and "before_training" in params:
+            kwargs["before_training"] = before_training
+        elif before_training is not None:  # a train_fn without the hook: take the turn before it starts at all
+            before_training()
 
         def on_rung(metrics: dict, save_checkpoint: Callable[[Path], None]) -> None:
             with tempfile.TemporaryDirectory(prefix="rung_") as d:
@@ -168,19 +178,37 @@ def start_clean() -> int:
 
 
 def trial_function(config: dict, settings: SearchSettings) -> None:
-    """Tune function trainable: resume from Tune's checkpoint if any, train, report."""
+    """Tune function trainable: resume from Tune's checkpoint if any, train (taking turns on a shared GPU), report."""
     if ddp_workers(settings)[0] > 1:
         _ddp_trial(config, settings)
         return
     worker_trial = start_clean()
+    out_dir, device = run_dir(settings), device_key()
+    lease = DeviceLease(device) if settings.trials_per_gpu > 1 else None
+    clock = {"started_at": time.time(), "acquired_at": None, "train_s": 0.0, "wait_s": 0.0}
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
+    def before_training() -> None:
+        if lease is not None:
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()  # the warm-up's cached blocks: leave the GPU's memory to the holder
+            clock["wait_s"] = lease.acquire(should_stop=tune_stop_requested)
+        clock["acquired_at"] = time.time()
+
     checkpoint = tune.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
-        run_training(config, settings, report, Path(resume) if resume else None, run_dir(settings),
-                     should_stop=tune_stop_requested)
+    try:
+        with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
+            run_training(config, settings, report, Path(resume) if resume else None, out_dir,
+                         should_stop=tune_stop_requested, before_training=before_training)
+    finally:
+        if lease is not None:
+            lease.release()
+        if clock["acquired_at"] is not None:  # it got as far as training
+            device_use.write_entry(out_dir, device=device, released_at=time.time(), worker_trial=worker_trial,
+                                   trials_per_gpu=settings.trials_per_gpu, **clock)
 
 
 def _ddp_worker(loop_config: dict) -> None:
@@ -230,4 +258,4 @@ def make_trainable(settings: SearchSettings):
     if ddp_workers(settings)[0] > 1:
         # The Train workers reserve the GPUs themselves; the Tune trial only coordinates them.
         return tune.with_resources(fn, {"CPU": 0.5})
-    return tune.with_resources(fn, {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial})
+    return tune.with_resources(fn, {"CPU": settings.cpus_per_trial, "GPU": settings.gpu_share})

@@ -172,6 +172,10 @@ def test_trials_reuse_warm_workers_and_keep_their_run_in_storage(finished_search
         reused += worker_trial > 1
         assert t.user_attrs[WORKER_TRIAL] == worker_trial  # recorded in the study, shown in the report
         assert "unique_params" in (folder / "run" / "train.log").read_text()
+        # the device timeline of a trial that has its GPU (here: CPU) to itself: no waits
+        timeline = json.loads((folder / "run" / "device_time.json").read_text())
+        assert timeline["wait_s"] == 0 and timeline["trials_per_gpu"] == 1 and timeline["worker_trial"] == worker_trial
+        assert timeline["started_at"] <= timeline["acquired_at"] <= timeline["released_at"]
         if t.user_attrs["status"] == "complete":
             metrics = json.loads((folder / "run" / "metrics.json").read_text())
             assert metrics["val_bpb"] == t.user_attrs["val_bpb"] and (folder / "run" / "model.ptz").is_file()

@@ -52,7 +52,8 @@ def test_completion_states_are_honest(settings):
     for tid in ids:
         searcher.on_trial_result(tid, rung)
     # t0: ASHA stopped it at its second rung (that result only reaches on_trial_complete).
-    searcher.on_trial_complete("t0", {"train_s": 1.0, "val_bpb": 1.9, "time_total_s": 4.0})
+    searcher.on_trial_complete("t0", {"train_s": 1.0, "val_bpb": 1.9, "time_total_s": 4.0, "startup_s": 0.2,
+                                      "compile_s": 0.3, "wait_s": 0.4})
     # t1: finished and measured within the limit.
     final = {"final": True, "val_bpb": 1.5, "artifact_bytes": 40_000, "final_train_s": 1.5, "time_total_s": 5.0}
     searcher.on_trial_complete("t1", final)
@@ -67,6 +68,8 @@ def test_completion_states_are_honest(settings):
     t0, t1, t2, t3, t4 = (trials[numbers[t]] for t in ids)
     assert t0.state == TrialState.PRUNED and t0.user_attrs["status"] == "pruned"
     assert t0.intermediate_values == {500: 2.0, 1000: 1.9}  # step = training milliseconds
+    # what the stopping rung said of the time before training stays with the pruned trial
+    assert (t0.user_attrs["startup_s"], t0.user_attrs["compile_s"], t0.user_attrs["wait_s"]) == (0.2, 0.3, 0.4)
     assert t1.state == TrialState.COMPLETE and t1.value == 1.5 and t1.user_attrs["status"] == "complete"
     assert list(t1.constraints.values())[0] <= 0
     assert t2.state == TrialState.FAIL and t2.user_attrs["reason"] == "diverged: loss nan"

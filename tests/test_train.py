@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,28 @@ def test_should_stop_ends_the_run_at_the_next_step_without_export(tiny_corpus, t
     with pytest.raises(StopRequested, match="step 3"):
         run(tiny_corpus, cfg_dict, tmp_path, should_stop=should_stop)
     assert len(calls) == 3 and not (tmp_path / "model.ptz").exists()
+
+
+def test_before_training_runs_once_after_warmup_and_its_wait_is_not_training(tiny_corpus, tiny_config_dict,
+                                                                            tmp_path):
+    # A trial sharing its GPU waits in before_training: the wait is reported apart and never eats the budget.
+    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=0.6, compile_warmup_steps=2, report_at_s=[0.2])
+    events = []
+
+    def before_training():
+        events.append(("before", len(events)))
+        time.sleep(0.4)
+
+    reports = []
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path, before_training=before_training,
+                  report=lambda m, save: reports.append(m))
+    assert events == [("before", 0)]
+    assert 0.4 <= metrics["wait_s"] < 1.0 and metrics["train_s"] < 0.6 + 0.3
+    assert metrics["wall_s"] >= metrics["startup_s"] + metrics["compile_s"] + metrics["wait_s"] + metrics["train_s"]
+    # Rung reports carry the time before training, so a trial ASHA stops still accounts for it.
+    (rung,) = reports
+    assert rung["wait_s"] == metrics["wait_s"] and rung["compile_s"] == metrics["compile_s"] > 0
+    assert "waited 0.4s for the device" in (tmp_path / "train.log").read_text()
 
 
 def test_gpu_runs_pin_the_cpu_thread_count_whatever_the_launcher_set():

@@ -146,8 +146,13 @@ def train(
     device: str | None = None,
     echo: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> dict:
-    """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics."""
+    """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics.
+
+    before_training runs once the model is compiled and warm, just before the timed training: a search trial
+    that shares its GPU waits there for it (search.lease); its seconds are reported as wait_s.
+    """
     wall_start = time.perf_counter()
     # Start-up (entry to compilation) is pure overhead for a search trial; time its phases to see what to cut.
     startup = PhaseTimer(wall_start)
@@ -234,6 +239,12 @@ def train(
         stream.restore({"shard_index": 0, "position": 0})
         _sync(rt.device)
     compile_s = time.perf_counter() - compile_start
+    wait_s = 0.0
+    if before_training is not None:
+        asked_s = time.perf_counter()
+        before_training()
+        wait_s = time.perf_counter() - asked_s
+        log(f"waited {wait_s:.1f}s for the device")
 
     step, train_s, train_tokens = 0, 0.0, 0
     if resume_from is not None:
@@ -291,7 +302,9 @@ def train(
             res = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
             _check_finite(res.val_loss, step)
             rung = {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": res.val_bpb,
-                    "val_loss": res.val_loss, "val_bpb_prequant": res.val_bpb, "val_loss_prequant": res.val_loss}
+                    "val_loss": res.val_loss, "val_bpb_prequant": res.val_bpb, "val_loss_prequant": res.val_loss,
+                    # so a trial that ASHA stops still tells where its time before training went
+                    "startup_s": startup.total_s(), "compile_s": compile_s, "wait_s": wait_s}
             if tc.rung_roundtrip:
                 trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 model.load_state_dict(artifact.unpack(artifact.pack(trained, cfg))[1])
@@ -367,6 +380,7 @@ def train(
         "peak_mem_bytes": peak_mem_bytes,
         "startup_s": startup.total_s(),
         "compile_s": compile_s,
+        "wait_s": wait_s,
         "eval_s": eval_s,
         "export_s": export_s,
         "wall_s": time.perf_counter() - wall_start,

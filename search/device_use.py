@@ -1,0 +1,78 @@
+"""How busy a search kept each device: its training seconds against the time its trials occupied it.
+
+A trial's per-part times (search.overhead) say where its own wall time went; with several trials on one GPU
+(--trials-per-gpu) one trial's compile overlaps another's training, so the GPU's share is read from a timeline
+instead. Each single-process trial writes run/device_time.json (FILE) with the device, when the trial started,
+when it got and released the device, and its training seconds; the device's time in use is the union of its trials'
+[started_at, released_at] intervals (a stopped and resumed search's pause is not counted, and neither is a fresh
+worker's process start before its trial function runs).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+FILE = "device_time.json"
+FIELDS = ("device", "started_at", "acquired_at", "released_at", "train_s", "wait_s")
+
+
+def union_s(intervals: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by the union of [start, end] intervals."""
+    total, reach = 0.0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def device_use(entries: Iterable[Mapping]) -> list[dict]:
+    """Per device: trials, seconds in use (union of trial intervals), training, lease waits, % outside training."""
+    by_device: dict[str, list[Mapping]] = {}
+    for e in entries:
+        by_device.setdefault(str(e["device"]), []).append(e)
+    rows = []
+    for device, trials in sorted(by_device.items()):
+        in_use_s = union_s((float(t["started_at"]), float(t["released_at"])) for t in trials)
+        train_s = sum(float(t["train_s"] or 0.0) for t in trials)
+        rows.append({
+            "device": device, "trials": len(trials), "in_use_s": in_use_s, "train_s": train_s,
+            "wait_s": sum(float(t.get("wait_s") or 0.0) for t in trials),
+            "outside_training_pct": 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None,
+        })
+    return rows
+
+
+def totals(rows: list[dict]) -> dict | None:
+    """All devices together: in-use and training seconds and the share outside training (None: no timeline)."""
+    if not rows:
+        return None
+    in_use_s, train_s = sum(r["in_use_s"] for r in rows), sum(r["train_s"] for r in rows)
+    return {"devices": len(rows), "trials": sum(r["trials"] for r in rows), "in_use_s": in_use_s, "train_s": train_s,
+            "outside_training_pct": 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None}
+
+
+def read_entries(experiment: Path) -> list[dict]:
+    """Every trial's device_time.json under a local experiment folder (trial folders hold run/)."""
+    entries = []
+    for path in sorted(Path(experiment).glob(f"*/run/{FILE}")):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a trial killed while writing it: leave it out rather than fail the report
+        if all(k in entry for k in FIELDS):
+            entries.append(entry)
+    return entries
+
+
+def write_entry(run_dir: Path, **fields) -> None:
+    """Write one trial's device_time.json (FIELDS, plus anything else worth keeping)."""
+    missing = [k for k in FIELDS if k not in fields]
+    if missing:
+        raise ValueError(f"device_time entry lacks {missing}")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / FILE).write_text(json.dumps(fields, indent=1, sort_keys=True))
