@@ -191,11 +191,19 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
+    shares_gpu = lease is not None and torch.cuda.is_available()
+    if shares_gpu:
+        # Until its turn a trial may use 1/N of the GPU's memory (a warm-up past it waits for the turn and warms
+        # up again, trainer.train), so the trial that holds the GPU keeps the rest.
+        torch.cuda.set_per_process_memory_fraction(1 / settings.trials_per_gpu)
+
     def before_training() -> None:
         if lease is not None:
-            if torch.cuda.is_initialized():
+            if shares_gpu:
                 torch.cuda.empty_cache()  # the warm-up's cached blocks: leave the GPU's memory to the holder
             clock["wait_s"] = lease.acquire(should_stop=tune_stop_requested)
+            if shares_gpu:
+                torch.cuda.set_per_process_memory_fraction(1.0)
         clock["acquired_at"] = time.time()
 
     checkpoint = tune.get_checkpoint()
@@ -205,6 +213,9 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
                          should_stop=tune_stop_requested, before_training=before_training)
     finally:
         if lease is not None:
+            if shares_gpu:  # hand the next holder the memory too, not only the turn
+                gc.collect()
+                torch.cuda.empty_cache()
             lease.release()
         if clock["acquired_at"] is not None:  # it got as far as training
             device_use.write_entry(out_dir, device=device, released_at=time.time(), worker_trial=worker_trial,

@@ -224,6 +224,36 @@ def test_before_training_runs_once_after_warmup_and_its_wait_is_not_training(tin
     assert "waited 0.4s for the device" in (tmp_path / "train.log").read_text()
 
 
+@pytest.mark.parametrize("shares_gpu", [True, False])
+def test_a_warmup_out_of_memory_waits_for_the_turn_and_warms_up_again(tiny_corpus, tiny_config_dict, tmp_path,
+                                                                      monkeypatch, shares_gpu):
+    # Beside the trial that holds a shared GPU a warm-up can run out of memory; with a turn to wait for, the
+    # trial takes it and warms up again from the same initial weights, so it trains as an unshared run would.
+    import trainer.train as train_module
+
+    class OutOfMemoryOnce(train_module.GPT):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            type(self).calls += 1
+            if type(self).calls == 2:  # inside the second warm-up step, after one optimizer step
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(*args, **kwargs)
+
+    tiny_config_dict["train"].update(compile_warmup_steps=3, max_steps=6)
+    reference = run(tiny_corpus, tiny_config_dict, tmp_path / "reference")
+    monkeypatch.setattr(train_module, "GPT", OutOfMemoryOnce)
+    turns = []
+    if not shares_gpu:
+        with pytest.raises(torch.OutOfMemoryError):
+            run(tiny_corpus, tiny_config_dict, tmp_path / "alone")
+        return
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path / "shared", before_training=lambda: turns.append(1))
+    assert turns == [1]  # the turn is taken once, before the second warm-up
+    assert metrics["val_bpb_prequant"] == pytest.approx(reference["val_bpb_prequant"], abs=1e-6)
+    assert "warming up again once it holds the device" in (tmp_path / "shared" / "train.log").read_text()
+
+
 def test_gpu_runs_pin_the_cpu_thread_count_whatever_the_launcher_set():
     """Inductor's cache key holds the thread count: a Ray trial (OMP_NUM_THREADS = its CPUs) and a torchrun rerun
     of one shape must agree on it, or each compiles cold."""

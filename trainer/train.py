@@ -5,6 +5,7 @@ One code path serves the CLI, search trials (with a `report` callback) and full-
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import math
 import os
@@ -225,10 +226,8 @@ def train(
         model.zero_grad(set_to_none=True)
         return total / grad_accum
 
-    # Compile and warm the kernels on real steps, then rewind: warm-up never counts as training.
-    compile_start = time.perf_counter()
-    if tc.compile_warmup_steps > 0:
-        initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers]
+    def warm_up(initial: tuple) -> None:
+        """Compile and warm the kernels on real steps, then rewind to `initial`: warm-up never counts as training."""
         for _ in range(tc.compile_warmup_steps):
             train_step(0, 0.0)
         if report is not None and tc.compile_eval:
@@ -238,13 +237,40 @@ def train(
             opt.load_state_dict(state)
         stream.restore({"shard_index": 0, "position": 0})
         _sync(rt.device)
-    compile_s = time.perf_counter() - compile_start
-    wait_s = 0.0
-    if before_training is not None:
+
+    def take_turn() -> float:
+        """Run before_training (a trial sharing its GPU waits there for it); return the seconds it took."""
+        if before_training is None:
+            return 0.0
         asked_s = time.perf_counter()
         before_training()
-        wait_s = time.perf_counter() - asked_s
-        log(f"waited {wait_s:.1f}s for the device")
+        waited_s = time.perf_counter() - asked_s
+        log(f"waited {waited_s:.1f}s for the device")
+        return waited_s
+
+    compile_start = time.perf_counter()
+    wait_s = None
+    if tc.compile_warmup_steps > 0:
+        initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers]
+        out_of_memory = False
+        try:
+            warm_up(initial)
+        except torch.OutOfMemoryError:
+            if before_training is None:
+                raise
+            out_of_memory = True  # retried below, once the exception and the activations its frames hold are gone
+        if out_of_memory:
+            # Beside the trial that holds the GPU, this one's warm-up did not fit: take the turn, then warm up
+            # (the graphs are compiled already; only the steps run again).
+            log("warm-up ran out of GPU memory beside another trial; warming up again once it holds the device")
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            wait_s = take_turn()
+            warm_up(initial)
+    compile_s = time.perf_counter() - compile_start - (wait_s or 0.0)
+    if wait_s is None:
+        wait_s = take_turn()
 
     step, train_s, train_tokens = 0, 0.0, 0
     if resume_from is not None:
