@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls 37-39 (one H100, sixth session; the 2- and 4-GPU kinds were not lent): issue #6 item 3 on the
+# Device calls 37-38 (one H100, sixth session; the 2- and 4-GPU kinds were not lent): issue #6 item 3 on the
 # one GPU there is. A compiled search over the default space, 24 trials at 60 s with three trials placed on the
 # GPU (--trials-per-gpu 3): two start up and compile while the third trains, so new shapes' cold compiles
 # (~50-60 s each) hide behind training. Presets first, rungs after the round trip, one ASHA rung at 30 s

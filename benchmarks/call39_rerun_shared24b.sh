@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls 41-42 (one H100, sixth session): the best of call 38's 24-trial search (trial 34) against the
+# Device calls 42-43 (one H100, sixth session): the best of call 38's 24-trial search (trial 34) against the
 # baseline shape, 3 seeds each at 120 s, one run at a time, as `search rerun --best` picks and builds them.
 # Carries the search's search.json and study.db in .searchstate/ (the trials' folders stay on the old machine).
 # Run in consecutive calls until it prints "done: 0".
