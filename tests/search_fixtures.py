@@ -51,6 +51,20 @@ def tiny_settings(storage: Path, corpus: dict, space: Path, name: str, **changes
     return SearchSettings(**values).validate()
 
 
+def run_local_search(settings: SearchSettings) -> SearchSettings:
+    """Run the whole search on a fresh local Ray instance, shut down afterwards; return the settings."""
+    import ray
+
+    from search import tuner
+
+    tuner.connect("local")
+    try:
+        tuner.run_search(settings)
+    finally:
+        ray.shutdown()
+    return settings
+
+
 def cli_env() -> dict:
     """Environment for `python tests/search_fixtures.py ...` driver subprocesses."""
     import os

@@ -1,12 +1,10 @@
 """Multi-worker trials go through Ray Train's TorchTrainer (DDP); here with 2 CPU workers (gloo)."""
 from __future__ import annotations
 
-import ray
 from optuna.trial import TrialState
 
-from search import tuner
 from search.report import load_study
-from tests.search_fixtures import tiny_settings, write_space
+from tests.search_fixtures import run_local_search, tiny_settings, write_space
 
 
 def test_ddp_trials_report_rungs_checkpoint_and_finish(tmp_path, tiny_corpus):
@@ -14,11 +12,7 @@ def test_ddp_trials_report_rungs_checkpoint_and_finish(tmp_path, tiny_corpus):
         tmp_path / "runs", tiny_corpus, write_space(tmp_path), "ddp", trials=1, max_concurrent=1,
         cpus_per_trial=0.5, overrides=("train.batch_tokens=512",), extra={"cpu_ddp_workers": 2},
     )
-    tuner.connect("local")
-    try:
-        tuner.run_search(settings)
-    finally:
-        ray.shutdown()
+    run_local_search(settings)
     launched = [t for t in load_study(settings).get_trials(deepcopy=False) if t.user_attrs.get("tune_trial_id")]
     assert len(launched) == 1
     for t in launched:

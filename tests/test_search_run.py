@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 from optuna.trial import TrialState
 
-from search import tuner
 from search.pareto import dominates
 from search.report import load_study
 from search.searcher import WORKER_TRIAL
 from search.trainable import failure_reason, run_training
-from tests.search_fixtures import cli_env, tiny_settings, write_space
+from tests.search_fixtures import cli_env, run_local_search, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,12 +25,8 @@ def finished_search(tmp_path_factory, tiny_corpus):
     """One 8-trial search, run in this process against a local Ray instance."""
     root = tmp_path_factory.mktemp("search_run")
     settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "cpu-search")
-    tuner.connect("local")
     start = time.perf_counter()
-    try:
-        tuner.run_search(settings)
-    finally:
-        ray.shutdown()
+    run_local_search(settings)
     return settings, time.perf_counter() - start
 
 

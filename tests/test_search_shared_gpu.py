@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 
-from search import device_use, store, tuner
+from search import device_use, store
 from search.report import load_study, write_report
-from tests.search_fixtures import tiny_settings, write_space
+from tests.search_fixtures import run_local_search, tiny_settings, write_space
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +17,7 @@ def shared_search(tmp_path_factory, tiny_corpus):
     root = tmp_path_factory.mktemp("shared")
     settings = tiny_settings(root / "runs", tiny_corpus, write_space(root), "cpu-shared", trials=6,
                              trials_per_gpu=2, max_concurrent=2)
-    tuner.connect("local")
-    try:
-        tuner.run_search(settings)
-    finally:
-        ray.shutdown()
-    return settings
+    return run_local_search(settings)
 
 
 def test_trials_on_one_device_never_train_at_the_same_time(shared_search):
