@@ -42,7 +42,8 @@ def trial_rungs(t: optuna.trial.FrozenTrial) -> list[tuple[float, float]]:
 
 
 def time_breakdown(t: optuna.trial.FrozenTrial) -> dict:
-    """The trial's wall time split into train/startup/compile/eval/export/other; pruned trials know train_s only."""
+    """The trial's wall time split into train/startup/compile/wait/eval/export/other; pruned trials know the parts
+    up to train_s (from their stopping rung), not their evaluations."""
     a, rungs = t.user_attrs, trial_rungs(t)
     train_s = a.get("final_train_s", rungs[-1][0] if rungs else None)
     return breakdown(train_s, a.get("compile_s"), a.get("eval_s"), a.get("export_s"), trainer_wall_s=a.get("wall_s"),
@@ -155,11 +156,14 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant"])
 
 
-def device_frame(settings: SearchSettings) -> pd.DataFrame:
-    """The device-use table of a search on local storage (empty when its trials wrote no timeline)."""
-    rows = [] if is_uri(settings.storage) else device_use.device_use(
-        device_use.read_entries(Path(store.experiment_path(settings))))
-    return pd.DataFrame(rows, columns=["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct"])
+DEVICE_COLUMNS = ["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct"]
+
+
+def device_rows(settings: SearchSettings) -> list[dict]:
+    """The device-use rows of a search on local storage (none when its trials wrote no timeline)."""
+    if is_uri(settings.storage):
+        return []
+    return device_use.device_use(device_use.read_entries(Path(store.experiment_path(settings))))
 
 
 def device_text(t: dict | None) -> str:
@@ -305,8 +309,9 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
     info["rungs_after_roundtrip"] = rungs_after_roundtrip(study)
-    devices = device_frame(settings)
-    info["devices"] = device_use.totals(devices.to_dict("records"))
+    rows = device_rows(settings)
+    devices = pd.DataFrame(rows, columns=DEVICE_COLUMNS)
+    info["devices"] = device_use.totals(rows)
     out = store.report_dir(settings)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}
@@ -348,7 +353,7 @@ def status_text(settings: SearchSettings) -> str:
                  f"GPU-s on them {info['gpu_s_on_predicted_infeasible']:.0f}; GPU-s total {info['gpu_s_total']:.0f} "
                  f"(trial wall-s {info['device_s_total']:.0f})")
     lines.append(f"time of finished trials: {time_text(info['time'])}")
-    lines.append(f"devices: {device_text(device_use.totals(device_frame(settings).to_dict('records')))}")
+    lines.append(f"devices: {device_text(device_use.totals(device_rows(settings)))}")
     for _, r in df[df["status"].isin((RUNNING, INTERRUPTED))].iterrows():
         rung = f"last rung val_bpb {r['last_rung_val_bpb']:.4f}" if pd.notna(r["last_rung_val_bpb"]) else "no rung yet"
         lines.append(f"  {r['status']} #{r['number']}: {r['summary']} ({rung})")

@@ -55,14 +55,14 @@ FINAL_KEY, FAILED_KEY, FAIL_REASON_KEY, NUMBER_KEY = "final", "failed", "fail_re
 WORKER_TRIAL = "worker_trial"
 
 OBJECTIVES = ("val_bpb", "artifact_bytes")
+# What a rung report says of the time before training, kept for trials that ASHA stops.
+RUNG_TIME_ATTRS = ("startup_s", "compile_s", "wait_s")
 # Final metrics copied into the study's user attrs for the report.
 FINAL_ATTRS = (
     "val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
-    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", "startup_s", "compile_s", "wait_s", "eval_s", "export_s",
+    "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", *RUNG_TIME_ATTRS, "eval_s", "export_s",
     "over_limit",
 )
-# What a rung report says of the time before training, kept for trials that ASHA stops.
-RUNG_TIME_ATTRS = ("startup_s", "compile_s", "wait_s")
 
 
 class Space(Protocol):
