@@ -1,0 +1,31 @@
+# Sourced by call37_search24_h100.sh and call38_search24_h100.sh, which set TAG (their /tmp folder and archive
+# name), N (the search's name), PER_GPU (--trials-per-gpu) and CPUS (--cpus-per-trial). A compiled search over
+# the default space, 24 trials at 60 s on one GPU, presets first, rungs after the round trip, one ASHA rung at
+# 30 s (budget/2: a budget/9 rung pruned the deep loop that wins, calls 30-31), nvidia-smi sampling the GPU every
+# 2 s. Run the calling script in consecutive calls until it prints "done: 0" (each call waits up to $WAIT_S
+# seconds); each call sends back what the search has written so far.
+S=/tmp/searches
+job() {
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > /tmp/$TAG/smi.csv &
+  local smi=$!
+  python3 -m search run --space spaces/default.yaml --name $N --trials 24 --budget-s 60 --grace-s 30 \
+    --reduction-factor 3 --seed 0 --ray-address local --gpus-per-trial 1 --trials-per-gpu $PER_GPU \
+    --cpus-per-trial $CPUS --enqueue-presets --data $DATA --tokenizer $TOK --storage $S \
+    --set train.batch_tokens=131072 --set train.warmdown_steps=250 --set train.rung_roundtrip=true \
+    --set export.zstd_level=1 > /tmp/$TAG/search.log 2>&1
+  local rc=$?
+  kill $smi
+  python3 -m search report $N --storage $S --format md --plot frontier.png > /tmp/$TAG/report.log 2>&1
+  return $rc
+}
+source benchmarks/detached.sh
+export S N TAG PER_GPU CPUS
+detached $TAG
+export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled  # a later call's shell: the packs are installed already
+grep -v "^\s*$" /tmp/$TAG/search.log | grep -i "trial .* completed\|error\|Traceback" | tail -n 12
+python3 -m search status $N --storage $S 2>&1 | head -n 8
+tail -n 3 /tmp/$TAG/report.log 2>/dev/null
+tar -czf $OUT/${TAG}_files.tgz -C / tmp/$TAG $(cd / && find tmp/searches \( -name "train.log" -o -name "metrics.json" \
+  -o -name "device_time.json" -o -name "failure.txt" -o -name "search.json" -o -name "study.db" -o -path "*/report/*" \) \
+  | grep -v checkpoint) 2>/dev/null
+ls -la $OUT
