@@ -3,7 +3,8 @@
 #   .raypack/    ray 2.60.0 for CPython 3.12 without jars, rllib, serve, llm, the dashboard web client and
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
-#   .searchpack/ val + train shards 0-1 + tokenizer as one zstd-19 tar (45 MB of tokens -> 12 MB).
+#   .searchpack/ val + all four train shards + tokenizer as one zstd-19 tar (82 MB of tokens -> 22 MB;
+#                benchmarks/make_data_pack.py, which also runs alone).
 # Run from the repository root on an x86-64 Linux machine with network access.
 set -euo pipefail
 W=$(mktemp -d); S=$W/stage
@@ -27,10 +28,6 @@ with open(".raypack/ray.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19
     with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in ("ray", "ray-2.60.0.dist-info"):
             tar.add(os.path.join(stage, name), arcname=name)
-with open(".searchpack/data.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19, threads=-1).stream_writer(fh) as zw:
-    with tarfile.open(fileobj=zw, mode="w|") as tar:
-        for name in ("fineweb_val_000000.bin", "fineweb_train_000000.bin", "fineweb_train_000001.bin"):
-            tar.add(f"../shared/data/textmix_sp1024/{name}", f"data/{name}")
-        tar.add("../shared/data/tokenizers/fineweb_1024_bpe.model", "fineweb_1024_bpe.model")
 PY
+python3 benchmarks/make_data_pack.py
 du -sh .raypack .searchpack; rm -rf $W

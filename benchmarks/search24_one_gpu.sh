@@ -1,4 +1,4 @@
-# Sourced by call37_search24_h100.sh and call38_search24_h100.sh, which set TAG (their /tmp folder and archive
+# Sourced by call37_search24_h100.sh, call38_search24_h100.sh and call44_search24_full_data.sh, which set TAG (their /tmp folder and archive
 # name), N (the search's name), PER_GPU (--trials-per-gpu) and CPUS (--cpus-per-trial). A compiled search over
 # the default space, 24 trials at 60 s on one GPU, presets first, rungs after the round trip, one ASHA rung at
 # 30 s (budget/2: a budget/9 rung pruned the deep loop that wins, calls 30-31), nvidia-smi sampling the GPU every
