@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Device calls 47-48 (one H100, seventh session): the fifth session's winner (loop45 untied at int6, calls 26-27:
+# 0.071 better than the baseline shape at 120 s on two train shards) against the baseline shape again, same
+# command, on all four train shards. On two shards the baseline made 11 passes in 120 s and the loop, 30% slower
+# per step, 7: is the win depth or less overfitting? Call 44's search on four shards ranked the baseline first at
+# 60 s (its deep loops pruned at the 30 s rung), so its `rerun --best` would compare the baseline with itself.
+# Run in consecutive calls until it prints "done: 0".
+S=/tmp/searches; N=loop45_int6_full4
+job() {
+  python3 -m search rerun $N --config benchmarks/configs/loop45_untied_int6.yaml --gpus 1 --parallel 1 \
+    --budget-s 120 --seeds 3 --data $DATA --tokenizer $TOK --storage $S > /tmp/c47/rerun.log 2>&1
+}
+source benchmarks/detached.sh
+export S N
+detached c47
+grep -h "training done\|val_bpb" $S/$N/rerun/*/*/train.log 2>/dev/null | tail -n 12
+tail -n 25 /tmp/c47/rerun.log
+tar -czf $OUT/c47_files.tgz -C / tmp/c47 $(cd / && find tmp/searches -path "*rerun*" \( -name "*.log" -o -name metrics.json \
+  -o -name "rerun.*" -o -name "*.yaml" \) | grep -v checkpoint) 2>/dev/null
