@@ -28,7 +28,7 @@ from typing import TextIO
 
 import yaml
 
-from search.records import SubmissionInfo, write_record
+from search.records import RecordError, SubmissionInfo, write_record
 from search.stats import RecordVerdict, SeedSummary, WelchResult, record_criterion, summarize, welch_one_sided
 from trainer.config import RunConfig, from_dict, smoke_version
 
@@ -134,7 +134,7 @@ class RerunResult:
     comparison: Comparison | None
     json_path: Path
     md_path: Path
-    record_dir: Path
+    record_dir: Path | None  # None when the submission folder could not be built (see notes)
     notes: tuple[str, ...]
 
 
@@ -371,7 +371,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     if not tokenizer.is_file():
         raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
     launch = plan_launch(gpus, cpu_procs, parallel)
-    notes = [launch.note] if launch.note else []
+    notes: list[str] = []
     if launch.note:
         _say(terminal, launch.note)
     configs = [(CANDIDATE, candidate)] + ([(BASELINE, baseline)] if baseline is not None else [])
@@ -390,15 +390,26 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         comparison = compare(cand, base)
     elif base is not None:
         notes.append("one seed per config: Welch's test needs at least 2, so no significance was computed")
-    if any(r.trained_now is False for res in results for r in res.runs):
-        kept = sum(not r.trained_now for res in results for r in res.runs)
+    trained_now = [r.trained_now for res in results for r in res.runs]
+    if launch.note and any(trained_now):  # a fallback that trained nothing would mislabel kept runs
+        notes.append(launch.note)
+    if not all(trained_now):
+        kept = trained_now.count(False)
         notes.append(f"{kept} run(s) were finished by an earlier call and kept")
 
-    record_dir = out_dir / RECORD_DIR
+    record_dir: Path | None = out_dir / RECORD_DIR
     if record_dir.exists():  # derived from the runs; rebuilt so no stale seed log survives
         shutil.rmtree(record_dir)
-    write_record([r.run_dir for r in cand.runs], record_dir, info or SubmissionInfo(name=name),
-                 baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
+    try:
+        write_record([r.run_dir for r in cand.runs], record_dir, info or SubmissionInfo(name=name),
+                     baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
+    except RecordError as exc:
+        # Kept runs copied from another machine may lack model.ptz: the comparison still stands, so write it.
+        shutil.rmtree(record_dir, ignore_errors=True)
+        record_dir = None
+        notes.append(f"no submission folder: {exc}. The comparison above is complete; to get the folder, rerun "
+                     "with the candidate's run folders whole (train.log, metrics.json and model.ptz)")
+        _say(terminal, f"[rerun] {notes[-1]}")
 
     settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,
                 "parallel": len(launch.slots), "slots": list(launch.slots),
@@ -408,7 +419,8 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
                          out_dir / RESULT_MD, record_dir, tuple(notes))
     result.json_path.write_text(json.dumps(result_dict(result, settings), indent=2) + "\n")
     result.md_path.write_text(result_markdown(result, settings))
-    _say(terminal, f"{verdict_line(result)}\n[rerun] wrote {result.json_path}, {result.md_path}, {record_dir}/")
+    wrote = f"{result.json_path}, {result.md_path}" + (f", {record_dir}/" if record_dir else "")
+    _say(terminal, f"{verdict_line(result)}\n[rerun] wrote {wrote}")
     return result
 
 
@@ -452,7 +464,7 @@ def result_dict(result: RerunResult, settings: dict) -> dict:
         "record_criterion": None if comp is None else {
             "min_gain_nats": comp.record.min_gain_nats, "alpha": comp.record.alpha,
             **_welch_dict(comp.record.welch), "passes": comp.record.passes, "explain": comp.record.explain()},
-        "record_dir": str(result.record_dir),
+        "record_dir": None if result.record_dir is None else str(result.record_dir),
         "notes": list(result.notes),
     }
 
@@ -504,7 +516,9 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
             lines.append(f"- {metric}: baseline - candidate = {w.mean_gain:+.5f}; one-sided Welch t={w.t:.3f}, "
                          f"dof={w.dof:.1f}, p={w.p_value:.4g} (H1: the candidate is lower)")
         lines.append(f"- record criterion: {comp.record.explain()}")
-    lines += ["", f"Submission folder: `{result.record_dir}`", ""]
+    if result.record_dir is not None:
+        lines += ["", f"Submission folder: `{result.record_dir}`"]
+    lines.append("")
     lines += [f"Note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 

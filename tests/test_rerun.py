@@ -326,3 +326,22 @@ def test_widest_bits_with_nothing_that_fits_is_one_clear_line(tiny_corpus, tmp_p
     err = capsys.readouterr().err
     assert "--widest-bits" in err and "1,000 bytes at every quantization" in err and "drop --widest-bits" in err
     assert not (tmp_path / "out").exists()  # refused before anything trained
+
+
+def test_kept_runs_without_their_artifact_still_give_the_comparison(finished, tiny_corpus, tmp_path):
+    """Runs carried from another machine without model.ptz: the comparison is written, the record folder is not."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    (out / "candidate" / "seed1" / "model.ptz").unlink()
+    terminal = io.StringIO()
+    # --gpus 1 on a machine without CUDA: nothing trains, so no note may say these GPU-or-CPU runs ran on the CPU.
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 1, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="tiny", terminal=terminal)
+    assert not any(r.trained_now for res in (result.candidate, result.baseline) for r in res.runs)
+    assert not any("ran on the CPU" in n for n in result.notes)
+    data = json.loads((out / "rerun.json").read_text())
+    assert data["record_dir"] is None and not (out / "record").exists()
+    assert data["welch"]["val_bpb"]["p_value"] == json.loads(
+        (finished["out"] / "rerun.json").read_text())["welch"]["val_bpb"]["p_value"]
+    assert any("model.ptz" in n and "no submission folder" in n for n in data["notes"])
+    assert "no submission folder" in terminal.getvalue() and "Submission folder" not in (out / "rerun.md").read_text()
