@@ -187,8 +187,16 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
     lease = DeviceLease(device) if settings.trials_per_gpu > 1 else None
     clock = {"started_at": time.time(), "acquired_at": None, "train_s": 0.0, "wait_s": 0.0}
 
+    def record_device_time(**extra) -> None:
+        device_use.write_entry(out_dir, device=device, released_at=time.time(), worker_trial=worker_trial,
+                               trials_per_gpu=settings.trials_per_gpu, **clock, **extra)
+
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
+        if clock["acquired_at"] is not None:
+            # Up to this report, in case the process dies before `finally` (Tune tears down the last pruned
+            # trial's worker as the search ends: call 44's last trial lost its entry that way).
+            record_device_time(provisional=True)
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
     shares_gpu = lease is not None and torch.cuda.is_available()
@@ -218,8 +226,7 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
                 torch.cuda.empty_cache()
             lease.release()
         if clock["acquired_at"] is not None:  # it got as far as training
-            device_use.write_entry(out_dir, device=device, released_at=time.time(), worker_trial=worker_trial,
-                                   trials_per_gpu=settings.trials_per_gpu, **clock)
+            record_device_time()
 
 
 def _ddp_worker(loop_config: dict) -> None:

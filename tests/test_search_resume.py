@@ -1,6 +1,7 @@
 """Kill the search driver mid-search (SIGKILL to its process group), resume it, lose no finished trial."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from search import store
+from search import device_use, store
+from search.lease import device_key
 from search.report import load_study
 from tests.search_fixtures import cli_env, write_space
 
@@ -51,7 +53,8 @@ def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
     db = storage / name / store.STUDY_FILE
     deadline = time.time() + 300
     try:
-        while _finished_launched(db) < 3:
+        # A trial in flight with a rung behind it: the kill must not cost it its device time so far.
+        while _finished_launched(db) < 3 or _running_with_a_rung(db) < 1:
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.time() < deadline, "the search made no progress"
             time.sleep(0.5)
@@ -61,6 +64,15 @@ def test_resume_after_killing_the_driver(tmp_path, tiny_corpus):
         log.close()
 
     settings = store.load_settings(name, str(storage))
+    killed = [t for t in load_study(settings).get_trials(deepcopy=False)
+              if t.state == TrialState.RUNNING and t.intermediate_values]
+    assert killed
+    for trial in killed:  # each rung report rewrote the trial's device time before Tune saw it
+        [path] = (storage / name).glob(f"*{trial.user_attrs['tune_trial_id']}*/run/{device_use.FILE}")
+        entry = json.loads(path.read_text())
+        assert entry["provisional"] is True and entry["train_s"] > 0
+        assert entry["started_at"] <= entry["acquired_at"] <= entry["released_at"]
+    assert {e["device"] for e in device_use.read_entries(storage / name)} == {device_key()}
     before = {t.number: (t.state, t.values, dict(t.intermediate_values))
               for t in load_study(settings).get_trials(deepcopy=False) if t.state != TrialState.RUNNING}
     launched_before = sum(1 for t in load_study(settings).get_trials(deepcopy=False)
