@@ -224,9 +224,16 @@ def test_before_training_runs_once_after_warmup_and_its_wait_is_not_training(tin
     assert "waited 0.4s for the device" in (tmp_path / "train.log").read_text()
 
 
+# Both ways a GPU says it is full: the caching allocator's error, and the driver's when a compiled kernel's launch
+# finds no memory (call 44's 14-layer preset, beside a trial in training).
+OUT_OF_MEMORY = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                 RuntimeError("CUDA driver error: out of memory")]
+
+
 @pytest.mark.parametrize("shares_gpu", [True, False])
+@pytest.mark.parametrize("error", OUT_OF_MEMORY, ids=["allocator", "driver"])
 def test_a_warmup_out_of_memory_waits_for_the_turn_and_warms_up_again(tiny_corpus, tiny_config_dict, tmp_path,
-                                                                      monkeypatch, shares_gpu):
+                                                                      monkeypatch, shares_gpu, error):
     # Beside the trial that holds a shared GPU a warm-up can run out of memory; with a turn to wait for, the
     # trial takes it and warms up again from the same initial weights, so it trains as an unshared run would.
     import trainer.train as train_module
@@ -237,7 +244,7 @@ def test_a_warmup_out_of_memory_waits_for_the_turn_and_warms_up_again(tiny_corpu
         def forward(self, *args, **kwargs):
             type(self).calls += 1
             if type(self).calls == 2:  # inside the second warm-up step, after one optimizer step
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                raise error
             return super().forward(*args, **kwargs)
 
     tiny_config_dict["train"].update(compile_warmup_steps=3, max_steps=6)
@@ -245,7 +252,7 @@ def test_a_warmup_out_of_memory_waits_for_the_turn_and_warms_up_again(tiny_corpu
     monkeypatch.setattr(train_module, "GPT", OutOfMemoryOnce)
     turns = []
     if not shares_gpu:
-        with pytest.raises(torch.OutOfMemoryError):
+        with pytest.raises(type(error)):
             run(tiny_corpus, tiny_config_dict, tmp_path / "alone")
         return
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path / "shared", before_training=lambda: turns.append(1))
@@ -264,3 +271,11 @@ def test_gpu_runs_pin_the_cpu_thread_count_whatever_the_launcher_set():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         counts.add(int(out.stdout.strip()))
     assert counts == {min(8, os.cpu_count() or 1)}
+
+
+def test_only_out_of_memory_errors_count_as_a_full_gpu():
+    from trainer.train import is_out_of_memory
+
+    assert all(is_out_of_memory(e) for e in OUT_OF_MEMORY)
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_out_of_memory(ValueError("CUDA driver error: out of memory"))

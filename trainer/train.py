@@ -132,6 +132,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc says the GPU is full: the caching allocator's error, or the driver's (a kernel launch)."""
+    # A compiled kernel's launch that finds no memory raises a plain RuntimeError from the driver; the
+    # allocator's cap (set_per_process_memory_fraction) does not cover the driver's own allocations.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "CUDA driver error: out of memory" in str(exc))
+
+
 def _check_finite(loss: float, step: int) -> None:
     if not math.isfinite(loss):
         raise TrainingDiverged(f"training loss is {loss} at step {step}; lower the learning rates or check the config")
@@ -255,8 +263,8 @@ def train(
         out_of_memory = False
         try:
             warm_up(initial)
-        except torch.OutOfMemoryError:
-            if before_training is None:
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if before_training is None or not is_out_of_memory(exc):
                 raise
             out_of_memory = True  # retried below, once the exception and the activations its frames hold are gone
         if out_of_memory:
