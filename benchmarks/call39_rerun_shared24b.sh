@@ -12,7 +12,4 @@ job() {
 source benchmarks/detached.sh
 export S N
 detached c39
-grep -h "training done\|val_bpb" $S/$N/rerun/*/*/train.log 2>/dev/null | tail -n 12
-tail -n 25 /tmp/c39/rerun.log
-tar -czf $OUT/c39_files.tgz -C / tmp/c39 $(cd / && find tmp/searches -path "*rerun*" \( -name "*.log" -o -name metrics.json \
-  -o -name "rerun.*" -o -name "*.yaml" \) | grep -v checkpoint) 2>/dev/null
+rerun_outputs c39

@@ -16,7 +16,4 @@ job() {
 source benchmarks/detached.sh
 export S N
 detached c47
-grep -h "training done\|val_bpb" $S/$N/rerun/*/*/train.log 2>/dev/null | tail -n 12
-tail -n 25 /tmp/c47/rerun.log
-tar -czf $OUT/c47_files.tgz -C / tmp/c47 $(cd / && find tmp/searches -path "*rerun*" \( -name "*.log" -o -name metrics.json \
-  -o -name "rerun.*" -o -name "*.yaml" \) | grep -v checkpoint) 2>/dev/null
+rerun_outputs c47

@@ -14,3 +14,13 @@ detached() {
   while [ $SECONDS -lt $end ] && [ ! -f /tmp/$tag.done ]; do sleep 5; done
   echo "done: $(cat /tmp/$tag.done 2>/dev/null || echo 'not yet')"
 }
+
+# After `detached TAG` in a rerun's call: the runs' result lines, the rerun log's tail, and an archive of /tmp/TAG and
+# every rerun's logs, metrics and configs under /tmp/searches as $OUT/TAG_files.tgz (checkpoints left out).
+rerun_outputs() {
+  local tag=$1
+  grep -h "training done\|val_bpb" $S/$N/rerun/*/*/train.log 2>/dev/null | tail -n 12
+  tail -n 25 /tmp/$tag/rerun.log
+  tar -czf $OUT/${tag}_files.tgz -C / tmp/$tag $(cd / && find tmp/searches -path "*rerun*" \( -name "*.log" \
+    -o -name metrics.json -o -name "rerun.*" -o -name "*.yaml" \) | grep -v checkpoint) 2>/dev/null
+}
