@@ -492,10 +492,14 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
                     for res in configs]
     step_rows = [f"| {s.label} | {s.world_size} | {s.device} | {s.runs} | {s.step_ms_mean:.1f} ± {s.step_ms_std:.1f} "
                  f"| {s.tokens_per_s_mean:,.0f} |" for s in result.step_times]
+    if any(r.trained_now for res in configs for r in res.runs):
+        how = (f"{settings['ranks']} rank(s) on {settings['device']} per run, {settings['parallel']} run(s) at a "
+               "time")
+    else:  # this call only read finished runs: its own launch plan says nothing about them
+        how = "every run kept from an earlier call (their devices are under Step time)"
     lines = [
         f"# Rerun `{result.name}`", "",
-        f"{len(settings['seeds'])} seed(s) {settings['seeds']}, {settings['ranks']} rank(s) on {settings['device']} "
-        f"per run, {settings['parallel']} run(s) at a time, "
+        f"{len(settings['seeds'])} seed(s) {settings['seeds']}, {how}, "
         f"budget {settings['budget_s']:g} training s{' (smoke)' if settings['smoke'] else ''}.", "",
         f"**{verdict_line(result)}**", "",
         "| config | seeds | val_bpb (mean ± std) | val_loss nats (mean ± std) | max artifact bytes |",

@@ -344,4 +344,6 @@ def test_kept_runs_without_their_artifact_still_give_the_comparison(finished, ti
     assert data["welch"]["val_bpb"]["p_value"] == json.loads(
         (finished["out"] / "rerun.json").read_text())["welch"]["val_bpb"]["p_value"]
     assert any("model.ptz" in n and "no submission folder" in n for n in data["notes"])
-    assert "no submission folder" in terminal.getvalue() and "Submission folder" not in (out / "rerun.md").read_text()
+    md = (out / "rerun.md").read_text()
+    assert "no submission folder" in terminal.getvalue() and "Submission folder" not in md
+    assert "every run kept from an earlier call" in md and "rank(s) on" not in md
