@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next device calls (not yet run; needs `nvidia-h200-x4`, not lent in the fourth and fifth sessions): issue #6
+# Next device calls (not yet run; needs `nvidia-h200-x4`, not lent in the fourth to seventh sessions): issue #6
 # item 3 as the issue states it, in one go. A compiled search over the default space at the rerun's 120 s budget,
 # 32 trials (>= 24 finish), four at a time, the presets first, rungs after the round trip, the first ASHA rung at
 # budget/3 (a budget/9 rung pruned the deep loop that wins, calls 30-31); then its best, exported at the widest
