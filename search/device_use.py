@@ -5,9 +5,8 @@ A trial's per-part times (search.overhead) say where its own wall time went; wit
 instead. Each single-process trial writes run/device_time.json (FILE) with the device, when the trial started,
 when it got and released the device, and its training seconds (rewritten at each rung report with
 `provisional: true`, so a trial whose process dies keeps its span up to its last report); the device's time in
-use is the union of its trials'
-[started_at, released_at] intervals (a stopped and resumed search's pause is not counted, and neither is a fresh
-worker's process start before its trial function runs).
+use is the union of its trials' [started_at, released_at] intervals (a stopped and resumed search's pause is not
+counted, and neither is a fresh worker's process start before its trial function runs).
 """
 from __future__ import annotations
 

@@ -263,7 +263,7 @@ def train(
         out_of_memory = False
         try:
             warm_up(initial)
-        except (torch.OutOfMemoryError, RuntimeError) as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
             if before_training is None or not is_out_of_memory(exc):
                 raise
             out_of_memory = True  # retried below, once the exception and the activations its frames hold are gone
