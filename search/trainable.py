@@ -195,7 +195,7 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
         if clock["acquired_at"] is not None:
             # Up to this report, in case the process dies before `finally` (Tune tears down the last pruned
-            # trial's worker as the search ends: call 44's last trial lost its entry that way).
+            # trial's worker as the search ends: the last trial of call 44's search lost its entry that way).
             record_device_time(provisional=True)
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 

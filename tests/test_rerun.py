@@ -334,7 +334,8 @@ def test_kept_runs_without_their_artifact_still_give_the_comparison(finished, ti
     shutil.copytree(finished["out"], out)
     (out / "candidate" / "seed1" / "model.ptz").unlink()
     terminal = io.StringIO()
-    # --gpus 1 on a machine without CUDA: nothing trains, so no note may say these GPU-or-CPU runs ran on the CPU.
+    # --gpus 1 on a machine without CUDA falls back to the CPU, but nothing trains: no note may say the kept runs
+    # ran on the CPU.
     result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 1, 60.0, tiny_corpus["data"],
                    tiny_corpus["tokenizer"], out, name="tiny", terminal=terminal)
     assert not any(r.trained_now for res in (result.candidate, result.baseline) for r in res.runs)

@@ -225,7 +225,7 @@ def test_before_training_runs_once_after_warmup_and_its_wait_is_not_training(tin
 
 
 # Both ways a GPU says it is full: the caching allocator's error, and the driver's when a compiled kernel's launch
-# finds no memory (call 44's 14-layer preset, beside a trial in training).
+# finds no memory (the 14-layer preset in call 44's search, beside a trial in training).
 OUT_OF_MEMORY = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                  RuntimeError("CUDA driver error: out of memory")]
 
