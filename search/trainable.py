@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,6 +177,20 @@ def start_clean() -> int:
     return _trials_in_process
 
 
+@contextmanager
+def frames_released_on_exit():
+    """Drop the locals of the frames an exception leaves through, so memory can be freed before it is handled."""
+    # ASHA's stop reaches a trial as SystemExit raised inside tune.report, in the middle of the training loop.
+    # While that exception is in flight its traceback keeps the trainer's frames, and with them the model,
+    # optimizer state and the rung's copies, alive: the `finally` below could not free their GPU memory before
+    # handing the turn on (call 51: a pruned trial still held 48.5 GiB and the next trial's warm-up ran out).
+    try:
+        yield
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise
+
+
 def trial_function(config: dict, settings: SearchSettings) -> None:
     """Tune function trainable: resume from Tune's checkpoint if any, train (taking turns on a shared GPU), report."""
     if ddp_workers(settings)[0] > 1:
@@ -216,7 +230,7 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
 
     checkpoint = tune.get_checkpoint()
     try:
-        with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
+        with frames_released_on_exit(), (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
             run_training(config, settings, report, Path(resume) if resume else None, out_dir,
                          should_stop=tune_stop_requested, before_training=before_training)
     finally:
