@@ -355,6 +355,22 @@ def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
     )
 
 
+def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
+    """A note for each config that exports at fewer bits than the size model says fit."""
+    from spaces.size_model import widest_fitting_bits
+
+    notes = []
+    for label, cfg in configs:
+        widest = widest_fitting_bits(cfg)
+        if widest is not None and widest > cfg.export.quant_bits:
+            # Calls 56-58: at int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared
+            # with 0.016; most of the loop's lead was that, and the baseline was predicted to fit at int8.
+            notes.append(f"the {label} exports at int{cfg.export.quant_bits}, but the size model predicts int{widest} "
+                         "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
+                         "to compare both configs at the widest bits that fit")
+    return notes
+
+
 def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
           data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
           parallel: int = 1, smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
@@ -375,6 +391,9 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     if launch.note:
         _say(terminal, launch.note)
     configs = [(CANDIDATE, candidate)] + ([(BASELINE, baseline)] if baseline is not None else [])
+    for note in narrow_export_notes(configs):
+        notes.append(note)
+        _say(terminal, f"[rerun] note: {note}")
     # Seed-major order: after any crash both configs have (nearly) the same seeds done, and with two slots
     # each wave trains the candidate and the baseline side by side.
     jobs = [(label, seed_config(cfg, seed, budget_s, smoke), out_dir / label / f"seed{seed}")
@@ -528,5 +547,5 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
 
 
 __all__ = ["rerun", "RerunResult", "RerunError", "SeedRun", "ConfigResult", "StepTime", "Comparison",
-           "seed_config", "plan_launch", "gpu_slots", "launch_command", "train_seed", "train_all", "compare",
+           "seed_config", "narrow_export_notes", "plan_launch", "gpu_slots", "launch_command", "train_seed", "train_all", "compare",
            "step_times"]

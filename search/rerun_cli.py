@@ -127,8 +127,9 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
                       help="baseline run config (default: spaces/presets/baseline.yaml, else trainer defaults)")
     base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
     p.add_argument("--widest-bits", action="store_true",
-                   help="export the candidate at the widest quantization (8, 6, 5 bits) the size model says fits: "
-                   "training does not depend on it, and a search's trial may have used fewer bits than fit")
+                   help="export each config (candidate and baseline) at the widest quantization (8, 6, 5 bits) the "
+                   "size model says fits: training does not depend on it, a search's trial may have used fewer bits "
+                   "than fit, and a baseline at fewer bits than fit loses val_bpb it need not")
     p.add_argument("--baseline-own-train", action="store_true",
                    help="keep the baseline file's own train section (default: the baseline trains with the "
                    "candidate's train settings, e.g. a search's --set overrides, so only the model and export differ)")
@@ -167,17 +168,18 @@ def _candidate(args: argparse.Namespace) -> tuple[RunConfig, dict, SearchSetting
     return cfg, source, choice.search, f"rerun_trial{choice.number}"
 
 
-def widen_bits(cfg: RunConfig, source: dict) -> RunConfig:
+def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunConfig:
     """cfg exported at the widest quantization predicted to fit; source records the change for rerun.json."""
     from spaces.size_model import widest_fitting_bits
 
     bits = widest_fitting_bits(cfg)
     if bits is None:
-        raise RerunError(f"--widest-bits: the candidate is predicted over {cfg.export.limit_bytes:,} bytes at every "
+        raise RerunError(f"--widest-bits: the {label} is predicted over {cfg.export.limit_bytes:,} bytes at every "
                          "quantization; drop --widest-bits or pick a smaller config")
-    source["quant_bits_from"], source["quant_bits"] = cfg.export.quant_bits, bits
+    prefix = "" if label == "candidate" else f"{label}_"  # the candidate's keys predate the baseline's
+    source[f"{prefix}quant_bits_from"], source[f"{prefix}quant_bits"] = cfg.export.quant_bits, bits
     if bits != cfg.export.quant_bits:
-        print(f"[rerun] --widest-bits: the candidate exports at int{bits} (it had int{cfg.export.quant_bits})",
+        print(f"[rerun] --widest-bits: the {label} exports at int{bits} (it had int{cfg.export.quant_bits})",
               flush=True)
     return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, quant_bits=bits))
 
@@ -198,6 +200,8 @@ def run_rerun_command(args: argparse.Namespace) -> int:
             baseline, source["baseline"] = load(args.baseline_config, args.overrides), str(args.baseline_config)
         else:
             baseline, source["baseline"] = default_baseline(args.overrides)
+        if baseline is not None and args.widest_bits:
+            baseline = widen_bits(baseline, source, "baseline")
         if baseline is not None and not args.baseline_own_train:
             # Compare shapes, not recipes: a search's overrides (batch, compile, warmdown) reach the baseline too.
             baseline = dataclasses.replace(baseline, train=candidate.train)

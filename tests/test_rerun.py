@@ -304,19 +304,43 @@ def test_seed_config_drops_the_search_reports():
     assert train_differences(searched) == "matrix_lr=0.03"  # report times are the search's, not the recipe
 
 
-def test_widest_bits_exports_the_candidate_at_the_most_bits_that_fit(tiny_corpus, tmp_path, capsys):
-    # A tiny candidate at int5 fits at int8: --widest-bits trains it the same and exports it at int8; the
-    # baseline keeps its own bits, and rerun.json records the change.
-    cand = write_yaml(tmp_path / "cand.yaml", {**CANDIDATE, "export": {**CANDIDATE.get("export", {}), "quant_bits": 5}})
-    base = write_yaml(tmp_path / "base.yaml", BASELINE)
+def test_widest_bits_exports_both_configs_at_the_most_bits_that_fit(tiny_corpus, tmp_path, capsys):
+    # Both tiny configs at int5 fit at int8. Without --widest-bits they export at int5 and the rerun says what that
+    # costs; with it both train the same and export at int8, and rerun.json records the changes.
+    int5 = {"quant_bits": 5}
+    cand = write_yaml(tmp_path / "cand.yaml", {**CANDIDATE, "export": int5})
+    base = write_yaml(tmp_path / "base.yaml", {**BASELINE, "export": int5})
+    common = ["tiny", "--config", str(cand), "--baseline-config", str(base), "--gpus", "0", "--seeds", "1",
+              "--budget-s", "60", *corpus_args(tiny_corpus)]
+    assert cli([*common, "--out", str(tmp_path / "narrow")]) == 0
+    notes = json.loads((tmp_path / "narrow" / "rerun.json").read_text())["notes"]
+    for label in ("candidate", "baseline"):
+        assert any(n.startswith(f"the {label} exports at int5, but the size model predicts int8 fits") for n in notes)
+    assert "pass --widest-bits" in (tmp_path / "narrow" / "rerun.md").read_text()
+
     out = tmp_path / "wide"
-    assert cli(["tiny", "--config", str(cand), "--baseline-config", str(base), "--gpus", "0", "--seeds", "1",
-                "--budget-s", "60", "--widest-bits", "--out", str(out), *corpus_args(tiny_corpus)]) == 0
-    assert "exports at int8 (it had int5)" in capsys.readouterr().out
-    assert metrics_of(out / "candidate" / "seed1337")["config"]["export"]["quant_bits"] == 8
-    assert metrics_of(out / "baseline" / "seed1337")["config"]["export"]["quant_bits"] == from_dict(BASELINE).export.quant_bits
-    source = json.loads((out / "rerun.json").read_text())["source"]
-    assert (source["quant_bits_from"], source["quant_bits"]) == (5, 8)
+    assert cli([*common, "--widest-bits", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "the candidate exports at int8 (it had int5)" in printed
+    assert "the baseline exports at int8 (it had int5)" in printed
+    for label in ("candidate", "baseline"):
+        assert metrics_of(out / label / "seed1337")["config"]["export"]["quant_bits"] == 8
+    data = json.loads((out / "rerun.json").read_text())
+    assert (data["source"]["quant_bits_from"], data["source"]["quant_bits"]) == (5, 8)
+    assert (data["source"]["baseline_quant_bits_from"], data["source"]["baseline_quant_bits"]) == (5, 8)
+    assert not any("size model predicts" in n for n in data["notes"])
+
+
+def test_narrow_export_notes_name_only_configs_below_their_widest_fitting_bits():
+    from search.rerun import narrow_export_notes
+
+    loop = from_dict({"model": {"unique_blocks": 11, "virtual_layers": [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]},
+                      "export": {"quant_bits": 6}})  # int8 is predicted over 16,000,000 bytes
+    small_int6 = from_dict({"model": {"unique_blocks": 3}, "export": {"quant_bits": 6}})
+    small_int8 = from_dict({"model": {"unique_blocks": 3}, "export": {"quant_bits": 8}})
+    assert narrow_export_notes([("candidate", loop), ("baseline", small_int8)]) == []
+    (note,) = narrow_export_notes([("candidate", loop), ("baseline", small_int6)])
+    assert note.startswith("the baseline exports at int6, but the size model predicts int8 fits")
 
 
 def test_widest_bits_with_nothing_that_fits_is_one_clear_line(tiny_corpus, tmp_path, capsys):
