@@ -1,5 +1,6 @@
-# Sourced by call37_search24_h100.sh, call38_search24_h100.sh, call44_search24_full_data.sh, call52_overhead_180s_fixed.sh and
-# call51_overhead_180s.sh, which set TAG (their /tmp folder and archive name), N (the search's name), PER_GPU
+# Sourced by call37_search24_h100.sh, call38_search24_h100.sh, call44_search24_full_data.sh,
+# call51_overhead_180s.sh and call52_overhead_180s_fixed.sh, which set TAG (their /tmp folder and archive name), N
+# (the search's name), PER_GPU
 # (--trials-per-gpu) and CPUS (--cpus-per-trial), and may set TRIALS, BUDGET_S, GRACE_S and WARMDOWN (defaults:
 # 24 trials at 60 s, one ASHA rung at 30 s, 250 warmdown steps: calls 37-47). A compiled search over the default
 # space on one GPU, presets first, rungs after the round trip (a budget/9 rung pruned the deep loop that wins,
