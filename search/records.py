@@ -7,7 +7,8 @@ train.log. The folder written, in the shape of the challenge's records/<track>/<
     submission.json    name, author, github_id, date, track, val_bpb/val_loss mean and std, seeds,
                        seed_results, bytes_total (largest artifact over seeds), p-value, ...
     train_seed<S>.log  each run's train log
-    model.ptz          the artifact of one seed (artifact_seed in submission.json)
+    model.ptz          the artifact of one seed (artifact_seed in submission.json: by default the first seed
+                       whose run folder still has its model.ptz)
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from pathlib import Path
 
 from search.stats import ALPHA, MIN_GAIN_NATS, RecordVerdict, SeedSummary, record_criterion, summarize
 
-RUN_FILES = ("metrics.json", "model.ptz", "train.log")
+RUN_FILES = ("metrics.json", "train.log")
+# One seed's artifact goes into the submission, so a run may lack its own (runs carried between machines
+# without it, calls 49-50); the artifact seed must have one.
+ARTIFACT_FILE = "model.ptz"
 
 
 class RecordError(ValueError):
@@ -39,6 +43,7 @@ class RunResult:
     code_bytes: int
     limit_bytes: int
     config: dict = field(default_factory=dict, compare=False)
+    has_artifact: bool = True  # its model.ptz is in run_dir
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,13 @@ def load_run(run_dir: Path) -> RunResult:
             run_dir=run_dir, seed=int(seed), val_bpb=float(metrics["val_bpb"]), val_loss=float(metrics["val_loss"]),
             artifact_bytes=int(metrics["artifact_bytes"]), model_bytes=int(metrics["model_bytes"]),
             code_bytes=int(metrics["code_bytes"]), limit_bytes=int(metrics.get("limit_bytes", 16_000_000)),
-            config=config,
+            config=config, has_artifact=(run_dir / ARTIFACT_FILE).is_file(),
         )
     except KeyError as exc:
         raise RecordError(f"{run_dir}/metrics.json lacks {exc}; it was not written by `trainer train`") from None
-    on_disk = (run_dir / "model.ptz").stat().st_size
+    if not result.has_artifact:
+        return result
+    on_disk = (run_dir / ARTIFACT_FILE).stat().st_size
     if on_disk != result.model_bytes:
         raise RecordError(f"{run_dir}: model.ptz is {on_disk:,} bytes but metrics.json says {result.model_bytes:,}; "
                           "the directory mixes files of different runs")
@@ -178,15 +185,23 @@ Author: {info.author} (@{info.github_id}), {info.date}.
 def write_record(run_dirs: list[Path], out_dir: Path, info: SubmissionInfo,
                  baseline_val_loss: list[float] | None = None, artifact_seed: int | None = None,
                  overwrite: bool = False) -> Path:
-    """Write the submission folder for these runs to out_dir and return its path."""
+    """Write the submission folder for these runs to out_dir (artifact: artifact_seed's, else the first found)."""
     if not run_dirs:
         raise RecordError("no run directories given; pass the seeds' `trainer train --out` folders")
     runs = [load_run(d) for d in run_dirs]
     check_same_config(runs)
     seeds = [r.seed for r in runs]
-    artifact_seed = seeds[0] if artifact_seed is None else artifact_seed
+    with_artifact = [r.seed for r in runs if r.has_artifact]
+    if artifact_seed is None:
+        if not with_artifact:
+            raise RecordError(f"no run has its {ARTIFACT_FILE} ({', '.join(str(d) for d in run_dirs)}); pass the run "
+                              "folders whole (train.log, metrics.json and model.ptz)")
+        artifact_seed = with_artifact[0]
     if artifact_seed not in seeds:
         raise RecordError(f"artifact seed {artifact_seed} is not among the runs' seeds {seeds}")
+    if artifact_seed not in with_artifact:
+        raise RecordError(f"artifact seed {artifact_seed}: its run folder has no {ARTIFACT_FILE}; pick one of "
+                          f"{with_artifact} or copy that run's {ARTIFACT_FILE} back")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RecordError(f"{out_dir} is not empty; choose another folder or pass overwrite=True")
@@ -195,7 +210,7 @@ def write_record(run_dirs: list[Path], out_dir: Path, info: SubmissionInfo,
     for run in runs:
         shutil.copyfile(run.run_dir / "train.log", out_dir / f"train_seed{run.seed}.log")
     source = next(r for r in runs if r.seed == artifact_seed)
-    shutil.copyfile(source.run_dir / "model.ptz", out_dir / "model.ptz")
+    shutil.copyfile(source.run_dir / ARTIFACT_FILE, out_dir / "model.ptz")
     data = submission_json(runs, stats, info, artifact_seed)
     data["artifact_file_bytes"] = (out_dir / "model.ptz").stat().st_size
     (out_dir / "submission.json").write_text(json.dumps(data, indent=2) + "\n")

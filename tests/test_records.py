@@ -79,6 +79,24 @@ def test_mismatched_artifact_size_is_caught(runs: list[Path]):
         load_run(runs[0])
 
 
+def test_the_artifact_comes_from_the_first_seed_that_still_has_one(runs: list[Path], tmp_path: Path):
+    # Runs carried between machines without their model.ptz (calls 49-50) still make a folder from another seed.
+    (runs[0] / "model.ptz").unlink()
+    out = write_record(runs, tmp_path / "record", INFO)
+    data = json.loads((out / "submission.json").read_text())
+    assert data["artifact_seed"] == load_run(runs[1]).seed
+    assert (out / "model.ptz").read_bytes() == (runs[1] / "model.ptz").read_bytes()
+    assert sorted(p.name for p in out.glob("train_seed*.log")) == [  # every seed's log, the artifact-less one too
+        "train_seed1337.log", "train_seed2025.log", "train_seed42.log"]
+    with pytest.raises(RecordError, match="its run folder has no model.ptz; pick one of"):
+        write_record(runs, tmp_path / "again", INFO, artifact_seed=load_run(runs[0]).seed)
+    for run in runs[1:]:
+        (run / "model.ptz").unlink()
+    with pytest.raises(RecordError, match="no run has its model.ptz"):
+        write_record(runs, tmp_path / "none", INFO)
+    assert not (tmp_path / "again").exists() and not (tmp_path / "none").exists()
+
+
 def test_missing_files_and_metrics_are_named(tmp_path: Path):
     run = make_run(tmp_path, 7, 2.9, 100)
     (run / "train.log").unlink()

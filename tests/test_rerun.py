@@ -353,10 +353,17 @@ def test_widest_bits_with_nothing_that_fits_is_one_clear_line(tiny_corpus, tmp_p
 
 
 def test_kept_runs_without_their_artifact_still_give_the_comparison(finished, tiny_corpus, tmp_path):
-    """Runs carried from another machine without model.ptz: the comparison is written, the record folder is not."""
+    """Runs carried from another machine without model.ptz: the record folder takes another seed's artifact, and
+    with none left the comparison is still written, without the folder."""
     out = tmp_path / "out"
     shutil.copytree(finished["out"], out)
     (out / "candidate" / "seed1" / "model.ptz").unlink()
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 1, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="tiny", terminal=io.StringIO())
+    assert result.record_dir is not None
+    assert json.loads((result.record_dir / "submission.json").read_text())["artifact_seed"] == 2
+
+    (out / "candidate" / "seed2" / "model.ptz").unlink()
     terminal = io.StringIO()
     # --gpus 1 on a machine without CUDA falls back to the CPU, but nothing trains: no note may say the kept runs
     # ran on the CPU.
