@@ -363,7 +363,7 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
     for label, cfg in configs:
         widest = widest_fitting_bits(cfg)
         if widest is not None and widest > cfg.export.quant_bits:
-            # Calls 56-58: at int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared
+            # Calls 53-57: at int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared
             # with 0.016; most of the loop's lead was that, and the baseline was predicted to fit at int8.
             notes.append(f"the {label} exports at int{cfg.export.quant_bits}, but the size model predicts int{widest} "
                          "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
