@@ -547,5 +547,5 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
 
 
 __all__ = ["rerun", "RerunResult", "RerunError", "SeedRun", "ConfigResult", "StepTime", "Comparison",
-           "seed_config", "narrow_export_notes", "plan_launch", "gpu_slots", "launch_command", "train_seed", "train_all", "compare",
-           "step_times"]
+           "seed_config", "narrow_export_notes", "plan_launch", "gpu_slots", "launch_command", "train_seed",
+           "train_all", "compare", "step_times"]
