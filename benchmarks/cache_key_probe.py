@@ -1,16 +1,18 @@
 """What differs in Inductor's cache keys between a plain process and a Ray Tune trial (issue #6 item 2).
 
-python benchmarks/cache_key_probe.py plain|pinned|setonly|tune OUT.json (pinned: trainer.train.pin_cpu_threads() first;
-setonly: torch.set_num_threads(8) alone): compiles a small CUDA function (forward and backward)
-and writes the hit/miss counters and every field of the FX-graph and AOTAutograd cache-key details except the
-graph itself, so two runs can be diffed field by field.
+python benchmarks/cache_key_probe.py plain|pinned|setonly|tune OUT.json [cuda|cpu] (pinned:
+trainer.train.pin_cpu_threads() first; setonly: torch.set_num_threads(8) alone): compiles a small function
+(forward and backward) on the device and writes the hit/miss counters and every field of the FX-graph and
+AOTAutograd cache-key details except the graph itself, so two runs can be diffed field by field
+(benchmarks/cache_key_diff.py). On the CPU run both with OMP_NUM_THREADS=1, the thread count of a 1-CPU Tune
+trial, which the CPU key includes; a second run then shows whether it hit the first one's entries.
 """
 import json
 import sys
 
 
-def probe() -> dict:
-    """Compile fwd+bwd of a tiny function on the GPU; return cache counters and the key details seen."""
+def probe(device: str = "cuda") -> dict:
+    """Compile fwd+bwd of a tiny function on the device; return cache counters and the key details seen."""
     import torch
     from torch._dynamo.utils import counters
     from torch._functorch._aot_autograd import autograd_cache
@@ -29,9 +31,10 @@ def probe() -> dict:
 
     record(codecache.FxGraphHashDetails)
     record(autograd_cache.AOTAutogradCacheDetails)
-    torch.cuda.set_device(0)
-    x = torch.randn(256, 256, device="cuda")
-    w = torch.randn(256, 256, device="cuda", requires_grad=True)
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    x = torch.randn(256, 256, device=device)
+    w = torch.randn(256, 256, device=device, requires_grad=True)
     torch.compile(lambda a, b: torch.relu(a @ b).square().sum())(x, w).backward()
     return {"counters": {k: dict(v) for k, v in counters.items() if "cache" in str(dict(v))},
             "threads": torch.get_num_threads(), "details": seen}
@@ -39,17 +42,20 @@ def probe() -> dict:
 
 def tune_trial(config):
     from ray import tune
-    tune.report({"out": json.dumps(probe())})
+    tune.report({"out": json.dumps(probe(config["device"]))})
 
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
+    device = sys.argv[3] if len(sys.argv) > 3 else "cuda"
     if mode == "tune":
         import ray
         from ray import tune
         ray.init(address="local", include_dashboard=False)
-        trainable = tune.with_resources(tune_trial, {"cpu": 8, "gpu": 1})
-        result = tune.Tuner(trainable, run_config=tune.RunConfig(storage_path="/tmp/keyprobe", verbose=0)).fit()
+        resources = {"cpu": 8, "gpu": 1} if device == "cuda" else {"cpu": 1}
+        trainable = tune.with_resources(tune_trial, resources)
+        result = tune.Tuner(trainable, param_space={"device": device},
+                            run_config=tune.RunConfig(storage_path="/tmp/keyprobe", verbose=0)).fit()
         text = result[0].metrics["out"]
     else:
         if mode == "pinned":
@@ -58,6 +64,6 @@ if __name__ == "__main__":
         if mode == "setonly":
             import torch
             torch.set_num_threads(8)
-        text = json.dumps(probe())
+        text = json.dumps(probe(device))
     open(out, "w").write(text)
     print(mode, json.loads(text)["counters"])
