@@ -31,6 +31,20 @@ def union_s(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
+def outside_pct(in_use_s: float, train_s: float) -> float | None:
+    """The share of in-use seconds that were not training, in percent (None: nothing in use)."""
+    return 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None
+
+
+def before_first_training_s(trials: list[Mapping]) -> float:
+    """Seconds a device was in use before any of its trials first trained: start-up and the first compile."""
+    # Nothing can overlap these: no trial is training yet. With several trials per GPU every later compile runs
+    # beside a trial in training, so this is the part of the outside share that more trials do not grow.
+    first = min(float(t["acquired_at"]) for t in trials)
+    return union_s((float(t["started_at"]), min(float(t["released_at"]), first))
+                   for t in trials if float(t["started_at"]) < first)
+
+
 def device_use(entries: Iterable[Mapping]) -> list[dict]:
     """Per device: trials, seconds in use (union of trial intervals), training, lease waits, % outside training."""
     by_device: dict[str, list[Mapping]] = {}
@@ -40,10 +54,13 @@ def device_use(entries: Iterable[Mapping]) -> list[dict]:
     for device, trials in sorted(by_device.items()):
         in_use_s = union_s((float(t["started_at"]), float(t["released_at"])) for t in trials)
         train_s = sum(float(t["train_s"] or 0.0) for t in trials)
+        first_s = before_first_training_s(trials)
         rows.append({
             "device": device, "trials": len(trials), "in_use_s": in_use_s, "train_s": train_s,
             "wait_s": sum(float(t.get("wait_s") or 0.0) for t in trials),
-            "outside_training_pct": 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None,
+            "outside_training_pct": outside_pct(in_use_s, train_s),
+            "before_first_training_s": first_s,
+            "outside_training_after_first_pct": outside_pct(in_use_s - first_s, train_s),
         })
     return rows
 
@@ -53,8 +70,10 @@ def totals(rows: list[dict]) -> dict | None:
     if not rows:
         return None
     in_use_s, train_s = sum(r["in_use_s"] for r in rows), sum(r["train_s"] for r in rows)
+    first_s = sum(r["before_first_training_s"] for r in rows)
     return {"devices": len(rows), "trials": sum(r["trials"] for r in rows), "in_use_s": in_use_s, "train_s": train_s,
-            "outside_training_pct": 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None}
+            "outside_training_pct": outside_pct(in_use_s, train_s), "before_first_training_s": first_s,
+            "outside_training_after_first_pct": outside_pct(in_use_s - first_s, train_s)}
 
 
 def read_entries(experiment: Path) -> list[dict]:

@@ -156,7 +156,8 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant"])
 
 
-DEVICE_COLUMNS = ["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct"]
+DEVICE_COLUMNS = ["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct",
+                  "before_first_training_s", "outside_training_after_first_pct"]
 
 
 def device_rows(settings: SearchSettings) -> list[dict]:
@@ -170,8 +171,11 @@ def device_text(t: dict | None) -> str:
     """One line: how much of the devices' time in use went to training."""
     if not t:
         return "no trial timeline recorded (DDP trials, cloud storage, or none trained yet)"
+    after = t["outside_training_after_first_pct"]
     return (f"{t['devices']} device(s) in use {t['in_use_s']:.1f} s over {t['trials']} trials, training "
-            f"{t['train_s']:.1f} s; outside training {t['outside_training_pct']:.1f}%")
+            f"{t['train_s']:.1f} s; outside training {t['outside_training_pct']:.1f}% "
+            f"({'n/a' if after is None else f'{after:.1f}%'} after the first {t['before_first_training_s']:.1f} s "
+            "of start-up and compile)")
 
 
 def time_text(t: dict) -> str:
@@ -248,7 +252,9 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               "Each device's time in use is the union of its trials' spans, from the start of a trial function to "
               "its end; train_s is what they trained in it. With --trials-per-gpu > 1 one trial's start-up and "
               "compile overlap another's training, so this, not the per-trial share above, is the GPU's "
-              "non-training share.", "",
+              "non-training share. before_first_training_s is the device's time before any trial first trained "
+              "(start-up and the first compile, with nothing to overlap); outside_training_after_first_pct leaves "
+              "it out: the share that a longer search keeps.", "",
               markdown_table(devices) if len(devices) else "_no trial timeline recorded_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",

@@ -91,9 +91,9 @@ def test_union_counts_overlapping_time_once():
 
 def test_device_use_per_device_and_total():
     entries = [  # two trials on gpu0 that overlap (one compiled while the other trained), one on gpu1
-        {"device": "h/gpu0", "started_at": 0, "released_at": 100, "train_s": 80, "wait_s": 0},
-        {"device": "h/gpu0", "started_at": 30, "released_at": 200, "train_s": 90, "wait_s": 70},
-        {"device": "h/gpu1", "started_at": 0, "released_at": 50, "train_s": 25, "wait_s": 0},
+        {"device": "h/gpu0", "started_at": 0, "acquired_at": 15, "released_at": 100, "train_s": 80, "wait_s": 0},
+        {"device": "h/gpu0", "started_at": 30, "acquired_at": 100, "released_at": 200, "train_s": 90, "wait_s": 70},
+        {"device": "h/gpu1", "started_at": 0, "acquired_at": 5, "released_at": 50, "train_s": 25, "wait_s": 0},
     ]
     rows = device_use.device_use(entries)
     assert [r["device"] for r in rows] == ["h/gpu0", "h/gpu1"]
@@ -103,7 +103,21 @@ def test_device_use_per_device_and_total():
     total = device_use.totals(rows)
     assert total["devices"] == 2 and total["trials"] == 3
     assert total["outside_training_pct"] == pytest.approx(100 * (1 - 195 / 250))
+    # Before gpu0 first trained (at 15) only its first trial was starting up; the second trial's start-up
+    # (30-100) overlapped training and stays in the share.
+    assert gpu0["before_first_training_s"] == 15 and rows[1]["before_first_training_s"] == 5
+    assert gpu0["outside_training_after_first_pct"] == pytest.approx(100 * (1 - 170 / 185))
+    assert total["before_first_training_s"] == 20
+    assert total["outside_training_after_first_pct"] == pytest.approx(100 * (1 - 195 / 230))
     assert device_use.totals([]) is None
+
+
+def test_time_before_first_training_counts_trials_that_started_together_once():
+    # Two trials started up and compiled at once (--trials-per-gpu 2); a third joined later.
+    trials = [{"started_at": 0, "acquired_at": 56, "released_at": 250},
+              {"started_at": 1, "acquired_at": 250, "released_at": 380},
+              {"started_at": 250, "acquired_at": 380, "released_at": 500}]
+    assert device_use.before_first_training_s(trials) == 56
 
 
 def test_entries_are_written_and_read_back_and_broken_ones_left_out(tmp_path):

@@ -47,6 +47,9 @@ def test_report_shows_the_waits_and_the_device_use(shared_search):
     assert devices["in_use_s"] < spans  # overlapping trials count once
     assert devices["train_s"] == pytest.approx(sum(e["train_s"] for e in entries))
     assert 0 < devices["outside_training_pct"] < 100
+    first = min(e["acquired_at"] for e in entries) - min(e["started_at"] for e in entries)
+    assert devices["before_first_training_s"] == pytest.approx(first)  # the two first trials started together
+    assert devices["outside_training_after_first_pct"] < devices["outside_training_pct"]
     assert info["time"]["wait_s"] == pytest.approx(
         sum(t.user_attrs.get("wait_s", 0.0) for t in study.values()), abs=1e-6) and info["time"]["wait_s"] > 0
     for t in study.values():  # pruned trials too: their stopping rung carried these
