@@ -423,11 +423,10 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         write_record([r.run_dir for r in cand.runs], record_dir, info or SubmissionInfo(name=name),
                      baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
     except RecordError as exc:
-        # Kept runs copied from another machine may lack model.ptz: the comparison still stands, so write it.
+        # Kept runs copied from another machine may all lack model.ptz: the comparison still stands, so write it.
         shutil.rmtree(record_dir, ignore_errors=True)
         record_dir = None
-        notes.append(f"no submission folder: {exc}. The comparison above is complete; to get the folder, rerun "
-                     "with the candidate's run folders whole (train.log, metrics.json and model.ptz)")
+        notes.append(f"no submission folder: {exc}. The comparison above is complete")
         _say(terminal, f"[rerun] {notes[-1]}")
 
     settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,

@@ -92,12 +92,17 @@ def test_with_the_guard_the_weights_are_gone_before_the_cleanup(stopped_trials):
     assert stopped_trials[True]["alive"] is False
 
 
-def test_the_guard_passes_exceptions_on_and_leaves_normal_exits_alone():
-    weights = Weights()
-    ref = weakref.ref(weights)
-    with frames_released_on_exit():
-        pass
-    assert ref() is weights
-    with pytest.raises(ValueError, match="bad"):
+def test_the_guard_passes_exceptions_on_with_their_frames_emptied():
+    held: list[weakref.ref] = []
+
+    def fail() -> None:
+        weights = Weights()
+        held.append(weakref.ref(weights))
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError, match="bad") as info:
         with frames_released_on_exit():
-            raise ValueError("bad")
+            fail()
+    gc.collect()
+    assert info.value.__traceback__ is not None  # the exception and its traceback live on for the handler ...
+    assert held[0]() is None  # ... but the failed frame no longer holds its locals
