@@ -33,6 +33,8 @@ def stopped_trial(config: dict) -> None:
     """Tune function trial: report until Tune stops it, then record what the `finally` block found alive."""
     from ray import tune
 
+    if config["release"] is None:
+        return  # the closing trial (see the fixture)
     held: list[weakref.ref] = []
     caught: list[str] = []
 
@@ -51,7 +53,9 @@ def stopped_trial(config: dict) -> None:
             raise
     finally:
         gc.collect()
-        Path(config["out"]).write_text(json.dumps({"alive": held[0]() is not None, "caught": caught}))
+        out = Path(config["out"])
+        out.with_suffix(".tmp").write_text(json.dumps({"alive": held[0]() is not None, "caught": caught}))
+        out.with_suffix(".tmp").replace(out)  # whole or absent, never half-written
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +68,14 @@ def stopped_trials(tmp_path_factory) -> dict:
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address="local", include_dashboard=False, num_cpus=2)
     try:
+        # After Tune stops a trial its thread runs on while the worker shuts down, so a trial's `finally` may be cut
+        # short (CI once read an empty record). One reused worker runs the trials in turn, and Tune waits for a
+        # trial's thread to end before it starts the next; the last, closing trial records nothing.
         tuner = tune.Tuner(
             tune.with_resources(stopped_trial, {"cpu": 1}),
-            param_space={"release": tune.grid_search([True, False]),
+            param_space={"release": tune.grid_search([True, False, None]),
                          "out": tune.sample_from(lambda spec: str(root / f"release_{spec.config.release}.json"))},
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1),
             run_config=tune.RunConfig(storage_path=str(root / "storage"), stop={"training_iteration": 3},
                                       verbose=0),
         )
