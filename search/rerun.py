@@ -180,7 +180,7 @@ def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path
     """The torchrun command line of one run (--standalone picks a free rendezvous port itself)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={launch.nproc}",
            "-m", "trainer", "train", "--config", str(config_path), "--data", str(data),
-           "--tokenizer", str(tokenizer), "--out", str(run_dir)]
+           "--tokenizer", str(tokenizer), "--out", str(run_dir), "--save-weights"]
     if launch.device:
         cmd += ["--device", launch.device]
     return cmd

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from trainer import artifact
 from trainer.config import ConfigError, RunConfig
-from trainer.quant import is_quantized, qmax, stored_bytes
+from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
@@ -140,11 +140,11 @@ def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, floa
         if is_quantized(spec, cfg.export):
             values["scales_fp16"] += spec.shape[0]
             if starts_uniform(spec, cfg):
-                values["uniform_code_bytes"] += spec.numel * cfg.export.quant_bits / 8
+                values["uniform_code_bytes"] += spec.numel * bits_for(spec, cfg.export) / 8
                 continue
             log2_fanin = math.log2(spec.shape[1] / REFERENCE_FANIN)
             values["codes"] += spec.numel
-            values["code_bits"] += spec.numel * code_bits(cfg.export.quant_bits)
+            values["code_bits"] += spec.numel * code_bits(bits_for(spec, cfg.export))
             values["code_log2_fanin"] += spec.numel * log2_fanin
             if spec.starts_at_zero:  # holds only what training wrote: its own offset and row-length slope
                 values["zero_init_codes"] += spec.numel

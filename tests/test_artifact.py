@@ -57,6 +57,26 @@ def test_int6_codes_stay_in_range(tmp_path):
     assert codes.abs().max().item() <= 31
 
 
+@pytest.mark.parametrize("embedding_bits", [8, 16])
+def test_a_wider_embedding_is_stored_wider_and_sized_exactly(tmp_path, embedding_bits):
+    cfg = small_cfg("export.quant_bits=6", f"export.embedding_bits={embedding_bits}")
+    narrow = small_cfg("export.quant_bits=6")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    info = artifact.save(model.state_dict(), cfg, tmp_path / "m.ptz")
+    assert info.payload_bytes == artifact.payload_bytes(cfg)
+    loaded_cfg, state = artifact.load(tmp_path / "m.ptz")
+    assert loaded_cfg.export.embedding_bits == embedding_bits
+    _, narrow_state = artifact.unpack(artifact.pack(model.state_dict(), narrow))
+    emb, fc = "tok_emb.weight", next(n for n in state if n.endswith("fc.weight"))
+    original = model.state_dict()
+    error = {name: (s[emb] - original[emb]).abs().max().item() for name, s in (("wide", state), ("narrow", narrow_state))}
+    assert error["wide"] < error["narrow"] / 3  # int8: 127 steps a row against int6's 31; float16: ~1e-5
+    assert torch.equal(state[fc], narrow_state[fc])  # the block matrices are untouched
+
+
 def test_code_bytes_are_read_from_the_files():
     expected = sum((artifact.PACKAGE_DIR / f).stat().st_size for f in artifact.CODE_FILES)
     assert artifact.code_bytes() == expected > 10_000

@@ -38,6 +38,7 @@ def test_overrides_and_round_trip():
         (["model.untie_mlp=[40]"], "outside 0..8"),
         (["train.micro_batch_tokens=1000"], "multiple of seq_len"),
         (["export.quant_bits=7"], "quant_bits"),
+        (["export.embedding_bits=7"], "export.embedding_bits: must be 5, 6, 8, 16"),
         (["train.attention=fa9"], "train.attention: 'fa9' is not one of"),
         (["train.residual_dtype=float16"], "must be float32 or bfloat16"),
         (["train.compile_scope=blocks"], "train.compile_scope: 'blocks' is not one of"),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from trainer.config import ExportConfig
-from trainer.quant import dequantize_rows, is_quantized, qmax, quantize_rows, stored_bytes
+from trainer.quant import bits_for, dequantize_rows, is_quantized, qmax, quantize_rows, stored_bytes
 from trainer.schedule import TensorSpec
 
 
@@ -41,6 +41,19 @@ def test_which_tensors_are_quantized_and_their_bytes():
     assert stored_bytes(big, export) == 1024 * 512 + 1024 * 2
     assert stored_bytes(small, export) == 512 * 2
     assert stored_bytes(tiny_matrix, export) == 256 * 2
+
+
+def test_embedding_bits_apply_to_the_embedding_only_and_16_keeps_it_float():
+    emb = TensorSpec("tok_emb.weight", (1024, 512), "embedding")
+    fc = TensorSpec("mlps.0.fc.weight", (1024, 512), "matrix")
+    same = ExportConfig(quant_bits=6)
+    assert bits_for(emb, same) == bits_for(fc, same) == 6
+    wide = ExportConfig(quant_bits=6, embedding_bits=8)
+    assert bits_for(emb, wide) == 8 and bits_for(fc, wide) == 6
+    assert stored_bytes(emb, wide) == stored_bytes(fc, wide)  # every code sits in an int8 container
+    floats = ExportConfig(quant_bits=6, embedding_bits=16)
+    assert not is_quantized(emb, floats) and is_quantized(fc, floats)
+    assert stored_bytes(emb, floats) == 1024 * 512 * 2
 
 
 def test_rejects_non_matrix():

@@ -122,6 +122,9 @@ def test_rerun_numbers_match_the_runs(finished):
     assert sub["val_bpb"] == data["candidate"]["val_bpb"]["mean"] and sub["seeds"] == [1, 2]
     assert sub["significance"]["p_value"] == verdict.welch.p_value
     assert (record / "model.ptz").read_bytes() == (out / "candidate" / "seed1" / "model.ptz").read_bytes()
+    assert "weights.pt" not in {p.name for p in record.iterdir()}
+    # Every run keeps its float weights, so `trainer export` can try other export settings on it later.
+    assert all((out / label / f"seed{s}" / "weights.pt").is_file() for label in per for s in (1, 2))
     md = (out / "rerun.md").read_text()
     assert f"{data['candidate']['val_bpb']['mean']:.4f}" in md and "Step time per GPU count" in md
 

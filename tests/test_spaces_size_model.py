@@ -257,6 +257,23 @@ def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
     assert run.cfg.model.weight_init == "uniform"
 
 
+def test_a_wider_embedding_is_priced_at_its_own_bits():
+    """The loop preset's embedding (1024 x 512) at int8 adds int8's grid to its codes; at float16 it leaves the
+    codes for the float features; either way the prediction grows, and the exact payload still adds up."""
+    loop = load(PRESETS_DIR / "loop45_11x512.yaml")
+    emb8 = load(PRESETS_DIR / "loop45_11x512.yaml", ["export.embedding_bits=8"])
+    emb16 = load(PRESETS_DIR / "loop45_11x512.yaml", ["export.embedding_bits=16"])
+    base, f8, f16 = (size_model.features(c) for c in (loop, emb8, emb16))
+    assert f8["codes"] == base["codes"]
+    assert f8["code_bits"] - base["code_bits"] == pytest.approx(1024 * 512 * math.log2(qmax(8) / qmax(6)))
+    assert base["codes"] - f16["codes"] == 1024 * 512 and f16["floats_fp16"] - base["floats_fp16"] == 1024 * 512
+    for cfg, f in ((emb8, f8), (emb16, f16)):
+        assert f["codes"] + 2 * f["scales_fp16"] + 2 * (f["floats_fp16"] + f["scalars_fp16"]) + f["header_bytes"] == artifact.payload_bytes(cfg)
+    sizes = [size_model.predict(c).predicted_model_bytes for c in (loop, emb8, emb16)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert size_model.predict(emb16).fits  # 13.8 MB measured at int6: room for a float16 embedding
+
+
 def test_widest_fitting_bits_picks_the_most_bits_under_the_limit():
     """The 11-block loop with untied MLPs: predicted over the limit at int8, under it at int6 (measured at
     15,117,101-15,129,052 bytes on an H100); a tiny model fits at int8; nothing fits under a tiny limit."""

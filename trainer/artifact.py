@@ -18,7 +18,7 @@ import zstandard
 
 from trainer import config as config_mod
 from trainer.config import ExportConfig, RunConfig
-from trainer.quant import FLOAT_DTYPE, SCALE_DTYPE, dequantize_rows, is_quantized, quantize_rows, stored_bytes
+from trainer.quant import FLOAT_DTYPE, SCALE_DTYPE, bits_for, dequantize_rows, is_quantized, quantize_rows, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout
 
 MAGIC = b"RSART01\n"
@@ -115,7 +115,7 @@ def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
         if tuple(tensor.shape) != tuple(entry["shape"]):
             raise ArtifactError(f"{entry['name']}: shape {tuple(tensor.shape)} != layout {entry['shape']}")
         if entry["kind"] == "q":
-            q, s = quantize_rows(tensor, cfg.export.quant_bits, cfg.export.clip_quantile)
+            q, s = quantize_rows(tensor, bits_for(specs[entry["name"]], cfg.export), cfg.export.clip_quantile)
             codes.append(q.numpy().tobytes())
             scales.append(s.numpy().tobytes())
         else:

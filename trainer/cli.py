@@ -25,6 +25,33 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true",
                    help="same code path, tiny training on the CPU (seconds): checks any config without a GPU")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--save-weights", action="store_true",
+                   help="also write the trained float weights (weights.pt) to --out, for `trainer export`")
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="re-export a finished run under other export settings and score the round trip",
+        description="Quantize and compress a run's saved float weights (weights.pt) with its config's export "
+        "settings changed by --set, evaluate the whole val split on the weights read back, and write the "
+        "artifact and a JSON of its val_bpb and bytes (default: RUN_DIR/exports/<settings>.ptz/.json). "
+        "Training never reads the export settings, so this is what training with them would have given.",
+    )
+    p.add_argument("run_dir", type=Path, help="--out folder of a finished `trainer train --save-weights` run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
+                   help="change one export setting, e.g. --set export.embedding_bits=8 (repeatable)")
+    p.add_argument("--data", type=Path, required=True, help="folder with the run's fineweb_val_*.bin")
+    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    p.add_argument("--out", type=Path, help="artifact path (default: RUN_DIR/exports/<settings>.ptz)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from trainer.reexport import describe, reexport
+
+    print(describe(reexport(args.run_dir, args.overrides, args.data, args.tokenizer, args.out, args.device)))
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -37,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.smoke:
         cfg = config_mod.smoke_version(cfg)
         device = device or "cpu"
-    metrics = train(cfg, args.data, args.tokenizer, args.out, device=device)
+    metrics = train(cfg, args.data, args.tokenizer, args.out, device=device, save_weights=args.save_weights)
     rank = 0
     if dist.is_initialized():
         # Leave the group together: a rank exiting with the group alive can abort at interpreter shutdown.
@@ -54,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
+    add_export_command(sub)
     try:
         from trainer.data_cli import add_data_commands
     except ImportError:  # data commands are optional at import time
@@ -69,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args)
+        if args.command == "export":
+            return run_export(args)
         from trainer.data_cli import run_data_command
 
         return run_data_command(args)

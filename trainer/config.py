@@ -225,6 +225,9 @@ class ExportConfig:
     """How the trained weights become the size-limited artifact."""
 
     quant_bits: int = 8
+    # The tied embedding is also the output head, so its rounding error reaches every logit: records keep it
+    # wider than the block matrices. 0: same as quant_bits; 16: kept float16.
+    embedding_bits: int = 0
     clip_quantile: float = 0.99999
     keep_float_max_numel: int = 65_536
     zstd_level: int = 22
@@ -233,6 +236,8 @@ class ExportConfig:
     def validate(self) -> None:
         """Raise ConfigError on unsupported quantization settings."""
         _require(self.quant_bits in (5, 6, 8), "export.quant_bits", "must be 5, 6 or 8")
+        _require(self.embedding_bits in (0, 5, 6, 8, 16), "export.embedding_bits",
+                 "must be 5, 6, 8, 16 (float16) or 0 (same as quant_bits)")
         _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
         _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
 

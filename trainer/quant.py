@@ -8,6 +8,7 @@ from trainer.schedule import TensorSpec
 
 SCALE_DTYPE = torch.float16
 FLOAT_DTYPE = torch.float16
+FLOAT_BITS = 16  # export.embedding_bits that keeps the embedding float16
 
 
 def qmax(bits: int) -> int:
@@ -15,9 +16,17 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def bits_for(spec: TensorSpec, export: ExportConfig) -> int:
+    """Bits a tensor is exported at: export.embedding_bits for the embedding when set, else export.quant_bits."""
+    if spec.role == "embedding" and export.embedding_bits:
+        return export.embedding_bits
+    return export.quant_bits
+
+
 def is_quantized(spec: TensorSpec, export: ExportConfig) -> bool:
-    """Large matrices and the embedding are quantized; small tensors stay float16."""
-    return spec.role in ("matrix", "embedding") and len(spec.shape) == 2 and spec.numel > export.keep_float_max_numel
+    """Large matrices and the embedding are quantized (unless kept float16); small tensors stay float16."""
+    return (spec.role in ("matrix", "embedding") and len(spec.shape) == 2 and spec.numel > export.keep_float_max_numel
+            and bits_for(spec, export) != FLOAT_BITS)
 
 
 def stored_bytes(spec: TensorSpec, export: ExportConfig) -> int:

@@ -31,6 +31,7 @@ from trainer.schedule import unique_params
 
 Report = Callable[[dict, Callable[[Path], None]], None]
 STATE_FILE = "trainer_state.rank{rank}.pt"
+WEIGHTS_FILE = "weights.pt"  # the trained float weights, kept so `trainer export` can try other export settings
 
 
 class TrainingDiverged(RuntimeError):
@@ -145,6 +146,14 @@ def _check_finite(loss: float, step: int) -> None:
         raise TrainingDiverged(f"training loss is {loss} at step {step}; lower the learning rates or check the config")
 
 
+def build_model(cfg: RunConfig, device: torch.device) -> GPT:
+    """The config's model on device, in the dtypes training and evaluation use there (bf16 blocks on the GPU)."""
+    on_gpu = device.type == "cuda"
+    compute_dtype = torch.bfloat16 if on_gpu else torch.float32
+    residual_dtype = getattr(torch, cfg.train.residual_dtype) if on_gpu else torch.float32
+    return GPT(cfg.model, cfg.train.attention, compute_dtype, residual_dtype).to(device)
+
+
 def train(
     cfg: RunConfig,
     data_dir: Path,
@@ -156,11 +165,13 @@ def train(
     echo: bool = True,
     should_stop: Callable[[], bool] | None = None,
     before_training: Callable[[], None] | None = None,
+    save_weights: bool = False,
 ) -> dict:
     """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics.
 
     before_training runs once the model is compiled and warm, just before the timed training: a search trial
     that shares its GPU waits there for it (search.lease); its seconds are reported as wait_s.
+    save_weights writes the trained float weights to out_dir/weights.pt (rank 0), for `trainer export`.
     """
     wall_start = time.perf_counter()
     # Start-up (entry to compilation) is pure overhead for a search trial; time its phases to see what to cut.
@@ -187,9 +198,7 @@ def train(
 
     torch.manual_seed(tc.seed)
     on_gpu = rt.device.type == "cuda"
-    compute_dtype = torch.bfloat16 if on_gpu else torch.float32
-    residual_dtype = getattr(torch, tc.residual_dtype) if on_gpu else torch.float32
-    model = GPT(cfg.model, tc.attention, compute_dtype, residual_dtype).to(rt.device)
+    model = build_model(cfg, rt.device)
     _sync(rt.device)  # charge the weights' copy to the model phase, not to the next one
     startup.done("model")
     optimizers = build_optimizers(model, tc)
@@ -359,6 +368,9 @@ def train(
     train_mfu = mfu(cfg.model, tc.seq_len, tokens_per_s, rt.world_size)
     log(f"training done: {step} steps, {train_s:.1f}s, {1000 * train_s / max(step, 1):.1f} ms/step, "
         f"{tokens_per_s:,.0f} tokens/s, MFU {100 * train_mfu:.1f}%, peak_mem {peak_mem_bytes / 2**30:.2f} GiB")
+
+    if save_weights and rt.is_main:
+        torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
 
     eval_start = time.perf_counter()
     pre = evaluate(evaluator, val_tokens, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)

@@ -1,0 +1,103 @@
+"""Re-export a finished run under other export settings and score the round trip, without training again.
+
+Training never reads the export section, so a run's saved float weights (weights.pt, written by
+`trainer train --save-weights` and by every `search rerun` run) give exactly the artifact and round-trip
+val_bpb that training the same run with other export settings would have given.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from trainer import artifact
+from trainer.bpb import byte_table, load_sentencepiece
+from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict, parse_override
+from trainer.data import load_val_tokens
+from trainer.evaluate import evaluate
+from trainer.train import WEIGHTS_FILE, build_model
+
+EXPORTS_DIR = "exports"
+
+
+def export_overrides(overrides: list[str]) -> list[str]:
+    """The overrides, checked to touch only the export section (the weights fix everything else)."""
+    for item in overrides:
+        (section, _key), _value = parse_override(item)
+        if section != "export":
+            raise ConfigError(f"--set {item!r}: only export.* settings can change after training; "
+                              "a model or train setting needs a new run (`trainer train`)")
+    return overrides
+
+
+def export_name(overrides: list[str]) -> str:
+    """A file-name slug for a set of export overrides ('as_trained' for none)."""
+    if not overrides:
+        return "as_trained"
+    parts = [item.split("=", 1)[0].split(".", 1)[1] + "_" + item.split("=", 1)[1] for item in overrides]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "__".join(parts))
+
+
+def run_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dict]:
+    """The run's config (from its metrics.json) with export overrides applied, and those metrics."""
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path}: not a finished run; pass the --out folder of a `trainer train` run")
+    metrics = json.loads(metrics_path.read_text())
+    data = apply_overrides(metrics["config"], export_overrides(overrides))
+    return from_dict(data, where=f"{metrics_path} with {overrides}"), metrics
+
+
+def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path: Path,
+             out_path: Path | None = None, device: str | None = None) -> dict:
+    """Export run_dir's weights with the overrides, score the round trip on the whole val split, write JSON."""
+    run_dir = Path(run_dir)
+    cfg, trained = run_config(run_dir, overrides)
+    weights_path = run_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: this run kept no float weights; train it with "
+                                "`trainer train --save-weights` (every `search rerun` run keeps them)")
+    out_path = Path(out_path) if out_path else run_dir / EXPORTS_DIR / f"{export_name(overrides)}.ptz"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+
+    payload = artifact.pack(torch.load(weights_path, map_location="cpu", weights_only=True), cfg)
+    info = artifact.write(payload, cfg, out_path)
+    model = build_model(cfg, dev)
+    model.load_state_dict(artifact.unpack(payload)[1])
+    table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
+    val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)
+    post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
+
+    result = {
+        "run_dir": str(run_dir),
+        "overrides": list(overrides),
+        "export": cfg.to_dict()["export"],
+        "artifact": str(out_path),
+        "val_bpb": post.val_bpb,
+        "val_loss": post.val_loss,
+        "val_bpb_prequant": trained["val_bpb_prequant"],
+        "roundtrip_cost_bpb": post.val_bpb - trained["val_bpb_prequant"],
+        "trained_val_bpb": trained["val_bpb"],
+        "artifact_bytes": info.artifact_bytes,
+        "model_bytes": info.model_bytes,
+        "code_bytes": info.code_bytes,
+        "limit_bytes": cfg.export.limit_bytes,
+        "over_limit": not artifact.within_limit(info, cfg.export),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "wall_s": time.perf_counter() - start,
+    }
+    out_path.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
+
+
+def describe(result: dict) -> str:
+    """One line: the export, its round-trip val_bpb and cost, and its bytes against the limit."""
+    over = "OVER the limit" if result["over_limit"] else "fits"
+    return (f"{result['artifact']}: val_bpb {result['val_bpb']:.4f} (pre-quant {result['val_bpb_prequant']:.4f}, "
+            f"round trip +{result['roundtrip_cost_bpb']:.4f}) artifact_bytes {result['artifact_bytes']:,} "
+            f"of {result['limit_bytes']:,}: {over}")
