@@ -19,6 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from search.stats import ALPHA, MIN_GAIN_NATS, RecordVerdict, SeedSummary, record_criterion, summarize
+from trainer.config import ConfigError, from_dict
 
 RUN_FILES = ("metrics.json", "train.log")
 # One seed's artifact goes into the submission, so a run may lack its own (runs carried between machines
@@ -86,7 +87,12 @@ def load_run(run_dir: Path) -> RunResult:
 
 
 def _without_seed(config: dict) -> dict:
-    stripped = json.loads(json.dumps(config))
+    # Read through the config schema, so a run recorded before a setting existed compares equal to a run that
+    # wrote that setting's default (a kept run and a new one of the same config).
+    try:
+        stripped = from_dict(config).to_dict()
+    except ConfigError:
+        stripped = json.loads(json.dumps(config))
     stripped.get("train", {}).pop("seed", None)
     return stripped
 

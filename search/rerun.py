@@ -356,8 +356,8 @@ def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
 
 
 def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
-    """A note for each config that exports at fewer bits than the size model says fit."""
-    from spaces.size_model import widest_fitting_bits
+    """A note for each config that exports at fewer bits than the size model says fit (matrices or embedding)."""
+    from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
 
     notes = []
     for label, cfg in configs:
@@ -368,6 +368,15 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
             notes.append(f"the {label} exports at int{cfg.export.quant_bits}, but the size model predicts int{widest} "
                          "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
                          "to compare both configs at the widest bits that fit")
+            continue
+        embedding = widest_fitting_embedding_bits(cfg)
+        if embedding > (cfg.export.embedding_bits or cfg.export.quant_bits):
+            # Call 58: the int6 embedding was most of the round trip's cost (baseline shape 0.027, loop 0.018).
+            width = "float16" if embedding == 16 else f"int{embedding}"
+            notes.append(f"the {label} exports its embedding at int{cfg.export.embedding_bits or cfg.export.quant_bits}, "
+                         f"but the size model predicts {width} fits: the embedding is also the output head, and its "
+                         "rounding cost most of the round trip in call 58; pass --widest-bits, or set "
+                         "export.embedding_bits")
     return notes
 
 

@@ -128,8 +128,9 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
     base.add_argument("--no-baseline", action="store_true", help="train the candidate only (no significance test)")
     p.add_argument("--widest-bits", action="store_true",
                    help="export each config (candidate and baseline) at the widest quantization (8, 6, 5 bits) the "
-                   "size model says fits: training does not depend on it, a search's trial may have used fewer bits "
-                   "than fit, and a baseline at fewer bits than fit loses val_bpb it need not")
+                   "size model says fits, then its embedding at the widest width above that (float16, int8) that "
+                   "still fits: training does not depend on either, a search's trial may have used fewer bits "
+                   "than fit, and a config at fewer bits than fit loses val_bpb it need not")
     p.add_argument("--baseline-own-train", action="store_true",
                    help="keep the baseline file's own train section (default: the baseline trains with the "
                    "candidate's train settings, e.g. a search's --set overrides, so only the model and export differ)")
@@ -169,8 +170,9 @@ def _candidate(args: argparse.Namespace) -> tuple[RunConfig, dict, SearchSetting
 
 
 def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunConfig:
-    """cfg exported at the widest quantization predicted to fit; source records the change for rerun.json."""
-    from spaces.size_model import widest_fitting_bits
+    """cfg exported at the widest quantization predicted to fit, then with the widest embedding that still fits;
+    source records the changes for rerun.json."""
+    from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
 
     bits = widest_fitting_bits(cfg)
     if bits is None:
@@ -181,7 +183,16 @@ def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunCon
     if bits != cfg.export.quant_bits:
         print(f"[rerun] --widest-bits: the {label} exports at int{bits} (it had int{cfg.export.quant_bits})",
               flush=True)
-    return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, quant_bits=bits))
+    widened = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, quant_bits=bits, embedding_bits=0))
+    embedding = widest_fitting_embedding_bits(widened)
+    source[f"{prefix}embedding_bits_from"], source[f"{prefix}embedding_bits"] = cfg.export.embedding_bits, embedding
+    if embedding:
+        print(f"[rerun] --widest-bits: the {label} exports its embedding at {_width(embedding)}", flush=True)
+    return dataclasses.replace(widened, export=dataclasses.replace(widened.export, embedding_bits=embedding))
+
+
+def _width(bits: int) -> str:
+    return "float16" if bits == 16 else f"int{bits}"
 
 
 def run_rerun_command(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 QUANT_BITS = (5, 6, 8)
+# Embedding exports wider than the matrices, widest first: float16, int8. The tied embedding is also the output
+# head; at int6 it was most of the round-trip cost (H100 call 58: the baseline shape +0.027 val_bpb at int6,
+# +0.003 with a float16 embedding).
+EMBEDDING_WIDTHS = (16, 8)
 REFERENCE_BITS = 6  # code_bits is centred here: an int6 code adds 0 to it
 REFERENCE_FANIN = 512  # code_log2_fanin is centred here: a 512-long row adds 0 to it
 # Regression features, in a fixed order (see the module docstring for what each one measures).
@@ -235,6 +239,17 @@ def widest_fitting_bits(cfg: RunConfig, calibration: Calibration | None = None) 
         if predict(candidate, calibration).fits:
             return bits
     return None
+
+
+def widest_fitting_embedding_bits(cfg: RunConfig, calibration: Calibration | None = None) -> int:
+    """The widest embedding export above cfg's matrix bits (of EMBEDDING_WIDTHS) predicted to fit; else 0 (the
+    embedding at the matrices' bits). Like quant_bits, training never reads it."""
+    for bits in EMBEDDING_WIDTHS:
+        if bits > cfg.export.quant_bits:
+            candidate = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, embedding_bits=bits))
+            if predict(candidate, calibration).fits:
+                return bits
+    return 0
 
 
 def check_fits(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None) -> SizePrediction:

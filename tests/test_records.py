@@ -121,6 +121,25 @@ def test_runs_must_be_seeds_of_one_config(tmp_path: Path):
         write_record([a, c], tmp_path / "record", INFO)
 
 
+def test_a_run_recorded_before_a_setting_existed_is_a_seed_of_the_same_config(tmp_path: Path):
+    """Calls 56-58: seeds kept from an older trainer lack export.embedding_bits, which new seeds record at its
+    default; they are one config. A real difference in that setting still makes another config."""
+    from trainer.config import RunConfig
+
+    new = RunConfig().to_dict()
+    old = json.loads(json.dumps(new))
+    del old["export"]["embedding_bits"]
+    a = make_run(tmp_path / "a", 1, 2.9, 100, config=old)
+    b = make_run(tmp_path / "b", 2, 2.9, 100, config=new)
+    write_record([a, b], tmp_path / "record", INFO)
+    assert json.loads((tmp_path / "record" / "submission.json").read_text())["seeds"] == [1, 2]
+    wider = json.loads(json.dumps(new))
+    wider["export"]["embedding_bits"] = 16
+    c = make_run(tmp_path / "c", 3, 2.9, 100, config=wider)
+    with pytest.raises(RecordError, match="another config"):
+        write_record([a, c], tmp_path / "record2", INFO)
+
+
 def test_refuses_a_non_empty_folder_and_an_unknown_artifact_seed(runs: list[Path], tmp_path: Path):
     with pytest.raises(RecordError, match="not among"):
         write_record(runs, tmp_path / "record", INFO, artifact_seed=5)

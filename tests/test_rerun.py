@@ -326,24 +326,30 @@ def test_widest_bits_exports_both_configs_at_the_most_bits_that_fit(tiny_corpus,
     printed = capsys.readouterr().out
     assert "the candidate exports at int8 (it had int5)" in printed
     assert "the baseline exports at int8 (it had int5)" in printed
+    assert "the candidate exports its embedding at float16" in printed  # tiny: room for it at int8 too
     for label in ("candidate", "baseline"):
-        assert metrics_of(out / label / "seed1337")["config"]["export"]["quant_bits"] == 8
+        export = metrics_of(out / label / "seed1337")["config"]["export"]
+        assert (export["quant_bits"], export["embedding_bits"]) == (8, 16)
     data = json.loads((out / "rerun.json").read_text())
     assert (data["source"]["quant_bits_from"], data["source"]["quant_bits"]) == (5, 8)
     assert (data["source"]["baseline_quant_bits_from"], data["source"]["baseline_quant_bits"]) == (5, 8)
+    assert (data["source"]["embedding_bits_from"], data["source"]["embedding_bits"]) == (0, 16)
     assert not any("size model predicts" in n for n in data["notes"])
 
 
 def test_narrow_export_notes_name_only_configs_below_their_widest_fitting_bits():
     from search.rerun import narrow_export_notes
 
-    loop = from_dict({"model": {"unique_blocks": 11, "virtual_layers": [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]},
-                      "export": {"quant_bits": 6}})  # int8 is predicted over 16,000,000 bytes
+    loop = {"model": {"unique_blocks": 11, "virtual_layers": [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]},
+            "export": {"quant_bits": 6}}  # int8 is predicted over 16,000,000 bytes, a float16 embedding under
+    loop_int6, loop_emb16 = from_dict(loop), from_dict({**loop, "export": {"quant_bits": 6, "embedding_bits": 16}})
     small_int6 = from_dict({"model": {"unique_blocks": 3}, "export": {"quant_bits": 6}})
-    small_int8 = from_dict({"model": {"unique_blocks": 3}, "export": {"quant_bits": 8}})
-    assert narrow_export_notes([("candidate", loop), ("baseline", small_int8)]) == []
-    (note,) = narrow_export_notes([("candidate", loop), ("baseline", small_int6)])
+    baseline_int8 = from_dict({"export": {"quant_bits": 8}})  # 9 x 512: a float16 embedding is predicted over
+    assert narrow_export_notes([("candidate", loop_emb16), ("baseline", baseline_int8)]) == []
+    (note,) = narrow_export_notes([("candidate", loop_emb16), ("baseline", small_int6)])
     assert note.startswith("the baseline exports at int6, but the size model predicts int8 fits")
+    (note,) = narrow_export_notes([("candidate", loop_int6), ("baseline", baseline_int8)])
+    assert note.startswith("the candidate exports its embedding at int6, but the size model predicts float16 fits")
 
 
 def test_widest_bits_with_nothing_that_fits_is_one_clear_line(tiny_corpus, tmp_path, capsys):

@@ -257,6 +257,16 @@ def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
     assert run.cfg.model.weight_init == "uniform"
 
 
+def test_widest_fitting_embedding_bits_is_the_widest_above_the_matrices_that_fits():
+    """The loop at int6 has room for a float16 embedding; the baseline shape at int8 does not (measured 16,208,583
+    bytes on an H100, call 58) and int8 is no wider than its matrices; under a tight limit only int8 fits."""
+    assert size_model.widest_fitting_embedding_bits(load(PRESETS_DIR / "loop45_11x512.yaml")) == 16
+    assert size_model.widest_fitting_embedding_bits(load(PRESETS_DIR / "baseline.yaml", ["export.quant_bits=8"])) == 0
+    tight = load(PRESETS_DIR / "loop45_11x512.yaml", ["export.limit_bytes=14100000"])
+    assert size_model.predict(tight).fits
+    assert size_model.widest_fitting_embedding_bits(tight) == 8
+
+
 def test_a_wider_embedding_is_priced_at_its_own_bits():
     """The loop preset's embedding (1024 x 512) at int8 adds int8's grid to its codes; at float16 it leaves the
     codes for the float features; either way the prediction grows, and the exact payload still adds up."""
