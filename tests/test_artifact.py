@@ -12,12 +12,18 @@ def small_cfg(*overrides):
     return config.load(None, base + list(overrides))
 
 
-def test_save_load_round_trip_and_exact_payload_size(tmp_path):
-    cfg = small_cfg("model.unique_blocks=3", "model.virtual_layers=[0,1,2,0,1,2]", "model.depth_signal=learned")
+def small_trained_like_model(cfg):
+    """A model whose weights have a trained model's scale (seeded, Gaussian)."""
     torch.manual_seed(0)
     model = GPT(cfg.model)
     for p in model.parameters():
         p.data.normal_(0, 0.05)
+    return model
+
+
+def test_save_load_round_trip_and_exact_payload_size(tmp_path):
+    cfg = small_cfg("model.unique_blocks=3", "model.virtual_layers=[0,1,2,0,1,2]", "model.depth_signal=learned")
+    model = small_trained_like_model(cfg)
     info = artifact.save(model.state_dict(), cfg, tmp_path / "m.ptz")
     assert info.payload_bytes == artifact.payload_bytes(cfg)
     assert info.model_bytes == (tmp_path / "m.ptz").stat().st_size
@@ -61,10 +67,7 @@ def test_int6_codes_stay_in_range(tmp_path):
 def test_a_wider_embedding_is_stored_wider_and_sized_exactly(tmp_path, embedding_bits):
     cfg = small_cfg("export.quant_bits=6", f"export.embedding_bits={embedding_bits}")
     narrow = small_cfg("export.quant_bits=6")
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
+    model = small_trained_like_model(cfg)
     info = artifact.save(model.state_dict(), cfg, tmp_path / "m.ptz")
     assert info.payload_bytes == artifact.payload_bytes(cfg)
     loaded_cfg, state = artifact.load(tmp_path / "m.ptz")

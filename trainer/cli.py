@@ -9,6 +9,13 @@ from pathlib import Path
 from trainer import config as config_mod
 
 
+def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+    """--data, --tokenizer and --device, as every command that reads the shards takes them."""
+    p.add_argument("--data", type=Path, required=True, help=data_help)
+    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
 def add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -19,12 +26,10 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML or TOML run config (sections model/train/export)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.budget_s=180 (repeatable)")
-    p.add_argument("--data", type=Path, required=True, help="folder with fineweb_train_*.bin and fineweb_val_*.bin")
-    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    add_data_arguments(p, "folder with fineweb_train_*.bin and fineweb_val_*.bin")
     p.add_argument("--out", type=Path, required=True, help="output folder for metrics.json, model.ptz, train.log")
     p.add_argument("--smoke", action="store_true",
                    help="same code path, tiny training on the CPU (seconds): checks any config without a GPU")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--save-weights", action="store_true",
                    help="also write the trained float weights (weights.pt) to --out, for `trainer export`")
 
@@ -41,10 +46,8 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="--out folder of a finished `trainer train --save-weights` run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
                    help="change one export setting, e.g. --set export.embedding_bits=8 (repeatable)")
-    p.add_argument("--data", type=Path, required=True, help="folder with the run's fineweb_val_*.bin")
-    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    add_data_arguments(p, "folder with the run's fineweb_val_*.bin")
     p.add_argument("--out", type=Path, help="artifact path (default: RUN_DIR/exports/<settings>.ptz)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
 def run_export(args: argparse.Namespace) -> int:
