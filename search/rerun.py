@@ -358,6 +358,7 @@ def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
 def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
     """A note for each config that exports at fewer bits than the size model says fit (matrices or embedding)."""
     from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
+    from trainer.quant import embedding_bits, width_name
 
     notes = []
     for label, cfg in configs:
@@ -369,12 +370,11 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
                          "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
                          "to compare both configs at the widest bits that fit")
             continue
-        embedding = widest_fitting_embedding_bits(cfg)
-        if embedding > (cfg.export.embedding_bits or cfg.export.quant_bits):
+        widest_embedding, current = widest_fitting_embedding_bits(cfg), embedding_bits(cfg.export)
+        if widest_embedding > current:
             # Call 58: the int6 embedding was most of the round trip's cost (baseline shape 0.027, loop 0.018).
-            width = "float16" if embedding == 16 else f"int{embedding}"
-            notes.append(f"the {label} exports its embedding at int{cfg.export.embedding_bits or cfg.export.quant_bits}, "
-                         f"but the size model predicts {width} fits: the embedding is also the output head, and its "
+            notes.append(f"the {label} exports its embedding at {width_name(current)}, but the size model predicts "
+                         f"{width_name(widest_embedding)} fits: the embedding is also the output head, and its "
                          "rounding cost most of the round trip in call 58; pass --widest-bits, or set "
                          "export.embedding_bits")
     return notes

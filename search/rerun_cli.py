@@ -173,6 +173,7 @@ def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunCon
     """cfg exported at the widest quantization predicted to fit, then with the widest embedding that still fits;
     source records the changes for rerun.json."""
     from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
+    from trainer.quant import width_name
 
     bits = widest_fitting_bits(cfg)
     if bits is None:
@@ -187,12 +188,8 @@ def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunCon
     embedding = widest_fitting_embedding_bits(widened)
     source[f"{prefix}embedding_bits_from"], source[f"{prefix}embedding_bits"] = cfg.export.embedding_bits, embedding
     if embedding:
-        print(f"[rerun] --widest-bits: the {label} exports its embedding at {_width(embedding)}", flush=True)
+        print(f"[rerun] --widest-bits: the {label} exports its embedding at {width_name(embedding)}", flush=True)
     return dataclasses.replace(widened, export=dataclasses.replace(widened.export, embedding_bits=embedding))
-
-
-def _width(bits: int) -> str:
-    return "float16" if bits == 16 else f"int{bits}"
 
 
 def run_rerun_command(args: argparse.Namespace) -> int:

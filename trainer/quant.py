@@ -16,11 +16,19 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def embedding_bits(export: ExportConfig) -> int:
+    """Bits the embedding is exported at: export.embedding_bits when set, else export.quant_bits."""
+    return export.embedding_bits or export.quant_bits
+
+
 def bits_for(spec: TensorSpec, export: ExportConfig) -> int:
-    """Bits a tensor is exported at: export.embedding_bits for the embedding when set, else export.quant_bits."""
-    if spec.role == "embedding" and export.embedding_bits:
-        return export.embedding_bits
-    return export.quant_bits
+    """Bits a tensor is exported at (FLOAT_BITS: kept float16)."""
+    return embedding_bits(export) if spec.role == "embedding" else export.quant_bits
+
+
+def width_name(bits: int) -> str:
+    """How a width reads in messages: 'float16' or 'int6'."""
+    return "float16" if bits == FLOAT_BITS else f"int{bits}"
 
 
 def is_quantized(spec: TensorSpec, export: ExportConfig) -> bool:

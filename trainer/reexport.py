@@ -37,7 +37,10 @@ def export_name(overrides: list[str]) -> str:
     """A file-name slug for a set of export overrides ('as_trained' for none)."""
     if not overrides:
         return "as_trained"
-    parts = [item.split("=", 1)[0].split(".", 1)[1] + "_" + item.split("=", 1)[1] for item in overrides]
+    parts = []
+    for item in overrides:
+        (_section, key), _value = parse_override(item)
+        parts.append(f"{key}_{item.split('=', 1)[1]}")
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "__".join(parts))
 
 
@@ -99,5 +102,5 @@ def describe(result: dict) -> str:
     """One line: the export, its round-trip val_bpb and cost, and its bytes against the limit."""
     over = "OVER the limit" if result["over_limit"] else "fits"
     return (f"{result['artifact']}: val_bpb {result['val_bpb']:.4f} (pre-quant {result['val_bpb_prequant']:.4f}, "
-            f"round trip +{result['roundtrip_cost_bpb']:.4f}) artifact_bytes {result['artifact_bytes']:,} "
+            f"round trip {result['roundtrip_cost_bpb']:+.4f}) artifact_bytes {result['artifact_bytes']:,} "
             f"of {result['limit_bytes']:,}: {over}")
