@@ -33,6 +33,7 @@ from search import store
 from search.settings import SearchSettings, SettingsError
 from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict
 from trainer.config import load as load_config
+from trainer.quant import export_label
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def summarize(cfg: RunConfig) -> str:
     untie = m.untie_mlp if isinstance(m.untie_mlp, str) else "pos" + ",".join(map(str, m.untie_mlp))
     sched = "".join(str(b) if b < 10 else f"[{b}]" for b in order)
     return (f"d{m.model_dim} h{m.num_heads}/{m.num_kv_heads} mlp{m.mlp_mult:g} u{m.unique_blocks} "
-            f"v{len(order)} sched={sched} untie={untie} ds={m.depth_signal} q{cfg.export.quant_bits}")
+            f"v{len(order)} sched={sched} untie={untie} ds={m.depth_signal} {export_label(cfg.export)}")
 
 
 class SpaceDefineByRun:

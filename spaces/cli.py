@@ -9,10 +9,12 @@ from trainer.config import ConfigError
 
 
 def _summary(cfg) -> str:
+    from trainer.quant import export_label
+
     m, e = cfg.model, cfg.export
     order = ",".join(map(str, m.schedule_order))
     return (f"blocks={m.unique_blocks} order=[{order}] untie={m.untie_mlp} d={m.model_dim} h={m.num_heads} "
-            f"kv={m.num_kv_heads} mlp={m.mlp_mult:g} depth={m.depth_signal} int{e.quant_bits}")
+            f"kv={m.num_kv_heads} mlp={m.mlp_mult:g} depth={m.depth_signal} {export_label(e)}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -30,7 +32,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         params = ", ".join(f"{q.name}={list(q.choices) if q.choices else f'{q.lo}..{q.hi}'}" for q in p.params)
         blocks = f" unique_blocks={list(p.unique_blocks)}" if p.unique_blocks else ""
         print(f"  pattern {p.family}:{blocks} {params}")
-    for axis in ("untie_mlp", "mlp_mult", "depth_signal", "quant_bits"):
+    for axis in ("untie_mlp", "mlp_mult", "depth_signal", "quant_bits", "embedding_bits"):
         if getattr(space, axis):
             print(f"  {axis}: {list(getattr(space, axis))}")
     if space.widths:

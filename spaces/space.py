@@ -13,20 +13,24 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from trainer.config import ConfigError, RunConfig, from_dict
+from trainer.config import ConfigError, ExportConfig, RunConfig, from_dict
 
 from spaces import expr, patterns
 from spaces.size_model import SizePrediction, predict
 
-TOP_KEYS = ("name", "description", "base", "unique_blocks", "patterns", "untie_mlp", "width", "head_dim",
-            "kv_ratio", "mlp_mult", "depth_signal", "quant_bits")
+# Axes a space file may list (each a choice list); unique_blocks and patterns are required, the rest optional.
+AXES = ("unique_blocks", "untie_mlp", "width", "mlp_mult", "depth_signal", "quant_bits", "embedding_bits")
+TOP_KEYS = ("name", "description", "base", "patterns", "head_dim", "kv_ratio") + AXES
 # Axes chosen per config, and the RunConfig keys each one sets (base must leave those alone).
 AXIS_KEYS = {
     "untie_mlp": ("model", "untie_mlp"),
     "mlp_mult": ("model", "mlp_mult"),
     "depth_signal": ("model", "depth_signal"),
     "quant_bits": ("export", "quant_bits"),
+    "embedding_bits": ("export", "embedding_bits"),
 }
+# export.embedding_bits values a space may list: 0 (the matrices' bits), an integer width, 16 (float16).
+EMBEDDING_CHOICES = (0, 5, 6, 8, 16)
 PATTERN_KEYS = (("model", "unique_blocks"), ("model", "virtual_layers"))
 WIDTH_KEYS = (("model", "model_dim"), ("model", "num_heads"), ("model", "num_kv_heads"))
 
@@ -114,6 +118,7 @@ class SearchSpace:
     mlp_mult: tuple[float, ...] | None = None
     depth_signal: tuple[str, ...] | None = None
     quant_bits: tuple[int, ...] | None = None
+    embedding_bits: tuple[int, ...] | None = None
     head_dim: int = 64  # derives heads of plain-int widths
     kv_ratio: int = 2
     name: str = ""
@@ -145,7 +150,33 @@ class SearchSpace:
         for axis in ("mlp_mult", "depth_signal", "quant_bits"):
             if getattr(self, axis):
                 choose(axis, Categorical(getattr(self, axis)))
+        embedding = self._embedding_choice(a)
+        if embedding:
+            choose(*embedding)
         return a
+
+    def _embedding_choice(self, a: dict[str, Any]) -> tuple[str, Categorical] | None:
+        """The embedding widths offered with the chosen quant_bits, under their Optuna name; None if none is.
+
+        Only widths above the matrices' bits (and 0, the same): the tied embedding is also the output head, and
+        its rounding was most of the int6 round trip's cost (call 58), so a narrower one is never worth its bytes.
+        A quant_bits that leaves fewer widths gets its own name: an Optuna parameter keeps one set of choices.
+        """
+        if not self.embedding_bits:
+            return None
+        quant = a.get("quant_bits", (self.base.get("export") or {}).get("quant_bits", ExportConfig.quant_bits))
+        options = tuple(b for b in self.embedding_bits if b == 0 or b > quant)
+        if not options:
+            return None
+        name = "embedding_bits" if options == self.embedding_bits else f"embedding_bits.q{quant}"
+        return name, Categorical(options)
+
+    def _param_name(self, axis: str, a: dict[str, Any]) -> str:
+        """The Optuna name an axis was chosen under in assignment a."""
+        if axis == "embedding_bits":
+            embedding = self._embedding_choice(a)
+            return embedding[0] if embedding else axis
+        return axis
 
     def _pattern(self, family: str) -> PatternSpec:
         return next(p for p in self.patterns if p.family == family)
@@ -183,8 +214,9 @@ class SearchSpace:
             w = next(w for w in self.widths if w.label == a["width"])
             model.update(model_dim=w.model_dim, num_heads=w.num_heads, num_kv_heads=w.num_kv_heads)
         for axis, (section, key) in AXIS_KEYS.items():
-            if axis in a:
-                data[section][key] = a[axis]
+            name = self._param_name(axis, a)
+            if name in a:
+                data[section][key] = a[name]
         return from_dict(data, where=f"{self.path} at {a}")
 
     # ---- the API the search uses ----------------------------------------------------------------
@@ -281,8 +313,8 @@ class SearchSpace:
         """A copy with some axes' choice lists replaced (same YAML syntax, e.g. width=[{...}]), re-validated."""
         raw = {}
         for key, value in axes.items():
-            if key not in ("unique_blocks", "untie_mlp", "width", "mlp_mult", "depth_signal", "quant_bits"):
-                raise SpaceError(f"with_axes: unknown axis '{key}'; use unique_blocks, untie_mlp, width, mlp_mult, depth_signal or quant_bits")
+            if key not in AXES:
+                raise SpaceError(f"with_axes: unknown axis '{key}'; use one of {list(AXES)}")
             raw[key] = value
         changes = _parse_axes(raw, self.path, self.head_dim, self.kv_ratio)
         return _validated(replace(self, **changes))
@@ -322,7 +354,7 @@ def parse_space(data: Any, where: str = "space", code_bytes: int | None = None) 
             _fail(where, required, "is missing", f"add `{required}:` (see spaces/README.md)")
     head_dim = _positive_int(data.get("head_dim", 64), where, "head_dim")
     kv_ratio = _positive_int(data.get("kv_ratio", 2), where, "kv_ratio")
-    axes = _parse_axes({k: data[k] for k in data if k in ("unique_blocks", "untie_mlp", "width", "mlp_mult", "depth_signal", "quant_bits")},
+    axes = _parse_axes({k: data[k] for k in data if k in AXES},
                        where, head_dim, kv_ratio)
     base = data.get("base") or {}
     if not isinstance(base, dict):
@@ -380,6 +412,8 @@ def _parse_axes(raw: dict, where: str, head_dim: int, kv_ratio: int) -> dict:
         out["depth_signal"] = _choice_list(raw["depth_signal"], where, "depth_signal", allowed=("none", "learned", "sinusoidal"))
     if "quant_bits" in raw:
         out["quant_bits"] = _choice_list(raw["quant_bits"], where, "quant_bits", allowed=(5, 6, 8))
+    if "embedding_bits" in raw:
+        out["embedding_bits"] = _choice_list(raw["embedding_bits"], where, "embedding_bits", allowed=EMBEDDING_CHOICES)
     if "width" in raw:
         entries = _choice_list(raw["width"], where, "width", kind=(int, dict))
         out["widths"] = tuple(_parse_width(e, where, f"width[{i}]", head_dim, kv_ratio) for i, e in enumerate(entries))

@@ -29,6 +29,7 @@ TINY_SPACE = {
     "kv_ratio": 2,
     "width": [16, 32, 2048],
     "untie_mlp": ["none", "full"],
+    "embedding_bits": [0, 16],  # a parameter chosen after the others, through Tune and Optuna
 }
 
 

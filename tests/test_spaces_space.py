@@ -16,23 +16,26 @@ DEFAULT = ROOT / "default.yaml"
 # The default-space assignment that reproduces each preset.
 PRESET_POINTS = {
     "baseline": {"pattern": "none", "unique_blocks": 9, "width": "d512_h8_kv4", "mlp_mult": 2,
-                       "depth_signal": "none", "quant_bits": 6},
+                       "depth_signal": "none", "quant_bits": 6, "embedding_bits": 0},
     "loop45_11x512": {"pattern": "loop_middle", "loop_middle.unique_blocks": 11, "loop_middle.start": 4,
                       "loop_middle.end": 5, "loop_middle.repeats": 2, "untie_mlp": "none", "width": "d512_h8_kv4",
-                      "mlp_mult": 2, "depth_signal": "none", "quant_bits": 6},
+                      "mlp_mult": 2, "depth_signal": "none", "quant_bits": 6, "embedding_bits": 0},
     "shared3x4_832": {"pattern": "cycle", "cycle.unique_blocks": 3, "cycle.repeats": 4, "untie_mlp": "none",
-                      "width": "d832_h8_kv4", "mlp_mult": 2, "depth_signal": "learned", "quant_bits": 8},
+                      "width": "d832_h8_kv4", "mlp_mult": 2, "depth_signal": "learned", "quant_bits": 8,
+                      "embedding_bits.q8": 0},
     "six_to_14_sinusoidal": {"pattern": "loop_middle", "loop_middle.unique_blocks": 6, "loop_middle.start": 1,
                              "loop_middle.end": 4, "loop_middle.repeats": 3, "untie_mlp": "none",
-                             "width": "d512_h8_kv4", "mlp_mult": 2, "depth_signal": "sinusoidal", "quant_bits": 8},
+                             "width": "d512_h8_kv4", "mlp_mult": 2, "depth_signal": "sinusoidal", "quant_bits": 8,
+                             "embedding_bits.q8": 0},
     "tie_tail_11to15": {"pattern": "tie_tail", "tie_tail.unique_blocks": 11, "tie_tail.repeats": 5,
                         "tie_tail.exit_blocks": 1, "untie_mlp": "none", "width": "d512_h8_kv4", "mlp_mult": 2,
-                        "depth_signal": "none", "quant_bits": 6},
+                        "depth_signal": "none", "quant_bits": 6, "embedding_bits": 0},
     "cycle3x3_512": {"pattern": "cycle", "cycle.unique_blocks": 3, "cycle.repeats": 3, "untie_mlp": "none",
-                     "width": "d512_h8_kv4", "mlp_mult": 2, "depth_signal": "none", "quant_bits": 8},
+                     "width": "d512_h8_kv4", "mlp_mult": 2, "depth_signal": "none", "quant_bits": 8,
+                     "embedding_bits.q8": 0},
     "loop45_untied_mlp": {"pattern": "loop_middle", "loop_middle.unique_blocks": 11, "loop_middle.start": 4,
                           "loop_middle.end": 5, "loop_middle.repeats": 2, "untie_mlp": "full", "width": "d512_h8_kv4",
-                          "mlp_mult": 2, "depth_signal": "none", "quant_bits": 5},
+                          "mlp_mult": 2, "depth_signal": "none", "quant_bits": 5, "embedding_bits": 0},
 }
 
 TINY_WIDTH = {"model_dim": 64, "num_heads": 2, "num_kv_heads": 1}
@@ -106,7 +109,7 @@ def test_build_rejects_bad_assignments(tmp_path):
     space = load_space(write(tmp_path, SMALL))
     good, _ = next(space.configs())
     with pytest.raises(SpaceError, match="is not a choice"):
-        space.build({**good, "quant_bits": 5})
+        space.build({**good, "quant_bits": 5, "embedding_bits": 0})
     with pytest.raises(SpaceError, match="does not use"):
         space.build({**good, "loop_middle.start": 0})
 
@@ -135,6 +138,50 @@ def test_suggest_with_optuna_returns_built_configs_and_prunes_oversized(tmp_path
         assert not space.predict(space.build(t.params)).fits
     names = set().union(*(t.params for t in study.trials))
     assert {"pattern", "width", "quant_bits"} <= names and "loop_middle.start" in names
+
+
+def test_embedding_axis_offers_only_widths_above_the_matrices(tmp_path):
+    space = load_space(write(tmp_path, dict(SMALL, embedding_bits=[0, 8, 16])))
+    plain = load_space(write(tmp_path, SMALL, "plain.yaml"))
+    offered = {6: set(), 8: set()}
+    for assignment, cfg in space.configs():
+        offered[cfg.export.quant_bits].add(cfg.export.embedding_bits)
+        assert space.build(assignment) == cfg
+    # int8 matrices never get an int8 "wider" embedding: that would repeat the 0 point.
+    assert offered == {6: {0, 8, 16}, 8: {0, 16}}
+    assert space.size() == plain.size() // 2 * (3 + 2)
+    assert len({cfg for _, cfg in space.configs()}) == len({cfg for _, cfg in plain.configs()}) // 2 * (3 + 2)
+    point, cfg = next((a, c) for a, c in space.configs() if c.export.quant_bits == 8 and c.export.embedding_bits == 16)
+    assert point["embedding_bits.q8"] == 16 and "embedding_bits" not in point
+    with pytest.raises(SpaceError, match=r"lacks 'embedding_bits.q8'; choose one of \[0, 16\]"):
+        space.build({**{k: v for k, v in point.items() if k != "embedding_bits.q8"}, "embedding_bits": 16})
+    # A float16 (or int8) embedding costs bytes the size model sees: the search's size gate prices it.
+    default = load_space(DEFAULT)
+    sizes = [default.predict(default.build({**PRESET_POINTS["loop45_11x512"], "embedding_bits": bits}))
+             .predicted_artifact_bytes for bits in (0, 8, 16)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_embedding_axis_without_a_quant_axis_reads_base_bits(tmp_path):
+    data = {k: v for k, v in SMALL.items() if k != "quant_bits"}
+    data["base"] = {**SMALL["base"], "export": {"quant_bits": 6}}
+    space = load_space(write(tmp_path, dict(data, embedding_bits=[8, 16])))
+    assert {cfg.export.embedding_bits for _, cfg in space.configs()} == {8, 16}
+    assert all("embedding_bits" in a for a, _ in space.configs())
+    with pytest.raises(SpaceError, match="base.export.embedding_bits"):
+        load_space(write(tmp_path, dict(data, embedding_bits=[8], base={**data["base"], "export": {"embedding_bits": 8}})))
+
+
+def test_suggest_names_the_embedding_choice_per_quant_bits(tmp_path):
+    space = load_space(write(tmp_path, dict(SMALL, embedding_bits=[0, 8, 16])))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    built = []
+    study.optimize(lambda trial: built.append(space.suggest(trial)) or 0.0, n_trials=60)
+    for t, cfg in zip(study.trials, built):
+        key = "embedding_bits" if t.params["quant_bits"] == 6 else "embedding_bits.q8"
+        assert t.params[key] == cfg.export.embedding_bits
+    assert {cfg.export.embedding_bits for cfg in built} == {0, 8, 16}
 
 
 def test_sample_returns_distinct_feasible_points(tmp_path):
@@ -183,6 +230,8 @@ def bad(**changes):
         (bad(width=[96]), r"width\[0\]"),
         (bad(quant_bits=[]), "quant_bits"),
         (bad(quant_bits=[4]), "quant_bits"),
+        (bad(embedding_bits=[7]), "embedding_bits"),
+        (bad(embedding_bits=[16, 16]), "embedding_bits"),
         (bad(unique_blocks=None), "unique_blocks"),
         (bad(base={"model": {"unique_blocks": 4}}), "base.model.unique_blocks"),
         (bad(base={"train": {"sequence_len": 4}}), "base"),

@@ -31,6 +31,12 @@ def width_name(bits: int) -> str:
     return "float16" if bits == FLOAT_BITS else f"int{bits}"
 
 
+def export_label(export: ExportConfig) -> str:
+    """Short label of an export's widths: 'int6', or 'int6 emb float16' when the embedding differs."""
+    label, embedding = width_name(export.quant_bits), embedding_bits(export)
+    return label if embedding == export.quant_bits else f"{label} emb {width_name(embedding)}"
+
+
 def is_quantized(spec: TensorSpec, export: ExportConfig) -> bool:
     """Large matrices and the embedding are quantized (unless kept float16); small tensors stay float16."""
     return (spec.role in ("matrix", "embedding") and len(spec.shape) == 2 and spec.numel > export.keep_float_max_numel
