@@ -15,7 +15,7 @@ from search.overhead import breakdown, totals
 from search.pareto import pareto_front
 from search.searcher import (
     COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED,
-    REASON, RUNGS, RUNNING, STATUS,
+    REASON, REPEAT, RUNGS, RUNNING, STATUS,
     STATUSES, TUNE_ID, WORKER_TRIAL,
 )
 from search.settings import SearchSettings, is_uri
@@ -118,6 +118,7 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
         "launched": int(len(launched)),
         "counts": counts,
         "rejected_by_size_model": counts[INFEASIBLE_PREDICTED],
+        "rejected_as_repeats": counts[REPEAT],
         "gpu_s_on_predicted_infeasible": float(predicted_infeasible["gpu_s"].sum()),
         "device_s_on_predicted_infeasible": float(predicted_infeasible["device_s"].sum()),
         "launched_predicted_infeasible": int((predicted_infeasible["tune_trial_id"].astype(str) != "").sum()),
@@ -229,6 +230,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
              "- status: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v),
              f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
              f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
+             f"- repeats of a launched config, not launched: {info['rejected_as_repeats']}",
              f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
              f"- time: {time_text(info['time'])}",
              f"- devices: {device_text(info['devices'])}"]

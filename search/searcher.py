@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 import math
 import pickle
@@ -48,7 +49,11 @@ COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, RUNNING = "infeasible_predicted", "infeasible_measured", "running"
 INTERRUPTED = "interrupted"  # in flight when the driver was stopped; `resume` continues it from its checkpoint
 QUEUED = "queued"  # enqueued (--enqueue) and not handed out yet
-STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, INFEASIBLE_MEASURED, FAILED, RUNNING, INTERRUPTED, QUEUED)
+REPEAT = "repeat"  # the same run config as a trial already launched: never launched (same seed, same result)
+STATUSES = (COMPLETE, PRUNED, INFEASIBLE_PREDICTED, REPEAT, INFEASIBLE_MEASURED, FAILED, RUNNING, INTERRUPTED, QUEUED)
+# Trials whose config has been (or is being) trained: a repeat of one of them would spend a trial on a known
+# outcome. A failed trial's config may be proposed again (the failure may have been the node's).
+LAUNCHED_STATUSES = (COMPLETE, PRUNED, INFEASIBLE_MEASURED, RUNNING, INTERRUPTED)
 
 # Result keys the trainable sets (see search.trainable).
 FINAL_KEY, FAILED_KEY, FAIL_REASON_KEY, NUMBER_KEY = "final", "failed", "fail_reason", "optuna_number"
@@ -208,6 +213,7 @@ class RecurrenceSearcher(OptunaSearch):
         )
         self._rungs: dict[str, list[list[float]]] = {}
         self.rejected = 0
+        self.repeats = 0
 
     # ---- persistence -------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -220,6 +226,7 @@ class RecurrenceSearcher(OptunaSearch):
 
     def __setstate__(self, state: dict) -> None:
         numbers = state.pop("_ot_trials")
+        state.setdefault("repeats", 0)  # a searcher saved before repeats were refused
         self.__dict__.update(state)
         self._sampler = make_sampler(self._settings)
         self._ot_study = open_study(self._settings)
@@ -264,14 +271,32 @@ class RecurrenceSearcher(OptunaSearch):
                 self._finish(ot_trial, TrialState.PRUNED, None, INFEASIBLE_PREDICTED,
                              f"predicted {excess:,} bytes over the limit (incl. safety margin); never launched")
                 continue
+            twin = self._launched_twin(out["run"], ot_trial.number)
+            if twin is not None:
+                # TPE re-proposes its best point (call 63 trained one config three times in 17 launches, all at
+                # the same seed). Told as PRUNED, so the sampler moves on instead of drawing it again.
+                self.repeats += 1
+                self._finish(ot_trial, TrialState.PRUNED, None, REPEAT,
+                             f"same run config as trial {twin}; never launched")
+                continue
             ot_trial.set_user_attr(STATUS, RUNNING)
             ot_trial.set_user_attr(TUNE_ID, trial_id)
             self._ot_trials[trial_id] = ot_trial
             return self._tune_config(ot_trial.number, out["run"], out["summary"])
-        log.error("search %s: %d configs in a row were predicted over the limit or invalid; stopping the search. "
-                  "Narrow the space (smaller model_dim/unique_blocks/quant_bits) so most configs fit.",
+        log.error("search %s: %d configs in a row were predicted over the limit, invalid or repeats of launched "
+                  "trials; stopping the search. Narrow the space (smaller model_dim/unique_blocks/quant_bits) so "
+                  "most configs fit, or request fewer trials than it has points.",
                   self._settings.name, self._settings.max_rejections)
         return Searcher.FINISHED
+
+    def _launched_twin(self, run: dict, number: int) -> int | None:
+        """The number of a launched trial with exactly this run config (seed included), if any."""
+        run = json.loads(json.dumps(run))  # as the study stores it (tuples become lists)
+        for t in self._ot_study.get_trials(deepcopy=False):
+            if (t.number != number and t.user_attrs.get(STATUS) in LAUNCHED_STATUSES
+                    and t.user_attrs.get("run_config") == run):
+                return t.number
+        return None
 
     @staticmethod
     def _tune_config(number: int, run: dict, summary: str) -> dict:

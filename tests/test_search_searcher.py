@@ -174,3 +174,28 @@ def test_enqueue_presets_takes_the_presets_of_the_default_space(settings, capsys
     assert [p for p, _ in points] == list(queued.enqueue)
     tiny, _ = _with_enqueued(settings, [], presets=True)  # the tiny space holds none of them
     assert tiny.enqueue == () and "not enqueued: baseline" in capsys.readouterr().out
+
+
+def test_a_repeat_of_a_launched_config_is_never_launched(settings, tmp_path):
+    _, assignment, cfg = _point_file(settings, tmp_path, 2)
+    searcher = RecurrenceSearcher(settings)
+    study = open_study(settings)
+    study.enqueue_trial(assignment)
+    first = searcher.suggest("a")
+    searcher.on_trial_complete("a", {"final": True, "val_bpb": 1.4, "artifact_bytes": 10_000})
+    study.enqueue_trial(assignment)  # what TPE does when it draws its best point again
+    second = searcher.suggest("b")
+    trials = _states(settings)
+    repeats = [t for t in trials.values() if t.user_attrs.get("status") == "repeat"]
+    assert len(repeats) == 1 and searcher.repeats == 1
+    assert repeats[0].state == TrialState.PRUNED and repeats[0].params == assignment
+    assert repeats[0].user_attrs["reason"] == f"same run config as trial {first['optuna_number']}; never launched"
+    assert second["run"] != first["run"] and second["optuna_number"] > repeats[0].number
+    # A failed trial's config may run again: the failure may have been the node's, not the config's.
+    searcher.on_trial_complete("b", {"failed": True, "fail_reason": "CUDA error", "time_total_s": 1.0})
+    study.enqueue_trial(trials[second["optuna_number"]].params)
+    third = searcher.suggest("c")
+    assert third["run"] == second["run"] and searcher.repeats == 1
+    from search.report import summary, trials_table
+
+    assert summary(trials_table(open_study(settings)), settings)["rejected_as_repeats"] == 1
