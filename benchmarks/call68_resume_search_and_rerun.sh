@@ -5,13 +5,14 @@
 #    no rung yet, so they start again from scratch. Stopped after RESUME_S seconds (SIGINT) if not done.
 # 2. `search rerun` the search's best (benchmarks/configs/search63_best.yaml) at --widest-bits against the baseline,
 #    one seed at a time while the machine has time left, keeping call 58's three baseline runs (int8, same config).
-# Prepare on this machine: the search state in .searchstate/h100_search24_180s (call 63's folder, checkpoints left
-# out) and call 58's baseline runs in .searchstate/search63_best_180s/rerun/baseline. Carry .whl .raypack
-# .searchpack .searchstate/h100_search24_180s .searchstate/search63_best_180s; run until it prints "done: 0".
+# Prepare on this machine: the search state as .searchstate/c63_state.tgz (call 63's folder, checkpoints left out;
+# packed, as the packs leave under 1 MB of the 64 MiB a call carries) and call 58's baseline runs in
+# .searchstate/search63_best_180s/rerun/baseline. Carry .whl .raypack .searchpack .searchstate/c63_state.tgz
+# .searchstate/search63_best_180s; run until it prints "done: 0".
 S=/tmp/searches N=h100_search24_180s R=search63_best_180s RESUME_S=900 END_S=1560
 job() {
   local t0=$SECONDS
-  mkdir -p $S && cp -r .searchstate/$N .searchstate/$R $S/
+  mkdir -p $S && tar -xzf .searchstate/c63_state.tgz -C $S && cp -r .searchstate/$R $S/
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > /tmp/c68/smi.csv &
   local smi=$!
   timeout -s INT -k 120 $RESUME_S python3 -m search resume $N --storage $S > /tmp/c68/resume.log 2>&1
