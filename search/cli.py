@@ -46,7 +46,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    "each trial still trains alone on the GPU for its budget")
     p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per trial (default 600)")
     p.add_argument("--grace-s", type=float, default=0.0,
-                   help="first ASHA rung in training seconds (default: budget / reduction_factor^2)")
+                   help="first ASHA rung in training seconds (default: budget / reduction_factor, one rung at rf 3; "
+                        "earlier rungs prune deep configs, which learn slower at first)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
     p.add_argument("--report-every-s", type=float, default=0.0,
                    help="also report (val-prefix evaluation + checkpoint) every this many training seconds between "

@@ -64,9 +64,10 @@ def _settings(tmp_path, **changes):
 
 def test_settings_validate_and_round_trip(tmp_path):
     s = _settings(tmp_path, overrides=("train.compile=false",), budget_s=600, reduction_factor=3).validate()
-    assert s.rung_s == pytest.approx(600 / 9)
+    assert s.rung_s == pytest.approx(600 / 3)
     assert s.asha_max_t == pytest.approx(200)  # top rung strictly inside the budget
-    assert SearchSettings.from_json(s.to_json()) == s
+    # Saved with the first rung resolved, so a later default cannot move a saved search's rungs.
+    assert SearchSettings.from_json(s.to_json()) == replace(s, grace_s=200.0)
     for bad, flag in [({"name": "bad name!"}, "--name"), ({"trials": 0}, "--trials"),
                       ({"sampler": "cmaes"}, "--sampler"), ({"gpus_per_trial": 2.5}, "--gpus-per-trial"),
                       ({"grace_s": 700.0}, "--grace-s"), ({"overrides": ("nokey",)}, "--set")]:
@@ -94,9 +95,10 @@ def test_prepare_config_applies_budget_rungs_overrides_and_the_hard_limit(tmp_pa
 
 
 @pytest.mark.parametrize("changes, rungs", [
-    ({"budget_s": 180}, (20, 60)), ({"budget_s": 180, "grace_s": 10}, (10, 30, 90)),
+    ({"budget_s": 180}, (60,)), ({"budget_s": 180, "grace_s": 20}, (20, 60)),
+    ({"budget_s": 180, "grace_s": 10}, (10, 30, 90)),
     ({"budget_s": 1.5, "grace_s": 0.5, "reduction_factor": 2}, (0.5, 1.0)),
-    ({"budget_s": 600}, (600 / 9, 200)), ({"budget_s": 100, "reduction_factor": 2.5}, (16, 40)),
+    ({"budget_s": 600}, (200,)), ({"budget_s": 100, "reduction_factor": 2.5}, (40,)),
 ])
 def test_reports_come_where_ashas_rungs_are(tmp_path, changes, rungs):
     from search.tuner import make_scheduler
@@ -116,8 +118,9 @@ def test_report_every_s_is_persisted_and_old_search_json_loads_with_its_periodic
     assert SearchSettings.from_json(s.to_json()).report_every_s == 30
     old = json.loads(_settings(tmp_path, budget_s=180).validate().to_json())
     del old["report_every_s"]  # written before the setting existed, when the trainer reported every rung_s
+    old["grace_s"] = 0.0  # ... and when 0 meant budget/rf^2
     loaded = SearchSettings.from_json(json.dumps(old))
-    assert loaded.report_every_s == loaded.rung_s == 20
+    assert loaded.report_every_s == loaded.rung_s == 20 and loaded.asha_milestones_s == (20, 60)
     with pytest.raises(SettingsError, match="--report-every-s"):
         _settings(tmp_path, report_every_s=-1.0).validate()
 
