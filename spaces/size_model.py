@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import artifact
-from trainer.config import ConfigError, RunConfig
+from trainer.config import QUANT_BITS, ConfigError, RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
-QUANT_BITS = (5, 6, 8)
 # Embedding exports wider than the matrices, widest first: float16, int8. The tied embedding is also the output
 # head; at int6 it was most of the round-trip cost (H100 call 58: the baseline shape +0.027 val_bpb at int6,
 # +0.003 with a float16 embedding).

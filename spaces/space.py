@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from trainer.config import ConfigError, ExportConfig, RunConfig, from_dict
+from trainer.config import EMBEDDING_BITS, QUANT_BITS, ConfigError, ExportConfig, RunConfig, from_dict
 
 from spaces import expr, patterns
 from spaces.size_model import SizePrediction, predict
@@ -29,8 +29,6 @@ AXIS_KEYS = {
     "quant_bits": ("export", "quant_bits"),
     "embedding_bits": ("export", "embedding_bits"),
 }
-# export.embedding_bits values a space may list: 0 (the matrices' bits), an integer width, 16 (float16).
-EMBEDDING_CHOICES = (0, 5, 6, 8, 16)
 PATTERN_KEYS = (("model", "unique_blocks"), ("model", "virtual_layers"))
 WIDTH_KEYS = (("model", "model_dim"), ("model", "num_heads"), ("model", "num_kv_heads"))
 
@@ -411,9 +409,9 @@ def _parse_axes(raw: dict, where: str, head_dim: int, kv_ratio: int) -> dict:
     if "depth_signal" in raw:
         out["depth_signal"] = _choice_list(raw["depth_signal"], where, "depth_signal", allowed=("none", "learned", "sinusoidal"))
     if "quant_bits" in raw:
-        out["quant_bits"] = _choice_list(raw["quant_bits"], where, "quant_bits", allowed=(5, 6, 8))
+        out["quant_bits"] = _choice_list(raw["quant_bits"], where, "quant_bits", allowed=QUANT_BITS)
     if "embedding_bits" in raw:
-        out["embedding_bits"] = _choice_list(raw["embedding_bits"], where, "embedding_bits", allowed=EMBEDDING_CHOICES)
+        out["embedding_bits"] = _choice_list(raw["embedding_bits"], where, "embedding_bits", allowed=EMBEDDING_BITS)
     if "width" in raw:
         entries = _choice_list(raw["width"], where, "width", kind=(int, dict))
         out["widths"] = tuple(_parse_width(e, where, f"width[{i}]", head_dim, kv_ratio) for i, e in enumerate(entries))

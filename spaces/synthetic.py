@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from trainer import artifact
-from trainer.config import RunConfig, from_dict
+from trainer.config import QUANT_BITS, RunConfig, from_dict
 from trainer.schedule import TensorSpec, tensor_layout
 
 DISTRIBUTIONS = ("gaussian", "laplace", "student_t5")
@@ -95,7 +95,7 @@ def calibration_configs(quick: bool = False) -> list[tuple[str, RunConfig, str]]
     shapes = CALIBRATION_SHAPES[:2] if quick else CALIBRATION_SHAPES
     out = []
     for i, shape in enumerate(shapes):
-        for bits in (5, 6, 8):
+        for bits in QUANT_BITS:
             for distribution in DISTRIBUTIONS:
                 cfg = from_dict({"model": dict(shape), "export": {"quant_bits": bits}}, where=f"synthetic shape {i}")
                 out.append((f"synth-s{i}-int{bits}-{distribution}", cfg, distribution))

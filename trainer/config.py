@@ -220,6 +220,12 @@ class TrainConfig:
         return local, accum
 
 
+# The export widths the artifact supports: integer grids for the block matrices, and for the embedding also 0 (the
+# matrices' bits) and 16 (kept float16). The size model and the search spaces offer these same sets.
+QUANT_BITS = (5, 6, 8)
+EMBEDDING_BITS = (0, 5, 6, 8, 16)
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """How the trained weights become the size-limited artifact."""
@@ -235,8 +241,8 @@ class ExportConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on unsupported quantization settings."""
-        _require(self.quant_bits in (5, 6, 8), "export.quant_bits", "must be 5, 6 or 8")
-        _require(self.embedding_bits in (0, 5, 6, 8, 16), "export.embedding_bits",
+        _require(self.quant_bits in QUANT_BITS, "export.quant_bits", "must be 5, 6 or 8")
+        _require(self.embedding_bits in EMBEDDING_BITS, "export.embedding_bits",
                  "must be 5, 6, 8, 16 (float16) or 0 (same as quant_bits)")
         _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
         _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
