@@ -33,7 +33,5 @@ export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled
 tail -n 4 /tmp/c68/resume.log
 python3 -m search status $N --storage $S 2>&1 | head -n 8
 N=$R rerun_outputs c68
-tar -czf $OUT/c68_search_files.tgz -C / $(cd / && find tmp/searches/$N \( -name "train.log" -o -name "metrics.json" \
-  -o -name "device_time.json" -o -name "failure.txt" -o -name "search.json" -o -name "study.db" -o -path "*/report/*" \) \
-  | grep -v checkpoint) 2>/dev/null
+tar -czf $OUT/c68_search_files.tgz -C / $(search_files tmp/searches/$N) 2>/dev/null
 ls -la $OUT

@@ -24,3 +24,11 @@ rerun_outputs() {
   tar -czf $OUT/${tag}_files.tgz -C / tmp/$tag $(cd / && find tmp/searches -path "*rerun*" \( -name "*.log" \
     -o -name metrics.json -o -name "rerun.*" -o -name "*.yaml" \) | grep -v checkpoint) 2>/dev/null
 }
+
+# The files of a search worth sending back, as paths under /: every trial's train.log, metrics.json,
+# device_time.json and failure.txt, the search's settings, study and report (checkpoints left out). $1: the folder
+# under / to look in (default tmp/searches, every search there).
+search_files() {
+  (cd / && find ${1:-tmp/searches} \( -name "train.log" -o -name "metrics.json" -o -name "device_time.json" \
+    -o -name "failure.txt" -o -name "search.json" -o -name "study.db" -o -path "*/report/*" \) | grep -v checkpoint)
+}

@@ -30,7 +30,5 @@ export PYTHONPATH=/tmp/site:$PWD RAY_AUTH_MODE=disabled  # a later call's shell:
 grep -v "^\s*$" /tmp/$TAG/search.log | grep -i "trial .* completed\|error\|Traceback" | tail -n 12
 python3 -m search status $N --storage $S 2>&1 | head -n 8
 tail -n 3 /tmp/$TAG/report.log 2>/dev/null
-tar -czf $OUT/${TAG}_files.tgz -C / tmp/$TAG $(cd / && find tmp/searches \( -name "train.log" -o -name "metrics.json" \
-  -o -name "device_time.json" -o -name "failure.txt" -o -name "search.json" -o -name "study.db" -o -path "*/report/*" \) \
-  | grep -v checkpoint) 2>/dev/null
+tar -czf $OUT/${TAG}_files.tgz -C / tmp/$TAG $(search_files) 2>/dev/null
 ls -la $OUT
