@@ -231,9 +231,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def add_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fidelity", help="rung fidelity (Spearman) of one or more searches of one budget, pooled",
+        description="Rank each ASHA rung's val_bpb against the final val_bpb per search and over all the "
+        "searches' completed trials together (one search completes few), with a permutation p-value; writes "
+        "fidelity_pooled.csv and fidelity_pooled.md.")
+    p.add_argument("names", nargs="+", help="search names (same --budget-s)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the files (default: the first search's report folder)")
+    _storage_arg(p)
+    p.set_defaults(func=cmd_fidelity)
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from search.pooled import pooled_fidelity, write_pooled
+    from search.report import load_study
+
+    searches = [(settings, load_study(settings)) for settings in
+                (store.load_settings(name, args.storage) for name in args.names)]
+    paths = write_pooled(searches, args.out or store.report_dir(searches[0][0]))
+    print(pooled_fidelity(searches).to_string(index=False))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 # Later commands append their add_* function here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_run, add_resume, add_report, add_status, add_rerun_command,
+    add_run, add_resume, add_report, add_status, add_fidelity, add_rerun_command,
 ]
 
 

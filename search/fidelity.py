@@ -1,11 +1,14 @@
 """Rung fidelity: does a rung's val_bpb rank trials as their final val_bpb does? (Spearman per rung)."""
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 MIN_TRIALS = 3  # below this a rank correlation says nothing
+EXACT_PERMUTATION_N = 8  # 8! = 40,320 pairings: exact below this, sampled above
 TOO_FEW = "too few trials"
 ALL_TIED = "undefined: all values tied"
 
@@ -74,10 +77,69 @@ class RungFidelity:
     asha: bool = False
     note: str = ""
     spearman_prequant: float | None = None  # against the final pre-quantization val_bpb (same trials)
+    # One-sided permutation p-value of spearman > 0: with the few trials a search completes, how often a
+    # random ranking agrees as well (n = 4 cannot show anything below p = 1/24).
+    p_positive: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
         return asdict(self)
+
+
+def permutation_p(x: Sequence[float], y: Sequence[float], draws: int = 20_000, seed: int = 0,
+                  exact_max_n: int = EXACT_PERMUTATION_N) -> float | None:
+    """One-sided p-value of Spearman(x, y) > 0 under random pairing: exact over every pairing up to exact_max_n
+    values, else from `draws` seeded shuffles (counting the observed pairing)."""
+    observed = spearman(x, y)
+    if observed is None:
+        return None
+    rx, ry = average_ranks(x), average_ranks(y)
+    tol = 1e-12  # ties in rho between pairings count as "at least as large"
+    if len(x) <= exact_max_n:
+        pairings = list(itertools.permutations(ry))
+        hits = sum(1 for perm in pairings if (pearson(rx, perm) or 0.0) >= observed - tol)
+        return hits / len(pairings)
+    rng = random.Random(seed)
+    shuffled, hits = list(ry), 1
+    for _ in range(draws):
+        rng.shuffle(shuffled)
+        hits += (pearson(rx, shuffled) or 0.0) >= observed - tol
+    return hits / (draws + 1)
+
+
+def milestone_values(rungs: Mapping[Hashable, Sequence[Sequence[float]]], every_s: float,
+                     asha: Sequence[float] = ()) -> dict[float, dict[Hashable, float]]:
+    """Per milestone, each trial's rung val_bpb there (its last finite report in that milestone)."""
+    at: dict[float, dict[Hashable, float]] = {}
+    for trial, reports in rungs.items():
+        for train_s, value in reports:
+            m = milestone(float(train_s), every_s, asha)
+            if m is not None and value is not None and math.isfinite(float(value)):
+                at.setdefault(m, {})[trial] = float(value)
+    return at
+
+
+def score_milestones(
+    at: Mapping[float, Mapping[Hashable, float]],
+    finals: Mapping[Hashable, float],
+    asha: Sequence[float] = (),
+    finals_prequant: Mapping[Hashable, float] | None = None,
+) -> list[RungFidelity]:
+    """Spearman of each milestone's rung values against the finals, over the trials that have both."""
+    asha_set = {round(a, 6) for a in asha}
+    out = []
+    for m in sorted(at):
+        both = sorted((t for t in at[m] if _finite(finals.get(t))), key=repr)
+        enough = len(both) >= MIN_TRIALS
+        xs, ys = [at[m][t] for t in both], [float(finals[t]) for t in both]
+        rho = spearman(xs, ys) if enough else None
+        rho_pre = None
+        if enough and finals_prequant is not None and all(_finite(finals_prequant.get(t)) for t in both):
+            rho_pre = spearman(xs, [float(finals_prequant[t]) for t in both])
+        note = TOO_FEW if not enough else (ALL_TIED if rho is None else "")
+        p = permutation_p(xs, ys) if rho is not None else None
+        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre, p))
+    return out
 
 
 def rung_fidelity(
@@ -90,21 +152,4 @@ def rung_fidelity(
     """Per milestone (ASHA rungs, multiples of every_s): Spearman(rung val_bpb, final val_bpb) over trials in
     both rungs and finals, with its n; with finals_prequant, also against those values over the same trials
     (None where one is missing)."""
-    at: dict[float, dict[int, float]] = {}
-    for trial, reports in rungs.items():
-        for train_s, value in reports:
-            m = milestone(float(train_s), every_s, asha)
-            if m is not None and value is not None and math.isfinite(float(value)):
-                at.setdefault(m, {})[trial] = float(value)
-    asha_set = {round(a, 6) for a in asha}
-    out = []
-    for m in sorted(at):
-        both = sorted(t for t in at[m] if t in finals and finals[t] is not None and math.isfinite(float(finals[t])))
-        enough = len(both) >= MIN_TRIALS
-        rho = spearman([at[m][t] for t in both], [float(finals[t]) for t in both]) if enough else None
-        rho_pre = None
-        if enough and finals_prequant is not None and all(_finite(finals_prequant.get(t)) for t in both):
-            rho_pre = spearman([at[m][t] for t in both], [float(finals_prequant[t]) for t in both])
-        note = TOO_FEW if not enough else (ALL_TIED if rho is None else "")
-        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre))
-    return out
+    return score_milestones(milestone_values(rungs, every_s, asha), finals, asha, finals_prequant)

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 
 from search import device_use, store
-from search.fidelity import RungFidelity, rung_fidelity
+from search.fidelity import RungFidelity, milestone_values, score_milestones
 from search.overhead import COLUMNS as TIME_COLUMNS
 from search.overhead import breakdown, totals
 from search.pareto import pareto_front
@@ -134,27 +134,36 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
     }
 
 
-def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFidelity]:
-    """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
-    (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
+def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[dict, dict, dict]:
+    """A search's rung values per milestone, and its completed trials' final and pre-quantization val_bpb."""
     trials = study.get_trials(deepcopy=False)
-    rungs = {t.number: trial_rungs(t) for t in trials}
+    at = milestone_values({t.number: trial_rungs(t) for t in trials}, settings.report_every_s,
+                          settings.asha_milestones_s)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     finals = {t.number: float(t.user_attrs["val_bpb"]) for t in done if t.user_attrs.get("val_bpb") is not None}
     prequant = {t.number: float(t.user_attrs["val_bpb_prequant"]) for t in done
                 if t.user_attrs.get("val_bpb_prequant") is not None}
-    return rung_fidelity(rungs, finals, settings.report_every_s, settings.asha_milestones_s, finals_prequant=prequant)
+    return at, finals, prequant
+
+
+def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFidelity]:
+    """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
+    (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
+    at, finals, prequant = study_rung_values(study, settings)
+    return score_milestones(at, finals, settings.asha_milestones_s, prequant)
 
 
 def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
-    """The fidelity rows as a table: rung_s, asha, n, spearman and spearman_prequant (or why there is none)."""
+    """The fidelity rows as a table: rung_s, asha, n, spearman, spearman_prequant (or why there is none) and the
+    permutation p-value of spearman > 0."""
     def shown(rho: float | None, note: str) -> str:
         return f"{rho:+.3f}" if rho is not None else note
 
     rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
-             "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note)}
+             "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note),
+             "p_positive": "" if f.p_positive is None else f"{f.p_positive:.3f}"}
             for f in fidelity]
-    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant"])
+    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive"])
 
 
 DEVICE_COLUMNS = ["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct",
@@ -213,6 +222,11 @@ RUNG_NOTES = {
 }
 
 
+P_POSITIVE_NOTE = ("`p_positive` is the one-sided permutation p-value of spearman > 0: how often a random ranking "
+                   "of the same n trials agrees at least as well (a search completes few trials; n = 4 cannot go "
+                   "below 1/24).")
+
+
 def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
     """Whether the trials scored their rungs after the quantization round trip (None: mixed or no trials)."""
     flags = {bool(t.user_attrs["run_config"].get("train", {}).get("rung_roundtrip", False))
@@ -260,6 +274,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               markdown_table(devices) if len(devices) else "_no trial timeline recorded_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
+              P_POSITIVE_NOTE, "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,68 @@
+"""Rung fidelity pooled over several searches of one budget: one search completes few trials (4-6 at 180 s on
+one GPU), too few for a rank correlation to say much, so `python -m search fidelity A B ...` ranks them together."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from search.fidelity import score_milestones
+from search.report import (P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table, rungs_after_roundtrip,
+                           study_rung_values)
+from search.settings import SearchSettings, SettingsError
+
+
+def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> bool | None:
+    """Raise SettingsError unless the searches share a budget and a way of scoring rungs; return that way."""
+    if not searches:
+        raise SettingsError("fidelity: no searches given; pass one or more search names")
+    names = [s.name for s, _ in searches]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"fidelity: a search is named twice in {names}; pass each search once")
+    budgets = {s.name: s.budget_s for s, _ in searches}
+    if len(set(budgets.values())) > 1:
+        raise SettingsError(f"fidelity: the searches train to different budgets {budgets}; a rung's rank only "
+                            f"predicts the final val_bpb of its own budget, so pass searches of one --budget-s")
+    scoring = {s.name: rungs_after_roundtrip(study) for s, study in searches}
+    if len(set(scoring.values())) > 1:
+        raise SettingsError(f"fidelity: the searches score rungs differently (after the quantization round trip: "
+                            f"{scoring}); pass searches that all set train.rung_roundtrip the same way")
+    return next(iter(scoring.values()))
+
+
+def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> pd.DataFrame:
+    """Fidelity rows of each search, then of all their completed trials ranked together (search = 'pooled')."""
+    check_poolable(searches)
+    frames, at_all, finals_all, prequant_all, asha_all = [], {}, {}, {}, set()
+    for settings, study in searches:
+        at, finals, prequant = study_rung_values(study, settings)
+        asha = settings.asha_milestones_s
+        frames.append(fidelity_frame(score_milestones(at, finals, asha, prequant)).assign(search=settings.name))
+        for m, values in at.items():  # trial numbers repeat across searches: key by (search, number)
+            at_all.setdefault(m, {}).update({(settings.name, t): v for t, v in values.items()})
+        finals_all.update({(settings.name, t): v for t, v in finals.items()})
+        prequant_all.update({(settings.name, t): v for t, v in prequant.items()})
+        asha_all.update(asha)
+    if len(searches) > 1:
+        pooled = score_milestones(at_all, finals_all, sorted(asha_all), prequant_all)
+        frames.append(fidelity_frame(pooled).assign(search="pooled"))
+    df = pd.concat(frames, ignore_index=True)
+    return df[["search", *[c for c in df.columns if c != "search"]]]
+
+
+def write_pooled(searches: Sequence[tuple[SearchSettings, optuna.Study]], out_dir: Path) -> dict[str, Path]:
+    """Write fidelity_pooled.csv and fidelity_pooled.md under out_dir; return their paths."""
+    scoring = check_poolable(searches)
+    df = pooled_fidelity(searches)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / "fidelity_pooled.csv", "markdown": out_dir / "fidelity_pooled.md"}
+    df.to_csv(paths["csv"], index=False)
+    names = ", ".join(f"`{s.name}`" for s, _ in searches)
+    lines = [f"# Rung fidelity of {names} (budget {searches[0][0].budget_s:g} s)", "",
+             "Spearman of each rung's val_bpb against the final val_bpb over completed trials, per search and "
+             "pooled (every completed trial of every search ranked together).", "",
+             RUNG_NOTES[scoring], "", P_POSITIVE_NOTE, "", markdown_table(df), ""]
+    paths["markdown"].write_text("\n".join(lines))
+    return paths

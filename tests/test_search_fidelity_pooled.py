@@ -1,0 +1,101 @@
+"""Rung fidelity's permutation p-value, and fidelity pooled over several searches (`python -m search fidelity`)."""
+from __future__ import annotations
+
+import itertools
+import random
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from search import store
+from search.cli import main
+from search.fidelity import permutation_p, spearman
+from search.pooled import pooled_fidelity
+from search.settings import SettingsError
+from tests.search_fixtures import tiny_settings, write_space
+
+
+def test_permutation_p_is_the_share_of_pairings_that_agree_at_least_as_well():
+    assert permutation_p([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1 / 24)  # only the identity
+    assert permutation_p([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(1.0)
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]  # rho 0.8: count by brute force
+    rho = spearman(x, y)
+    hits = sum(spearman(x, list(p)) >= rho - 1e-12 for p in itertools.permutations(y))
+    assert permutation_p(x, y) == pytest.approx(hits / 120)
+    assert permutation_p([1, 1, 1], [1, 2, 3]) is None  # undefined rho: no p either
+
+
+def test_sampled_permutation_p_matches_the_exact_one():
+    rng = random.Random(3)
+    for _ in range(3):
+        x, y = [rng.random() for _ in range(7)], [rng.random() for _ in range(7)]
+        exact = permutation_p(x, y)
+        sampled = permutation_p(x, y, draws=20_000, seed=1, exact_max_n=0)
+        assert sampled == pytest.approx(exact, abs=0.015)
+        assert permutation_p(x, y, draws=2_000, seed=1, exact_max_n=0) == permutation_p(
+            x, y, draws=2_000, seed=1, exact_max_n=0)  # seeded: the report does not change between runs
+
+
+def _study(rung_and_final: dict[int, tuple[float, float]], *rung_ms: int) -> optuna.Study:
+    """Completed trials reporting one value at each rung (ms of training), and one pruned trial."""
+    study = optuna.create_study()
+    for number, (rung, final) in sorted(rung_and_final.items()):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=final, intermediate_values={ms: rung for ms in rung_ms},
+            user_attrs={"val_bpb": final, "val_bpb_prequant": final - 0.01}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={ms: 9.0 for ms in rung_ms}))
+    return study
+
+
+@pytest.fixture()
+def two_searches(tmp_path, tiny_corpus):
+    space = write_space(tmp_path)
+    # Both budgets 1.5 s; the first has rungs at 0.5 s and 1 s, the second one rung at 1 s.
+    a = tiny_settings(tmp_path / "runs", tiny_corpus, space, "a")
+    b = tiny_settings(tmp_path / "runs", tiny_corpus, space, "b", grace_s=1.0)
+    # Within each search the rung ranks its three trials perfectly, but b's trials are all better at the
+    # end and worse at the rung: pooled, the rung misranks across searches.
+    study_a = _study({0: (2.0, 1.20), 1: (2.1, 1.30), 2: (2.2, 1.40)}, 500, 1000)
+    study_b = _study({0: (2.5, 1.00), 1: (2.6, 1.05), 2: (2.7, 1.10)}, 1000)
+    return [(a, study_a), (b, study_b)]
+
+
+def test_pooled_fidelity_ranks_every_search_s_trials_together(two_searches):
+    df = pooled_fidelity(two_searches)
+    at_1s = df[df["rung_s"] == 1.0].set_index("search")
+    assert list(at_1s.index) == ["a", "b", "pooled"]
+    assert list(at_1s["n"]) == [3, 3, 6]  # trial numbers repeat across searches; each counts once
+    assert at_1s.loc["a", "spearman"] == at_1s.loc["b", "spearman"] == "+1.000"
+    want = spearman([2.0, 2.1, 2.2, 2.5, 2.6, 2.7], [1.20, 1.30, 1.40, 1.00, 1.05, 1.10])
+    assert float(at_1s.loc["pooled", "spearman"]) == pytest.approx(want, abs=5e-4) and want < 0
+    assert at_1s.loc["a", "p_positive"] == f"{1 / 6:.3f}"
+    assert set(df[df["rung_s"] == 0.5]["search"]) == {"a", "pooled"}  # only a has a 0.5 s rung
+
+
+def test_pooling_searches_of_different_budgets_is_refused(two_searches, tmp_path, tiny_corpus):
+    (a, study_a), _ = two_searches
+    longer = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "c", budget_s=3.0)
+    with pytest.raises(SettingsError, match="--budget-s"):
+        pooled_fidelity([(a, study_a), (longer, _study({0: (2.0, 1.0)}, 1000))])
+    with pytest.raises(SettingsError, match="named twice"):
+        pooled_fidelity([(a, study_a), (a, study_a)])
+
+
+def test_fidelity_cli_writes_csv_and_markdown(two_searches, capsys):
+    for settings, study in two_searches:  # store each as a search on disk, as `search run` would
+        store.save_settings(settings)
+        saved = optuna.create_study(study_name=settings.name, storage=store.study_url(settings))
+        saved.add_trials(study.get_trials())
+    a = two_searches[0][0]
+    assert main(["fidelity", "a", "b", "--storage", a.storage]) == 0
+    out = capsys.readouterr().out
+    assert "pooled" in out and "p_positive" in out
+    report = store.report_dir(a)
+    table = pd.read_csv(report / "fidelity_pooled.csv")
+    assert list(table[table["search"] == "pooled"]["n"]) == [3, 6]
+    md = (report / "fidelity_pooled.md").read_text()
+    assert "`a`, `b`" in md and "| pooled |" in md and "budget 1.5 s" in md
+    assert main(["fidelity", "a", "missing", "--storage", a.storage]) == 2  # unknown name: one line, exit 2
+    assert "missing" in capsys.readouterr().err
