@@ -22,6 +22,13 @@ DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
 DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
 
 
+def _stop_after_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stop-after-s", type=float, default=0.0, metavar="SECONDS",
+                   help="stop the driver after this many seconds as Ctrl-C would (default 0: run to the end): trials "
+                   "in flight stay resumable from their last rung checkpoint, finished ones are kept, and the "
+                   "report is written; for machines held for a fixed time. `resume` goes on, on any machine")
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=None,
                    help=f"local folder or cloud URI holding searches (default: ${store.STORAGE_ENV} or {store.DEFAULT_STORAGE})")
@@ -69,6 +76,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster to join (default: $RAY_ADDRESS, else a running one, else local); 'local' forces local")
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial after a lost worker/node")
     p.add_argument("--local-dir", default="", help="where study.db and reports go when --storage is a cloud URI")
+    _stop_after_arg(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -145,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each{sharing}, "
           f"budget {settings.budget_s:g}s, ASHA rungs at {rungs}s (x{settings.reduction_factor:g}), reports there"
           f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
-    tuner.run_search(settings, points)
+    tuner.run_search(settings, points, stop_after_s=args.stop_after_s)
     return _finish(settings)
 
 
@@ -165,6 +173,7 @@ def add_resume(sub: argparse._SubParsersAction) -> None:
         "unfinished ones resume from their last rung checkpoint, and the search runs to its trial count.")
     p.add_argument("name", help="search name")
     p.add_argument("--ray-address", default=None, help="override the Ray cluster to join ('local' forces local)")
+    _stop_after_arg(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_resume)
 
@@ -177,7 +186,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, ray_address=args.ray_address)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     print(f"[search] resuming {settings.name} from {store.experiment_path(settings)}", flush=True)
-    tuner.resume_search(settings)
+    tuner.resume_search(settings, stop_after_s=args.stop_after_s)
     return _finish(settings)
 
 

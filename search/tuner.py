@@ -1,8 +1,11 @@
 """Ray Tune wiring: connect to Ray, build the Tuner (OptunaSearch + ASHA on train_s), run and resume."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 from pathlib import Path
 
 import ray
@@ -100,8 +103,27 @@ def build_tuner(settings: SearchSettings) -> tune.Tuner:
     )
 
 
-def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None = None):
-    """Start a new search (refusing to overwrite one of the same name) and run it to the end.
+@contextlib.contextmanager
+def interrupt_after(seconds: float):
+    """Send this process one SIGINT after `seconds` (0: never), as Ctrl-C would: Tune saves its state and stops,
+    and the trials in flight stay resumable. For machines held for a fixed time (leases, spot, job limits)."""
+    if seconds < 0:
+        raise SettingsError(f"--stop-after-s {seconds:g}: must be 0 (run to the end) or a positive number of seconds")
+    if seconds == 0:
+        yield
+        return
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None = None, stop_after_s: float = 0.0):
+    """Start a new search (refusing to overwrite one of the same name) and run it to the end, or until
+    stop_after_s seconds of the driver (0: no limit), leaving it resumable.
 
     points: settings.enqueue already resolved to (file, assignment) by the caller (the CLI does, to fail before
     Ray starts); else they are resolved here.
@@ -110,7 +132,8 @@ def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None =
     store.save_settings(settings)
     open_study(settings)  # create the database now so `status` works from the first second
     enqueue_points(settings, space_points(settings, list(settings.enqueue)) if points is None else points)
-    results = build_tuner(settings).fit()
+    with interrupt_after(stop_after_s):
+        results = build_tuner(settings).fit()
     close_out(settings, results, "its trainable never reported a finish (driver stopped)")
     return results
 
@@ -133,8 +156,9 @@ def close_out(settings: SearchSettings, results, orphan_reason: str) -> None:
     fail_orphans(settings, orphan_reason, keep_tune_ids=ran_here)
 
 
-def resume_search(settings: SearchSettings):
-    """Continue a search whose driver died: Tuner.restore keeps finished trials, resumes unfinished ones."""
+def resume_search(settings: SearchSettings, stop_after_s: float = 0.0):
+    """Continue a search whose driver died: Tuner.restore keeps finished trials, resumes unfinished ones (until
+    stop_after_s seconds, as run_search)."""
     path = store.experiment_path(settings)
     if not tune.Tuner.can_restore(path):
         raise SettingsError(
@@ -143,9 +167,11 @@ def resume_search(settings: SearchSettings):
         )
     tuner = tune.Tuner.restore(path, trainable=make_trainable(settings), resume_unfinished=True,
                                resume_errored=True)
-    results = tuner.fit()
+    with interrupt_after(stop_after_s):
+        results = tuner.fit()
     close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
     return results
 
 
-__all__ = ["connect", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus"]
+__all__ = ["connect", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus",
+           "interrupt_after"]

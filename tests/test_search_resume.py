@@ -148,3 +148,46 @@ def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
             after[number].user_attrs
         assert after[number].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert all(t.state != TrialState.RUNNING for t in after.values())
+
+
+def test_interrupt_after_sends_one_sigint_and_is_cancelled_on_exit():
+    from search.settings import SettingsError
+    from search.tuner import interrupt_after
+
+    start = time.time()
+    try:
+        with interrupt_after(0.3):
+            time.sleep(10)
+        raise AssertionError("no SIGINT arrived")
+    except KeyboardInterrupt:  # the default SIGINT handler, as Ctrl-C
+        assert 0.25 < time.time() - start < 5
+    with interrupt_after(0.3):
+        pass
+    time.sleep(0.6)  # left early: the timer is cancelled, no stray SIGINT
+    with interrupt_after(0):
+        time.sleep(0.05)
+    try:
+        with interrupt_after(-1):
+            pass
+        raise AssertionError("a negative time was accepted")
+    except SettingsError as exc:
+        assert "--stop-after-s" in str(exc)
+
+
+def test_stop_after_s_stops_the_driver_and_leaves_the_search_resumable(tmp_path, tiny_corpus):
+    """`run --stop-after-s`: the driver stops itself, as Ctrl-C would, for a machine held for a fixed time."""
+    storage, name = tmp_path / "runs", "timed"
+    run = ["run", "--space", str(write_space(tmp_path)), "--name", name, "--storage", str(storage),
+           "--trials", "4", "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "60",
+           "--grace-s", "0.5", "--reduction-factor", "2", "--seed", "3", "--ray-address", "local",
+           "--stop-after-s", "8", "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+    start = time.time()
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "search_fixtures.py"), *run], cwd=REPO,
+                         env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert time.time() - start < 200  # no trial can finish 60 s of training: the timer ended the search
+    assert f"python -m search resume {name}" in out.stdout + out.stderr
+    trials = load_study(store.load_settings(name, str(storage))).get_trials(deepcopy=False)
+    assert any(t.user_attrs.get("status") == "interrupted" for t in trials)
+    assert not [t for t in trials if t.state == TrialState.FAIL], "a stopped driver must not fail its trials"
+    assert (storage / name / "report" / "summary.json").is_file()  # the report is written on the way out
