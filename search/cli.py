@@ -173,6 +173,10 @@ def add_resume(sub: argparse._SubParsersAction) -> None:
         "unfinished ones resume from their last rung checkpoint, and the search runs to its trial count.")
     p.add_argument("name", help="search name")
     p.add_argument("--ray-address", default=None, help="override the Ray cluster to join ('local' forces local)")
+    p.add_argument("--from-study", action="store_true",
+                   help="go on from the study alone, without Tune's experiment state (lost, or left on another "
+                   "machine): trials that were in flight start again from scratch as new trials, finished ones "
+                   "are kept, and the sampler learns from all of them")
     _stop_after_arg(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_resume)
@@ -185,6 +189,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.ray_address is not None:
         settings = dataclasses.replace(settings, ray_address=args.ray_address)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
+    if args.from_study:
+        print(f"[search] continuing {settings.name} from its study {store.study_url(settings)}", flush=True)
+        tuner.continue_from_study(settings, stop_after_s=args.stop_after_s)
+        return _finish(settings)
     print(f"[search] resuming {settings.name} from {store.experiment_path(settings)}", flush=True)
     tuner.resume_search(settings, stop_after_s=args.stop_after_s)
     return _finish(settings)

@@ -457,8 +457,35 @@ def fail_orphans(settings: SearchSettings, reason: str, keep_tune_ids: set[str] 
     return count
 
 
+REQUEUED = "requeued_as_new_trial"  # user attr: this in-flight trial was started again as a new trial
+
+
+def requeue_in_flight(settings: SearchSettings, reason: str) -> list[int]:
+    """For a resume from the study alone: mark every trial still RUNNING as FAIL (reason given) and queue each
+    launched one's parameters again, so it starts from scratch first; return the numbers queued again."""
+    study = open_study(settings)
+    requeued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        launched = bool(t.user_attrs.get(TUNE_ID))
+        study._storage.set_trial_user_attr(t._trial_id, STATUS, FAILED)
+        study._storage.set_trial_user_attr(t._trial_id, REASON, reason if launched else "never launched")
+        study._storage.set_trial_user_attr(t._trial_id, REQUEUED, launched)
+        study.tell(t.number, state=TrialState.FAIL)
+        if launched:  # after the FAIL, so the searcher does not refuse it as a repeat of a launched config
+            attrs = {ENQUEUED_FROM: f"restart of #{t.number}"}
+            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+            requeued.append(t.number)
+    return requeued
+
+
+def launched_count(settings: SearchSettings) -> int:
+    """Trials handed to Tune so far, less those started again as new trials (each counts once)."""
+    trials = open_study(settings, create=False).get_trials(deepcopy=False)
+    return sum(1 for t in trials if t.user_attrs.get(TUNE_ID) and not t.user_attrs.get(REQUEUED))
+
+
 __all__ = [
-    "RecurrenceSearcher", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
+    "RecurrenceSearcher", "requeue_in_flight", "launched_count", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
     "prepare_config", "summarize", "fail_orphans", "mark_interrupted", "load_space_bundle", "STATUSES",
     "space_points", "enqueue_points",
 ]

@@ -13,8 +13,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search import store
-from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, mark_interrupted, open_study,
-                             space_loader_of, space_points)
+from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted,
+                             open_study, requeue_in_flight, space_loader_of, space_points)
 from search.settings import SearchSettings, SettingsError
 from search.trainable import make_trainable, reuses_workers
 
@@ -82,15 +82,16 @@ def _run_config(settings: SearchSettings) -> tune.RunConfig:
     )
 
 
-def build_tuner(settings: SearchSettings) -> tune.Tuner:
-    """A new Tuner for the search: RecurrenceSearcher (OptunaSearch) + ASHA, N trainables."""
+def build_tuner(settings: SearchSettings, num_samples: int | None = None) -> tune.Tuner:
+    """A new Tuner for the search: RecurrenceSearcher (OptunaSearch) + ASHA, num_samples (default: the search's
+    trial count) trainables."""
     searcher = RecurrenceSearcher(settings, space_loader=space_loader_of(settings))
     return tune.Tuner(
         make_trainable(settings),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(settings),
-            num_samples=settings.trials,
+            num_samples=settings.trials if num_samples is None else num_samples,
             max_concurrent_trials=settings.max_concurrent or None,
             # Consecutive trials run in one warm worker process (no new Python process, torch import or CUDA
             # context per trial); each writes its run/ straight into its storage folder (trainable.run_dir).
@@ -162,8 +163,9 @@ def resume_search(settings: SearchSettings, stop_after_s: float = 0.0):
     path = store.experiment_path(settings)
     if not tune.Tuner.can_restore(path):
         raise SettingsError(
-            f"search {settings.name}: Tune has no experiment state at {path} yet (it was killed before its first "
-            "checkpoint); start it again with `python -m search run` under a new name"
+            f"search {settings.name}: Tune has no experiment state at {path} (killed before its first checkpoint, "
+            f"or left behind on another machine); `python -m search resume {settings.name} --from-study` goes on "
+            "from the study alone, starting the trials that were in flight again from scratch"
         )
     tuner = tune.Tuner.restore(path, trainable=make_trainable(settings), resume_unfinished=True,
                                resume_errored=True)
@@ -173,5 +175,22 @@ def resume_search(settings: SearchSettings, stop_after_s: float = 0.0):
     return results
 
 
-__all__ = ["connect", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus",
+def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0):
+    """Continue a search from its study alone (Tune's state lost, or left on another machine): the trials in
+    flight start again from scratch as new trials, and the sampler goes on from every finished one."""
+    requeued = requeue_in_flight(settings, "in flight when its driver stopped, with no Tune state to resume it "
+                                           "from; started again from scratch as a new trial (--from-study)")
+    remaining = settings.trials - launched_count(settings)
+    print(f"[search] {settings.name}: going on from the study; {len(requeued)} trial(s) in flight start again "
+          f"({', '.join(f'#{n}' for n in requeued) or 'none'}), {max(remaining, 0)} trial(s) left to launch",
+          flush=True)
+    if remaining <= 0:
+        return None
+    with interrupt_after(stop_after_s):
+        results = build_tuner(settings, num_samples=remaining).fit()
+    close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
+    return results
+
+
+__all__ = ["connect", "continue_from_study", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus",
            "interrupt_after"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -191,3 +192,62 @@ def test_stop_after_s_stops_the_driver_and_leaves_the_search_resumable(tmp_path,
     assert any(t.user_attrs.get("status") == "interrupted" for t in trials)
     assert not [t for t in trials if t.state == TrialState.FAIL], "a stopped driver must not fail its trials"
     assert (storage / name / "report" / "summary.json").is_file()  # the report is written on the way out
+
+
+def test_resume_from_study_alone_restarts_in_flight_trials_and_finishes(tmp_path, tiny_corpus):
+    """Tune's state left behind (another machine, no checkpoints carried): `resume --from-study` goes on from
+    study.db and search.json alone; trials in flight start again as new trials and the count is kept."""
+    storage, name = tmp_path / "runs", "moved"
+    env = cli_env()
+    driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
+    run = ["run", "--space", str(write_space(tmp_path)), "--name", name, "--storage", str(storage), "--trials", "4",
+           "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "2", "--grace-s", "0.5",
+           "--reduction-factor", "2", "--seed", "5", "--ray-address", "local",
+           "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(driver + run, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        db = storage / name / store.STUDY_FILE
+        deadline = time.time() + 300
+        try:
+            while _running_with_a_rung(db) < 1:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "no trial reached its first rung"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=180) == 0, log_path.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    settings = store.load_settings(name, str(storage))
+    before = {t.number: t for t in load_study(settings).get_trials(deepcopy=False)}
+    interrupted = [n for n, t in before.items() if t.user_attrs.get("status") == "interrupted"]
+    assert interrupted
+    # What a fresh machine gets: the study, search.json and the trials' logs; no Tune state, no checkpoints.
+    search_dir = storage / name
+    for path in list(search_dir.iterdir()):
+        if path.is_file() and not path.name.startswith((store.STUDY_FILE, "search.json")):
+            path.unlink()
+    for checkpoint in list(search_dir.glob("t*/checkpoint_*")):
+        shutil.rmtree(checkpoint)
+    refused = subprocess.run(driver + ["resume", name, "--storage", str(storage)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--from-study" in refused.stderr, refused.stderr[-2000:]
+
+    out = subprocess.run(driver + ["resume", name, "--from-study", "--storage", str(storage)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = load_study(settings).get_trials(deepcopy=False)
+    assert all(t.state != TrialState.RUNNING for t in after)
+    for number in interrupted:  # failed with the reason, and its config ran again to a real outcome
+        old = next(t for t in after if t.number == number)
+        assert old.state == TrialState.FAIL and "started again" in old.user_attrs["reason"]
+        again = [t for t in after if t.number > number and t.params == old.params and t.user_attrs.get("tune_trial_id")]
+        assert again and again[0].user_attrs["status"] in ("complete", "pruned", "infeasible_measured")
+    counted = [t for t in after if t.user_attrs.get("tune_trial_id") and not t.user_attrs.get("requeued_as_new_trial")]
+    assert len(counted) == settings.trials  # the restarts took the interrupted trials' places, no more
+    for n, t in before.items():  # nothing finished before the move is lost or changed
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            assert after[n].state == t.state and after[n].user_attrs["status"] == t.user_attrs["status"]
