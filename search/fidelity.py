@@ -80,6 +80,8 @@ class RungFidelity:
     # One-sided permutation p-value of spearman > 0: with the few trials a search completes, how often a
     # random ranking agrees as well (n = 4 cannot show anything below p = 1/24).
     p_positive: float | None = None
+    # With train.rung_cooldown_fraction: the same trials' scores before the cooldown, against the same finals.
+    spearman_before_cooldown: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -124,8 +126,10 @@ def score_milestones(
     finals: Mapping[Hashable, float],
     asha: Sequence[float] = (),
     finals_prequant: Mapping[Hashable, float] | None = None,
+    at_before_cooldown: Mapping[float, Mapping[Hashable, float]] | None = None,
 ) -> list[RungFidelity]:
-    """Spearman of each milestone's rung values against the finals, over the trials that have both."""
+    """Spearman of each milestone's rung values against the finals, over the trials that have both (and of the
+    values before each rung's cooldown, where every one of those trials has one)."""
     asha_set = {round(a, 6) for a in asha}
     out = []
     for m in sorted(at):
@@ -138,7 +142,10 @@ def score_milestones(
             rho_pre = spearman(xs, [float(finals_prequant[t]) for t in both])
         note = TOO_FEW if not enough else (ALL_TIED if rho is None else "")
         p = permutation_p(xs, ys) if rho is not None else None
-        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre, p))
+        before = (at_before_cooldown or {}).get(m, {})
+        rho_before = (spearman([before[t] for t in both], ys)
+                      if enough and before and all(t in before for t in both) else None)
+        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre, p, rho_before))
     return out
 
 

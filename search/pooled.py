@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 
 from search.fidelity import score_milestones
-from search.report import (P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table, rungs_after_roundtrip,
-                           study_rung_values)
+from search.report import (P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table, rung_cooldown_fraction,
+                           rungs_after_roundtrip, study_rung_values)
 from search.settings import SearchSettings, SettingsError
 
 
@@ -29,6 +29,10 @@ def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> b
     if len(set(scoring.values())) > 1:
         raise SettingsError(f"fidelity: the searches score rungs differently (after the quantization round trip: "
                             f"{scoring}); pass searches that all set train.rung_roundtrip the same way")
+    cooldown = {s.name: rung_cooldown_fraction(study) for s, study in searches}
+    if len(set(cooldown.values())) > 1:
+        raise SettingsError(f"fidelity: the searches cool their rungs down differently "
+                            f"(train.rung_cooldown_fraction: {cooldown}); pass searches that all set it the same way")
     return next(iter(scoring.values()))
 
 
@@ -37,9 +41,10 @@ def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> 
     check_poolable(searches)
     frames, at_all, finals_all, prequant_all, asha_all = [], {}, {}, {}, set()
     for settings, study in searches:
-        at, finals, prequant = study_rung_values(study, settings)
+        at, finals, prequant, at_before = study_rung_values(study, settings)
         asha = settings.asha_milestones_s
-        frames.append(fidelity_frame(score_milestones(at, finals, asha, prequant)).assign(search=settings.name))
+        rows = score_milestones(at, finals, asha, prequant, at_before)
+        frames.append(fidelity_frame(rows).assign(search=settings.name))
         for m, values in at.items():  # trial numbers repeat across searches: key by (search, number)
             at_all.setdefault(m, {}).update({(settings.name, t): v for t, v in values.items()})
         finals_all.update({(settings.name, t): v for t, v in finals.items()})

@@ -15,7 +15,7 @@ from search.overhead import breakdown, totals
 from search.pareto import pareto_front
 from search.searcher import (
     COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED,
-    REASON, REPEAT, RUNGS, RUNNING, STATUS,
+    REASON, REPEAT, RUNGS, RUNGS_BEFORE_COOLDOWN, RUNNING, STATUS,
     STATUSES, TUNE_ID, WORKER_TRIAL,
 )
 from search.settings import SearchSettings, is_uri
@@ -134,23 +134,26 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
     }
 
 
-def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[dict, dict, dict]:
-    """A search's rung values per milestone, and its completed trials' final and pre-quantization val_bpb."""
+def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[dict, dict, dict, dict]:
+    """A search's rung values per milestone, its completed trials' final and pre-quantization val_bpb, and the
+    rung values before their cooldown (train.rung_cooldown_fraction; empty without)."""
     trials = study.get_trials(deepcopy=False)
     at = milestone_values({t.number: trial_rungs(t) for t in trials}, settings.report_every_s,
                           settings.asha_milestones_s)
+    at_before = milestone_values({t.number: t.user_attrs.get(RUNGS_BEFORE_COOLDOWN, []) for t in trials},
+                                 settings.report_every_s, settings.asha_milestones_s)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     finals = {t.number: float(t.user_attrs["val_bpb"]) for t in done if t.user_attrs.get("val_bpb") is not None}
     prequant = {t.number: float(t.user_attrs["val_bpb_prequant"]) for t in done
                 if t.user_attrs.get("val_bpb_prequant") is not None}
-    return at, finals, prequant
+    return at, finals, prequant, at_before
 
 
 def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFidelity]:
     """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
     (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
-    at, finals, prequant = study_rung_values(study, settings)
-    return score_milestones(at, finals, settings.asha_milestones_s, prequant)
+    at, finals, prequant, at_before = study_rung_values(study, settings)
+    return score_milestones(at, finals, settings.asha_milestones_s, prequant, at_before)
 
 
 def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
@@ -161,9 +164,13 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
 
     rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
              "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note),
-             "p_positive": "" if f.p_positive is None else f"{f.p_positive:.3f}"}
+             "p_positive": "" if f.p_positive is None else f"{f.p_positive:.3f}",
+             "spearman_before_cooldown": "" if f.spearman_before_cooldown is None else f"{f.spearman_before_cooldown:+.3f}"}
             for f in fidelity]
-    return pd.DataFrame(rows, columns=["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive"])
+    columns = ["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive"]
+    if any(f.spearman_before_cooldown is not None for f in fidelity):  # only searches with rung cooldowns
+        columns.append("spearman_before_cooldown")
+    return pd.DataFrame(rows, columns=columns)
 
 
 DEVICE_COLUMNS = ["device", "trials", "in_use_s", "train_s", "wait_s", "outside_training_pct",
@@ -225,6 +232,13 @@ RUNG_NOTES = {
 P_POSITIVE_NOTE = ("`p_positive` is the one-sided permutation p-value of spearman > 0: how often a random ranking "
                    "of the same n trials agrees at least as well (a search completes few trials; n = 4 cannot go "
                    "below 1/24).")
+
+
+def rung_cooldown_fraction(study: optuna.Study) -> float | None:
+    """The trials' train.rung_cooldown_fraction (0 for trials from before it; None: it differs between them)."""
+    values = {float(t.user_attrs["run_config"].get("train", {}).get("rung_cooldown_fraction", 0.0))
+              for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
+    return values.pop() if len(values) == 1 else (0.0 if not values else None)
 
 
 def rungs_after_roundtrip(study: optuna.Study) -> bool | None:

@@ -43,6 +43,8 @@ STATUS = "status"
 REASON = "reason"
 EXCESS = "constraint_excess_bytes"
 RUNGS = "rungs"
+# With train.rung_cooldown_fraction: each rung's score before its cooldown, [[train_s, val_bpb], ...].
+RUNGS_BEFORE_COOLDOWN = "rungs_before_cooldown"
 TUNE_ID = "tune_trial_id"
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
@@ -212,6 +214,7 @@ class RecurrenceSearcher(OptunaSearch):
             storage=store.study_storage(settings),
         )
         self._rungs: dict[str, list[list[float]]] = {}
+        self._rungs_before: dict[str, list[list[float]]] = {}  # before each rung's cooldown, if any
         self.rejected = 0
         self.repeats = 0
 
@@ -227,6 +230,7 @@ class RecurrenceSearcher(OptunaSearch):
     def __setstate__(self, state: dict) -> None:
         numbers = state.pop("_ot_trials")
         state.setdefault("repeats", 0)  # a searcher saved before repeats were refused
+        state.setdefault("_rungs_before", {})  # ... or before rung cooldowns
         self.__dict__.update(state)
         self._sampler = make_sampler(self._settings)
         self._ot_study = open_study(self._settings)
@@ -339,6 +343,10 @@ class RecurrenceSearcher(OptunaSearch):
             return  # already recorded (Tune passes the stopping result to on_trial_complete again)
         rungs.append([round(train_s, 3), float(value)])
         ot_trial.set_user_attr(RUNGS, rungs)
+        before = result.get("val_bpb_before_cooldown")
+        if before is not None:
+            self._rungs_before.setdefault(trial_id, []).append([round(train_s, 3), float(before)])
+            ot_trial.set_user_attr(RUNGS_BEFORE_COOLDOWN, self._rungs_before[trial_id])
         if not self._settings.multi_objective:  # Optuna has no intermediate values for multi-objective
             step = int(round(train_s * 1000))  # step = training milliseconds: one time axis for all trials
             if step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:

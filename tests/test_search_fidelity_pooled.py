@@ -1,6 +1,7 @@
 """Rung fidelity's permutation p-value, and fidelity pooled over several searches (`python -m search fidelity`)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -38,13 +39,14 @@ def test_sampled_permutation_p_matches_the_exact_one():
             x, y, draws=2_000, seed=1, exact_max_n=0)  # seeded: the report does not change between runs
 
 
-def _study(rung_and_final: dict[int, tuple[float, float]], *rung_ms: int) -> optuna.Study:
+def _study(rung_and_final: dict[int, tuple[float, float]], *rung_ms: int, run_config: dict | None = None) -> optuna.Study:
     """Completed trials reporting one value at each rung (ms of training), and one pruned trial."""
     study = optuna.create_study()
+    extra = {} if run_config is None else {"run_config": run_config}
     for number, (rung, final) in sorted(rung_and_final.items()):
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE, value=final, intermediate_values={ms: rung for ms in rung_ms},
-            user_attrs={"val_bpb": final, "val_bpb_prequant": final - 0.01}))
+            user_attrs={"val_bpb": final, "val_bpb_prequant": final - 0.01, **extra}))
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, intermediate_values={ms: 9.0 for ms in rung_ms}))
     return study
 
@@ -81,6 +83,11 @@ def test_pooling_searches_of_different_budgets_is_refused(two_searches, tmp_path
         pooled_fidelity([(a, study_a), (longer, _study({0: (2.0, 1.0)}, 1000))])
     with pytest.raises(SettingsError, match="named twice"):
         pooled_fidelity([(a, study_a), (a, study_a)])
+    b = two_searches[1][0]
+    cooled = _study({0: (2.5, 1.0), 1: (2.6, 1.1), 2: (2.7, 1.2)}, 1000,
+                    run_config={"train": {"rung_cooldown_fraction": 0.1}})  # b's rungs cooled down, a's did not
+    with pytest.raises(SettingsError, match="rung_cooldown_fraction"):
+        pooled_fidelity([(a, study_a), (b, cooled)])
 
 
 def test_fidelity_cli_writes_csv_and_markdown(two_searches, capsys):
@@ -99,3 +106,51 @@ def test_fidelity_cli_writes_csv_and_markdown(two_searches, capsys):
     assert "`a`, `b`" in md and "| pooled |" in md and "budget 1.5 s" in md
     assert main(["fidelity", "a", "missing", "--storage", a.storage]) == 2  # unknown name: one line, exit 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_fidelity_of_the_scores_before_each_rung_s_cooldown():
+    from search.fidelity import score_milestones
+
+    finals = {1: 1.1, 2: 1.2, 3: 1.3, 4: 1.4}
+    cooled = {60.0: {1: 1.50, 2: 1.60, 3: 1.70, 4: 1.80}}  # ranks as the finals do
+    before = {60.0: {1: 1.90, 2: 1.80, 3: 1.70, 4: 1.60}}  # ranks the other way round
+    (row,) = score_milestones(cooled, finals, (60.0,), at_before_cooldown=before)
+    assert row.spearman == pytest.approx(1.0) and row.spearman_before_cooldown == pytest.approx(-1.0)
+    (partial,) = score_milestones(cooled, finals, (60.0,), at_before_cooldown={60.0: {1: 1.9, 2: 1.8}})
+    assert partial.spearman_before_cooldown is None  # not every trial has one: no figure over other trials
+    (plain,) = score_milestones(cooled, finals, (60.0,))
+    assert plain.spearman_before_cooldown is None
+
+
+def test_a_search_with_rung_cooldowns_records_the_score_before_each_cooldown(tmp_path, tiny_corpus):
+    from search.report import load_study
+    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+    from tests.search_fixtures import run_local_search
+
+    settings = run_local_search(tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "cool",
+                                              trials=4, overrides=("train.rung_cooldown_fraction=0.2",)))
+    trials = load_study(settings).get_trials(deepcopy=False)
+    with_rungs = [t for t in trials if t.user_attrs.get(RUNGS)]
+    assert with_rungs
+    for t in with_rungs:  # one score before the cooldown per rung, at the rung's time, through Tune
+        before = t.user_attrs[RUNGS_BEFORE_COOLDOWN]
+        assert [s for s, _ in before] == [s for s, _ in t.user_attrs[RUNGS]]
+        assert [v for _, v in before] != [v for _, v in t.user_attrs[RUNGS]]
+
+
+def test_the_report_ranks_the_scores_before_cooldown_only_where_there_are_some(tmp_path, tiny_corpus):
+    from search.report import fidelity_frame, study_fidelity
+    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+
+    settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "cooled")  # rungs 0.5, 1 s
+    study = optuna.create_study()
+    for number, final in enumerate((1.1, 1.2, 1.3)):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=final,
+            user_attrs={"val_bpb": final, RUNGS: [[0.5, 2.0 + number]],
+                        RUNGS_BEFORE_COOLDOWN: [[0.5, 3.0 - number]]}))
+    (row,) = study_fidelity(study, settings)
+    assert row.spearman == pytest.approx(1.0) and row.spearman_before_cooldown == pytest.approx(-1.0)
+    assert list(fidelity_frame([row]).columns)[-1] == "spearman_before_cooldown"
+    plain = dataclasses.replace(row, spearman_before_cooldown=None)
+    assert "spearman_before_cooldown" not in fidelity_frame([plain]).columns

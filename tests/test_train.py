@@ -279,3 +279,45 @@ def test_only_out_of_memory_errors_count_as_a_full_gpu():
     assert all(is_out_of_memory(e) for e in OUT_OF_MEMORY)
     assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not is_out_of_memory(ValueError("CUDA driver error: out of memory"))
+
+
+def test_rung_cooldown_scores_a_cooled_copy_and_leaves_training_alone(tiny_corpus, tiny_config_dict, tmp_path):
+    cfg_dict = tiny_config_dict
+    cfg_dict["train"].update(max_steps=30, report_every_s=0.05, budget_s=1000.0, rung_cooldown_fraction=0.25)
+    cfg = config.from_dict(cfg_dict)
+    val_prefix = load_val_tokens(tiny_corpus["data"], 320)[: cfg.train.val_prefix_tokens + 1]
+    reports, rescored = [], []
+
+    def report(metrics, save_checkpoint):
+        reports.append(metrics)
+        if len(reports) <= 2:  # the rung's checkpoint holds the weights before the cooldown: training's own
+            save_checkpoint(tmp_path / f"ckpt{len(reports)}")
+            state = torch.load(tmp_path / f"ckpt{len(reports)}" / "trainer_state.rank0.pt", weights_only=True)
+            model = GPT(cfg.model)
+            model.load_state_dict(state["model"])
+            rescored.append(evaluate(model, val_prefix, byte_table(tiny_corpus["sp"], 320), cfg.train.seq_len,
+                                     cfg.train.val_batch_tokens, torch.device("cpu")).val_bpb)
+
+    cooled = run(tiny_corpus, cfg_dict, tmp_path / "on", report=report)
+    assert len(reports) >= 2
+    for rung, again in zip(reports, rescored):
+        assert rung["val_bpb_before_cooldown"] == pytest.approx(again, abs=1e-6)
+    for rung in reports:
+        assert rung["cooldown_steps"] == max(1, round(0.25 * rung["step"]))
+        assert rung["val_bpb"] == rung["val_bpb_prequant"]  # no round trip asked: one score
+    assert any(r["val_bpb"] < r["val_bpb_before_cooldown"] for r in reports)  # decaying the LR helps at some rung
+    cfg_dict["train"]["rung_cooldown_fraction"] = 0.0
+    without = run(tiny_corpus, cfg_dict, tmp_path / "off", report=lambda m, s: None)
+    # Model, optimizers and data position are rewound after each cooldown: training goes on step for step.
+    assert cooled["steps"] == without["steps"]
+    assert cooled["val_bpb_prequant"] == pytest.approx(without["val_bpb_prequant"], abs=1e-6)
+
+
+def test_cooldown_scales_decay_linearly_and_the_fraction_is_validated(tiny_config_dict):
+    from trainer.optim import cooldown_scales
+
+    assert cooldown_scales(0.8, 4) == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert cooldown_scales(1.0, 1) == [1.0]
+    tiny_config_dict["train"]["rung_cooldown_fraction"] = 0.6
+    with pytest.raises(config.ConfigError, match="train.rung_cooldown_fraction"):
+        config.from_dict(tiny_config_dict)

@@ -122,9 +122,15 @@ def muon_momentum(cfg: TrainConfig, step: int) -> float:
     return (1 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum
 
 
-def set_schedule(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, step: int, train_s: float) -> None:
-    """Apply this step's LR scale and Muon momentum to every group."""
-    scale = lr_scale(cfg, step, train_s)
+def cooldown_scales(start_scale: float, steps: int) -> list[float]:
+    """LR scales of a cooldown of `steps` steps: linear from start_scale towards 0, the last step at start/steps."""
+    return [start_scale * (steps - i) / steps for i in range(steps)]
+
+
+def set_schedule(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, step: int, train_s: float,
+                 scale: float | None = None) -> None:
+    """Apply this step's LR scale (lr_scale's, unless given) and Muon momentum to every group."""
+    scale = lr_scale(cfg, step, train_s) if scale is None else scale
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * scale

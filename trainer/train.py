@@ -23,10 +23,10 @@ from trainer import artifact
 from trainer.bpb import byte_table, load_sentencepiece
 from trainer.config import RunConfig
 from trainer.data import DistributedBatches, TokenStream, load_val_tokens
-from trainer.evaluate import evaluate
+from trainer.evaluate import EvalResult, evaluate
 from trainer.flops import flops_per_token, mfu
 from trainer.model import GPT
-from trainer.optim import build_optimizers, set_schedule
+from trainer.optim import build_optimizers, cooldown_scales, lr_scale, set_schedule
 from trainer.schedule import unique_params
 
 Report = Callable[[dict, Callable[[Path], None]], None]
@@ -226,8 +226,8 @@ def train(
     )
     log(startup.line("startup"))
 
-    def train_step(step: int, train_s: float) -> torch.Tensor:
-        set_schedule(optimizers, tc, step, train_s)
+    def train_step(step: int, train_s: float, lr_scale_now: float | None = None) -> torch.Tensor:
+        set_schedule(optimizers, tc, step, train_s, lr_scale_now)
         total = torch.zeros((), device=rt.device)
         for micro in range(grad_accum):
             x, y = batches.next(local_tokens, tc.seq_len)
@@ -315,6 +315,35 @@ def train(
         }
         torch.save(state, Path(path) / STATE_FILE.format(rank=rt.rank))
 
+    def score_prefix() -> tuple[EvalResult, EvalResult]:
+        """The val prefix's scores before and after the artifact's quantization round trip (the same one
+        without train.rung_roundtrip)."""
+        pre = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
+        _check_finite(pre.val_loss, step)
+        if not tc.rung_roundtrip:
+            return pre, pre
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(artifact.unpack(artifact.pack(trained, cfg))[1])
+        post = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank,
+                        rt.world_size)
+        model.load_state_dict(trained)  # training goes on from the unquantized weights
+        return pre, post
+
+    def score_after_cooldown() -> tuple[EvalResult, EvalResult, int]:
+        """score_prefix after a cooldown of train.rung_cooldown_fraction of the steps so far, and its step count;
+        the weights, optimizer state and data position are rewound after, so training goes on as without it."""
+        saved = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers],
+                 stream.state())
+        steps = max(1, round(tc.rung_cooldown_fraction * step))
+        for i, scale in enumerate(cooldown_scales(lr_scale(tc, step, train_s), steps)):
+            train_step(step + i, train_s, scale)
+        pre, post = score_prefix()
+        model.load_state_dict(saved[0])
+        for opt, state in zip(optimizers, saved[1]):
+            opt.load_state_dict(state)
+        stream.restore(saved[2])
+        return pre, post, steps
+
     eval_s = 0.0
     next_report_s = tc.next_report_s(train_s)
     if on_gpu:
@@ -342,19 +371,20 @@ def train(
             _sync(rt.device)
             train_s += time.perf_counter() - t0
             eval_start = time.perf_counter()
-            res = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
-            _check_finite(res.val_loss, step)
-            rung = {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": res.val_bpb,
-                    "val_loss": res.val_loss, "val_bpb_prequant": res.val_bpb, "val_loss_prequant": res.val_loss,
+            pre, post = score_prefix()
+            rung = {"step": step, "train_s": train_s, "train_tokens": train_tokens, "val_bpb": post.val_bpb,
+                    "val_loss": post.val_loss, "val_bpb_prequant": pre.val_bpb, "val_loss_prequant": pre.val_loss,
                     # so a trial that ASHA stops still tells where its time before training went
                     "startup_s": startup.total_s(), "compile_s": compile_s, "wait_s": wait_s}
-            if tc.rung_roundtrip:
-                trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(artifact.unpack(artifact.pack(trained, cfg))[1])
-                post = evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank,
-                                rt.world_size)
-                model.load_state_dict(trained)  # training goes on from the unquantized weights
-                rung.update(val_bpb=post.val_bpb, val_loss=post.val_loss)
+            if tc.rung_cooldown_fraction > 0:
+                # ASHA ranks the cooled-down score; the one before stays in the report, so the search's fidelity
+                # table can say which of the two ranked the trials as their finals did.
+                pre, post, cooldown_steps = score_after_cooldown()
+                rung.update(val_bpb_before_cooldown=rung["val_bpb"], val_bpb=post.val_bpb, val_loss=post.val_loss,
+                            val_bpb_prequant=pre.val_bpb, val_loss_prequant=pre.val_loss,
+                            cooldown_steps=cooldown_steps)
+                log(f"rung at step {step}: val_bpb {rung['val_bpb_before_cooldown']:.4f} before, "
+                    f"{post.val_bpb:.4f} after a {cooldown_steps}-step cooldown")
             eval_s += time.perf_counter() - eval_start
             report(rung, save_checkpoint)
             next_report_s = tc.next_report_s(train_s)  # one report however many scheduled times were crossed
