@@ -155,16 +155,21 @@ def test_interrupt_after_sends_one_sigint_and_is_cancelled_on_exit():
     from search.settings import SettingsError
     from search.tuner import interrupt_after
 
-    start = time.time()
+    # Python's own SIGINT handler, whatever an in-process Tune run of an earlier test left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        start = time.time()
+        try:
+            with interrupt_after(0.3):
+                time.sleep(10)
+            raise AssertionError("no SIGINT arrived")
+        except KeyboardInterrupt:  # as Ctrl-C
+            assert 0.25 < time.time() - start < 5
         with interrupt_after(0.3):
-            time.sleep(10)
-        raise AssertionError("no SIGINT arrived")
-    except KeyboardInterrupt:  # the default SIGINT handler, as Ctrl-C
-        assert 0.25 < time.time() - start < 5
-    with interrupt_after(0.3):
-        pass
-    time.sleep(0.6)  # left early: the timer is cancelled, no stray SIGINT
+            pass
+        time.sleep(0.6)  # left early: the timer is cancelled, no stray SIGINT
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with interrupt_after(0):
         time.sleep(0.05)
     try:
