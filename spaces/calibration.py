@@ -1,6 +1,7 @@
 """Fit the size model to measured artifacts (run directories) and report its accuracy."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -10,14 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from trainer import artifact
-from trainer.config import ConfigError, RunConfig, from_dict
+from trainer.config import ConfigError, RunConfig, TrainConfig, from_dict
 
 from spaces.size_model import FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes
 
-# The margin is this many times the fit's worst leave-one-out under-prediction, so an unseen config
+# The margin is this many times the fit's worst leave-one-config-out under-prediction, so an unseen config
 # whose error is somewhat worse than any seen one is still caught; never below MIN_MARGIN_FRACTION.
 SAFETY_FACTOR = 1.5
 MIN_MARGIN_FRACTION = 0.002
+# Train settings that only schedule reports, evaluation and logging (and the seed): a search trial and a rerun of
+# one config differ only in these, and their weights come from the same training, so they are one config.
+NOT_CONFIG_TRAIN_FIELDS = ("seed", "report_every_s", "report_at_s", "rung_roundtrip", "val_prefix_tokens",
+                           "val_batch_tokens", "final_val_tokens", "log_every_steps", "compile_eval")
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ BOUNDS = {
     **{f: (v, v) for f, v in FIXED_COEFFICIENTS.items()},
 }
 FIXED = {FEATURES.index(f): v for f, v in FIXED_COEFFICIENTS.items()}
-# A coefficient must be exercised (non-zero feature) by this many runs to be cross-validated.
+# A coefficient must be exercised (non-zero feature) by this many configs to be cross-validated.
 MIN_SUPPORT = 2
 
 
@@ -124,27 +129,55 @@ def conservative_bound(feature: str, value: float) -> float:
     return upper if value >= 0 else lower
 
 
-def leave_one_out(rows: np.ndarray, measured: np.ndarray, fit_idx: list[int]) -> tuple[np.ndarray, dict[int, list[str]]]:
-    """Predict each run from a fit to the others; a coefficient no other run exercises is pinned to its
-    conservative bound in that fold (returned per run), so a thinly measured component cannot blow up."""
+def config_key(run: MeasuredRun) -> tuple:
+    """What makes two runs the same config for cross-validation: the trained network (model + train settings
+    that shape the weights, any seed) and, for synthetic runs, the weight distribution."""
+    defaults = TrainConfig()
+    train = dataclasses.replace(run.cfg.train, **{f: getattr(defaults, f) for f in NOT_CONFIG_TRAIN_FIELDS})
+    # The export is left out on purpose: training never reads it, so int6 and int8 (or zstd 1 and 22) exports
+    # of one trained shape share its weights, and their errors move together (H100, 180 s: +0.9% and +1.3%).
+    return run.cfg.model, train, run.metrics.get("distribution")
+
+
+def config_groups(runs: list[MeasuredRun]) -> list[list[int]]:
+    """Indices of the runs of each config (see config_key), in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for k, run in enumerate(runs):
+        groups.setdefault(config_key(run), []).append(k)
+    return list(groups.values())
+
+
+def leave_config_out(rows: np.ndarray, measured: np.ndarray, fit_idx: list[int],
+                     groups: list[list[int]]) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """Predict each run from a fit to the runs of the other configs: plain leave-one-out would keep a run's
+    sibling seeds and exports in the fit and so judge its config too kindly. A coefficient that no run of
+    another config exercises is pinned to its conservative bound for that run (returned per run), so a thinly
+    measured component cannot blow up."""
     preds, pinned = np.empty(len(measured)), {}
-    for k in range(len(measured)):
-        keep = np.arange(len(measured)) != k
-        unsupported = [i for i in fit_idx if i not in FIXED and rows[k, i] != 0 and not rows[keep, i].any()]
-        fixed = {i: conservative_bound(FEATURES[i], rows[k, i]) for i in unsupported}
-        coef = _fit_coefficients(rows[keep], measured[keep], fit_idx, fixed)
-        preds[k] = rows[k, fit_idx] @ coef
-        if unsupported:
-            pinned[k] = [FEATURES[i] for i in unsupported]
+    for group in groups:
+        keep = np.ones(len(measured), dtype=bool)
+        keep[group] = False
+        unsupported = [i for i in fit_idx if i not in FIXED and rows[group, i].any() and not rows[keep, i].any()]
+        # No kept run exercises these, so their value cannot move the fold's fit: pin any, then each run's own.
+        coef = dict(zip(fit_idx, _fit_coefficients(rows[keep], measured[keep], fit_idx,
+                                                   {i: BOUNDS[FEATURES[i]][0] for i in unsupported})))
+        for k in group:
+            own = [i for i in unsupported if rows[k, i] != 0]
+            preds[k] = sum(rows[k, i] * (conservative_bound(FEATURES[i], rows[k, i]) if i in own else coef[i])
+                           for i in fit_idx)
+            if own:
+                pinned[k] = [FEATURES[i] for i in own]
     return preds, pinned
 
 
-def thin_feature_margins(rows: np.ndarray, fit_idx: list[int], coefficients: dict[str, float]) -> dict[str, float]:
-    """Bytes per |unit| to add for each coefficient exercised by fewer than MIN_SUPPORT runs: the distance from
-    its fitted value to its physical bound, so a config using it is judged as if that component were worst case."""
+def thin_feature_margins(rows: np.ndarray, fit_idx: list[int], coefficients: dict[str, float],
+                         groups: list[list[int]]) -> dict[str, float]:
+    """Bytes per |unit| to add for each coefficient exercised by fewer than MIN_SUPPORT configs (groups of run
+    indices): the distance from its fitted value to its physical bound, so a config using it is judged as if that
+    component were worst case."""
     margins = {}
     for i in fit_idx:
-        if i not in FIXED and 0 < np.count_nonzero(rows[:, i]) < MIN_SUPPORT:
+        if i not in FIXED and 0 < sum(1 for g in groups if rows[g, i].any()) < MIN_SUPPORT:
             f = FEATURES[i]
             lower, upper = BOUNDS[f]
             margins[f] = round(max(upper - coefficients[f], coefficients[f] - lower), 6)
@@ -152,7 +185,7 @@ def thin_feature_margins(rows: np.ndarray, fit_idx: list[int], coefficients: dic
 
 
 def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibration:
-    """Fit bytes-per-unit coefficients and derive the safety margin from leave-one-out errors."""
+    """Fit bytes-per-unit coefficients and derive the safety margin from leave-one-config-out errors."""
     if not runs:
         raise ConfigError("calibrate: no runs given; pass one or more RUN_DIRs")
     rows = np.array([list(features(r.cfg).values()) for r in runs], dtype=float)  # FEATURES order
@@ -171,17 +204,25 @@ def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibratio
         [coefficients[f] for i, f in enumerate(FEATURES) if i not in fit_idx])
 
     in_sample = rows @ np.array([coefficients[f] for f in FEATURES])
-    loo_fit, pinned = leave_one_out(rows, measured, fit_idx)
-    loo = loo_fit + carried_bytes
+    groups = config_groups(runs)
+    group_of = {k: gi for gi, g in enumerate(groups) for k in g}
+    out_fit, pinned = leave_config_out(rows, measured, fit_idx, groups)
+    out = out_fit + carried_bytes
     checked = [k for k in range(len(runs)) if k not in pinned]
-    if len(checked) < 2:
-        raise ConfigError(f"calibrate: only {len(checked)} run(s) can be cross-validated (the others alone exercise "
-                          f"some coefficient); add runs that repeat their bit widths and tensor kinds")
+    checked_configs = len({group_of[k] for k in checked})
+    if checked_configs < 2:
+        raise ConfigError(f"calibrate: only {len(checked)} run(s) of {checked_configs} "
+                          f"config(s) can be cross-validated (the others alone exercise some coefficient, or every "
+                          f"run is one config); add runs of other configs that repeat their bit widths and tensor kinds")
     rel = (in_sample - measured) / measured  # positive = over-prediction (the safe side)
-    loo_rel = (loo - measured) / measured
-    loo_under = float(max(0.0, np.max(measured[checked] / loo[checked] - 1.0)))
-    margin = max(MIN_MARGIN_FRACTION, SAFETY_FACTOR * loo_under)
-    feature_margins = thin_feature_margins(rows, fit_idx, coefficients)
+    out_rel = (out - measured) / measured
+    out_under = float(max(0.0, np.max(measured[checked] / out[checked] - 1.0)))
+    margin = max(MIN_MARGIN_FRACTION, SAFETY_FACTOR * out_under)
+    # For the record only: what plain leave-one-out (siblings kept in the fit) would have said.
+    loo_fit, loo_pinned = leave_config_out(rows, measured, fit_idx, [[k] for k in range(len(runs))])
+    loo_checked = [k for k in range(len(runs)) if k not in loo_pinned]
+    loo_under = float(max(0.0, np.max(measured[loo_checked] / (loo_fit + carried_bytes)[loo_checked] - 1.0)))
+    feature_margins = thin_feature_margins(rows, fit_idx, coefficients, groups)
     if carried:
         margin = max(margin, prior.safety_margin_fraction)
         feature_margins = {**{f: m for f, m in prior.feature_margins.items() if f in carried}, **feature_margins}
@@ -201,19 +242,24 @@ def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibratio
         "carried_over_from_prior": carried,
         "bounds": {f: list(b) for f, b in BOUNDS.items()},
         "margin_rule": (
-            f"max({MIN_MARGIN_FRACTION}, {SAFETY_FACTOR} x worst leave-one-out under-prediction over the runs "
-            f"that can be cross-validated); a run that alone exercises a coefficient is left out of that max (its "
-            f"fold pins the coefficient to its conservative bound) and the coefficient gets a feature_margins entry "
-            f"(bytes per |unit| up to its physical bound), added to the margin of any config that uses it"
+            f"max({MIN_MARGIN_FRACTION}, {SAFETY_FACTOR} x worst leave-one-config-out under-prediction over the "
+            f"runs that can be cross-validated); a config = the trained network (model + train settings, any seed, "
+            f"any export, report/eval/logging settings ignored: calibration.config_key), and each run is predicted "
+            f"by a fit to the runs of the other configs (its left_out_with siblings are out of the fit too); a "
+            f"config that alone exercises a coefficient is left out of that max (its fold pins the coefficient to "
+            f"its conservative bound) and the coefficient gets a feature_margins entry (bytes per |unit| up to its "
+            f"physical bound), added to the margin of any config that uses it"
             + (" ; at least the prior's margin (some coefficients carried over)" if carried else "")
         ),
         "fit": {
             "runs": len(runs),
             "max_abs_error_pct": round(100 * float(np.max(np.abs(rel))), 3),
             "rms_error_pct": round(100 * float(np.sqrt(np.mean(rel**2))), 3),
-            "max_abs_loo_error_pct": round(100 * float(np.max(np.abs(loo_rel[checked]))), 3),
-            "worst_underprediction_loo_pct": round(100 * loo_under, 3),
-            "loo_excluded_runs": {runs[k].name: fs for k, fs in pinned.items()},
+            "configs": len(groups),
+            "max_abs_config_out_error_pct": round(100 * float(np.max(np.abs(out_rel[checked]))), 3),
+            "worst_underprediction_config_out_pct": round(100 * out_under, 3),
+            "worst_underprediction_plain_loo_pct": round(100 * loo_under, 3),
+            "config_out_excluded_runs": {runs[k].name: fs for k, fs in pinned.items()},
             "thin_features": sorted(feature_margins),
         },
         "runs": [
@@ -230,10 +276,11 @@ def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibratio
                 "measured_model_bytes": r.model_bytes,
                 "predicted_model_bytes": round(float(p)),
                 "error_pct": round(100 * float(e), 3),
-                "loo_predicted_model_bytes": round(float(lp)),
-                "loo_error_pct": round(100 * float(le), 3),
+                "config_out_predicted_model_bytes": round(float(op)),
+                "config_out_error_pct": round(100 * float(oe), 3),
+                "left_out_with": [runs[j].name for j in groups[group_of[k]] if j != k],
             }
-            for r, p, e, lp, le in zip(runs, in_sample, rel, loo, loo_rel)
+            for k, (r, p, e, op, oe) in enumerate(zip(runs, in_sample, rel, out, out_rel))
         ],
     }
     return Calibration(coefficients=coefficients, safety_margin_fraction=round(margin, 5), provenance=provenance,
@@ -245,35 +292,48 @@ def write_calibration(calibration: Calibration, path: Path | str) -> None:
     Path(path).write_text(json.dumps(calibration.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def loo_from_provenance(calibration: Calibration) -> dict[str, int]:
-    """Leave-one-out predicted model bytes per run name, as recorded by fit() (empty for older calibrations)."""
-    return {r["name"]: r["loo_predicted_model_bytes"] for r in calibration.provenance.get("runs", [])
-            if "loo_predicted_model_bytes" in r}
+def config_out_from_provenance(calibration: Calibration) -> dict[tuple[str, int], int]:
+    """Leave-one-config-out predicted model bytes per (run name, measured bytes), as recorded by fit() (empty
+    for calibrations written before the grouped rule)."""
+    # Keyed by the measured bytes too, so another run that happens to share a fitted run's folder name is not
+    # shown with that run's held-out prediction.
+    return {(r["name"], r["measured_model_bytes"]): r["config_out_predicted_model_bytes"]
+            for r in calibration.provenance.get("runs", []) if "config_out_predicted_model_bytes" in r}
 
 
-def accuracy_table(runs: list[MeasuredRun], calibration: Calibration, loo: dict[str, int] | None = None) -> str:
-    """Markdown table of predicted vs measured compressed model bytes per run (+ leave-one-out columns if given)."""
-    loo = loo or {}
-    with_loo = bool(loo) and all(r.name in loo for r in runs)
-    head = "| run | quant_bits | payload_bytes | predicted_model_bytes | measured_model_bytes | error_% |"
-    lines = [head + (" loo_predicted_model_bytes | loo_error_% |" if with_loo else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_loo else "")]
-    worst, worst_loo = 0.0, 0.0
+def accuracy_table(runs: list[MeasuredRun], calibration: Calibration,
+                   held_out: dict[tuple[str, int], int] | None = None) -> str:
+    """Markdown table of predicted vs measured compressed model bytes per run (+ leave-one-config-out columns,
+    "-" for a run the fit did not see, when `held_out` is given)."""
+    held_out = held_out or {}
+    with_out = any((r.name, r.model_bytes) in held_out for r in runs)
+    head = "| run | train_s | quant_bits | payload_bytes | predicted_model_bytes | measured_model_bytes | error_% |"
+    lines = [head + (" config_out_predicted_model_bytes | config_out_error_% |" if with_out else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_out else "")]
+    errors, out_errors = [], []
+    under, out_under = 0.0, 0.0  # worst measured / predicted - 1: what the margin must cover
     for r in runs:
         predicted = predict_model_bytes(features(r.cfg), calibration)
         error = 100 * (predicted - r.model_bytes) / r.model_bytes
-        worst = max(worst, abs(error))
-        line = (f"| {r.name} | {r.cfg.export.quant_bits} | {artifact.payload_bytes(r.cfg):,} | {round(predicted):,} "
-                f"| {r.model_bytes:,} | {error:+.2f} |")
-        if with_loo:
-            loo_error = 100 * (loo[r.name] - r.model_bytes) / r.model_bytes
-            worst_loo = max(worst_loo, abs(loo_error))
-            line += f" {loo[r.name]:,} | {loo_error:+.2f} |"
+        errors.append(error)
+        under = max(under, r.model_bytes / predicted - 1)
+        line = (f"| {r.name} | {r.cfg.train.budget_s:g} | {r.cfg.export.quant_bits} | {artifact.payload_bytes(r.cfg):,} "
+                f"| {round(predicted):,} | {r.model_bytes:,} | {error:+.2f} |")
+        if with_out:
+            out = held_out.get((r.name, r.model_bytes))
+            if out is None:
+                line += " - | - |"
+            else:
+                out_errors.append(100 * (out - r.model_bytes) / r.model_bytes)
+                out_under = max(out_under, r.model_bytes / out - 1)
+                line += f" {out:,} | {out_errors[-1]:+.2f} |"
         lines.append(line)
     lines.append("")
-    summary = f"error = predicted - measured (positive = over-prediction, the safe side); worst |error|: {worst:.2f}%"
-    if with_loo:
-        summary += f"; worst |leave-one-out error|: {worst_loo:.2f}%"
+    summary = (f"error = predicted - measured (positive = over-prediction, the safe side); worst |error|: "
+               f"{max(map(abs, errors)):.2f}%, worst under-prediction (measured / predicted - 1): {100 * under:.2f}%")
+    if out_errors:
+        summary += (f"; leave-one-config-out: worst |error| {max(map(abs, out_errors)):.2f}%, worst under-prediction "
+                    f"{100 * out_under:.2f}%")
     summary += f"; safety margin: {100 * calibration.safety_margin_fraction:.2f}% of model bytes"
     if calibration.feature_margins:
         summary += f" + per-|unit| bytes for thinly measured features {calibration.feature_margins}"

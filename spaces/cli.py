@@ -93,7 +93,7 @@ def _default_prior(path: Path, load):
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from spaces.calibration import accuracy_table, fit, loo_from_provenance, write_calibration
+    from spaces.calibration import accuracy_table, config_out_from_provenance, fit, write_calibration
     from spaces.size_model import CALIBRATION_PATH, load_calibration
 
     runs = _read_runs(args.run_dirs)
@@ -101,16 +101,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     calibration = fit(runs, prior=prior)
     out = Path(args.out) if args.out else CALIBRATION_PATH
     write_calibration(calibration, out)
-    print(accuracy_table(runs, calibration, loo_from_provenance(calibration)))
+    print(accuracy_table(runs, calibration, config_out_from_provenance(calibration)))
     print(f"wrote {out}" + (" (PROVISIONAL: synthetic runs)" if calibration.provenance["provisional"] else ""))
     return 0
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
-    from spaces.calibration import accuracy_table
+    from spaces.calibration import accuracy_table, config_out_from_provenance
     from spaces.size_model import load_calibration
 
-    print(accuracy_table(_read_runs(args.run_dirs), load_calibration(args.calibration)))
+    calibration = load_calibration(args.calibration)
+    print(accuracy_table(_read_runs(args.run_dirs), calibration, config_out_from_provenance(calibration)))
     return 0
 
 
