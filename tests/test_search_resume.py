@@ -104,22 +104,13 @@ def _running_with_a_rung(db: Path) -> int:
                       "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'")
 
 
-def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
-    """Ctrl-C (or a job's time limit sending SIGINT) stops the driver: trials in flight are `interrupted`,
-    not failed, and `resume` finishes them from their checkpoints."""
-    storage, name = tmp_path / "runs", "stopped"
-    space = write_space(tmp_path)
-    env = cli_env()
-    driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
-    run = ["run", "--space", str(space), "--name", name, "--storage", str(storage), "--trials", "6",
-           "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "4", "--grace-s", "0.5",
-           "--reduction-factor", "2", "--seed", "3", "--ray-address", "local",
-           "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+def _sigint_once_a_rung_is_in(command: list[str], env: dict, tmp_path: Path, db: Path) -> Path:
+    """Start a search driver, send it SIGINT once a trial in flight has reported a rung, check that it exits
+    cleanly; return its log."""
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(driver + run, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        db = storage / name / store.STUDY_FILE
         deadline = time.time() + 300
         try:
             while _running_with_a_rung(db) < 1:
@@ -132,6 +123,21 @@ def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+    return log_path
+
+
+def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
+    """Ctrl-C (or a job's time limit sending SIGINT) stops the driver: trials in flight are `interrupted`,
+    not failed, and `resume` finishes them from their checkpoints."""
+    storage, name = tmp_path / "runs", "stopped"
+    space = write_space(tmp_path)
+    env = cli_env()
+    driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
+    run = ["run", "--space", str(space), "--name", name, "--storage", str(storage), "--trials", "6",
+           "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "4", "--grace-s", "0.5",
+           "--reduction-factor", "2", "--seed", "3", "--ray-address", "local",
+           "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+    log_path = _sigint_once_a_rung_is_in(driver + run, env, tmp_path, storage / name / store.STUDY_FILE)
     assert f"python -m search resume {name}" in log_path.read_text()
 
     settings = store.load_settings(name, str(storage))
@@ -209,23 +215,7 @@ def test_resume_from_study_alone_restarts_in_flight_trials_and_finishes(tmp_path
            "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "2", "--grace-s", "0.5",
            "--reduction-factor", "2", "--seed", "5", "--ray-address", "local",
            "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
-    log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(driver + run, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        db = storage / name / store.STUDY_FILE
-        deadline = time.time() + 300
-        try:
-            while _running_with_a_rung(db) < 1:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.time() < deadline, "no trial reached its first rung"
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=180) == 0, log_path.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    _sigint_once_a_rung_is_in(driver + run, env, tmp_path, storage / name / store.STUDY_FILE)
     settings = store.load_settings(name, str(storage))
     before = {t.number: t for t in load_study(settings).get_trials(deepcopy=False)}
     interrupted = [n for n, t in before.items() if t.user_attrs.get("status") == "interrupted"]

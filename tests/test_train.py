@@ -158,24 +158,31 @@ def test_ddp_on_two_cpu_processes(tiny_corpus, tiny_config_dict, tmp_path):
     assert metrics["train_tokens"] == 6 * tiny_config_dict["train"]["batch_tokens"]
 
 
+def _rescore_checkpoint(save_checkpoint, path: Path, cfg, tiny_corpus, roundtrip: bool) -> float:
+    """Save a rung's checkpoint to path and score its weights on the val prefix (after the export's round trip,
+    if asked), as the rung should have."""
+    save_checkpoint(path)
+    state = torch.load(path / "trainer_state.rank0.pt", weights_only=True)
+    model = GPT(cfg.model)
+    model.load_state_dict(artifact.unpack(artifact.pack(state["model"], cfg))[1] if roundtrip else state["model"])
+    val_prefix = load_val_tokens(tiny_corpus["data"], 320)[: cfg.train.val_prefix_tokens + 1]
+    return evaluate(model, val_prefix, byte_table(tiny_corpus["sp"], 320), cfg.train.seq_len,
+                    cfg.train.val_batch_tokens, torch.device("cpu")).val_bpb
+
+
 def test_rung_roundtrip_scores_the_quantized_weights_and_leaves_training_alone(tiny_corpus, tiny_config_dict,
                                                                                tmp_path):
     cfg_dict = tiny_config_dict
     cfg_dict["train"].update(max_steps=30, report_every_s=0.05, budget_s=1000.0, rung_roundtrip=True)
     cfg_dict["export"] = {**cfg_dict.get("export", {}), "quant_bits": 5}
     cfg = config.from_dict(cfg_dict)
-    val_prefix = load_val_tokens(tiny_corpus["data"], 320)[: cfg.train.val_prefix_tokens + 1]
     reports, rescored = [], []
 
     def report(metrics, save_checkpoint):
         reports.append(metrics)
         if len(reports) <= 2:  # rescore from the rung's checkpoint: the weights the rung evaluated
-            save_checkpoint(tmp_path / f"ckpt{len(reports)}")
-            state = torch.load(tmp_path / f"ckpt{len(reports)}" / "trainer_state.rank0.pt", weights_only=True)
-            model = GPT(cfg.model)
-            model.load_state_dict(artifact.unpack(artifact.pack(state["model"], cfg))[1])
-            rescored.append(evaluate(model, val_prefix, byte_table(tiny_corpus["sp"], 320), cfg.train.seq_len,
-                                     cfg.train.val_batch_tokens, torch.device("cpu")).val_bpb)
+            rescored.append(_rescore_checkpoint(save_checkpoint, tmp_path / f"ckpt{len(reports)}", cfg,
+                                                tiny_corpus, roundtrip=True))
 
     with_roundtrip = run(tiny_corpus, cfg_dict, tmp_path / "on", report=report)
     assert len(reports) >= 2
@@ -285,18 +292,13 @@ def test_rung_cooldown_scores_a_cooled_copy_and_leaves_training_alone(tiny_corpu
     cfg_dict = tiny_config_dict
     cfg_dict["train"].update(max_steps=30, report_every_s=0.05, budget_s=1000.0, rung_cooldown_fraction=0.25)
     cfg = config.from_dict(cfg_dict)
-    val_prefix = load_val_tokens(tiny_corpus["data"], 320)[: cfg.train.val_prefix_tokens + 1]
     reports, rescored = [], []
 
     def report(metrics, save_checkpoint):
         reports.append(metrics)
         if len(reports) <= 2:  # the rung's checkpoint holds the weights before the cooldown: training's own
-            save_checkpoint(tmp_path / f"ckpt{len(reports)}")
-            state = torch.load(tmp_path / f"ckpt{len(reports)}" / "trainer_state.rank0.pt", weights_only=True)
-            model = GPT(cfg.model)
-            model.load_state_dict(state["model"])
-            rescored.append(evaluate(model, val_prefix, byte_table(tiny_corpus["sp"], 320), cfg.train.seq_len,
-                                     cfg.train.val_batch_tokens, torch.device("cpu")).val_bpb)
+            rescored.append(_rescore_checkpoint(save_checkpoint, tmp_path / f"ckpt{len(reports)}", cfg,
+                                                tiny_corpus, roundtrip=False))
 
     cooled = run(tiny_corpus, cfg_dict, tmp_path / "on", report=report)
     assert len(reports) >= 2
