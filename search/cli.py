@@ -255,7 +255,8 @@ def add_fidelity(sub: argparse._SubParsersAction) -> None:
         "searches' completed trials together (one search completes few), with a permutation p-value; writes "
         "fidelity_pooled.csv and fidelity_pooled.md.")
     p.add_argument("names", nargs="+", help="search names (same --budget-s)")
-    p.add_argument("--out", type=Path, default=None, help="folder for the files (default: the first search's report folder)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the files (default: the first search's report folder)")
     _storage_arg(p)
     p.set_defaults(func=cmd_fidelity)
 

@@ -165,7 +165,7 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
     rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
              "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note),
              "p_positive": "" if f.p_positive is None else f"{f.p_positive:.3f}",
-             "spearman_before_cooldown": "" if f.spearman_before_cooldown is None else f"{f.spearman_before_cooldown:+.3f}"}
+             "spearman_before_cooldown": shown(f.spearman_before_cooldown, "")}
             for f in fidelity]
     columns = ["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive"]
     if any(f.spearman_before_cooldown is not None for f in fidelity):  # only searches with rung cooldowns

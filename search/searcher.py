@@ -493,7 +493,7 @@ def launched_count(settings: SearchSettings) -> int:
 
 
 __all__ = [
-    "RecurrenceSearcher", "requeue_in_flight", "launched_count", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
+    "RecurrenceSearcher", "SpaceDefineByRun", "excess_bytes_constraint", "make_sampler", "open_study",
     "prepare_config", "summarize", "fail_orphans", "mark_interrupted", "load_space_bundle", "STATUSES",
-    "space_points", "enqueue_points",
+    "space_points", "enqueue_points", "requeue_in_flight", "launched_count",
 ]

@@ -192,5 +192,5 @@ def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0):
     return results
 
 
-__all__ = ["connect", "continue_from_study", "build_tuner", "run_search", "resume_search", "make_scheduler", "resolve_gpus",
-           "interrupt_after"]
+__all__ = ["connect", "build_tuner", "run_search", "resume_search", "continue_from_study", "make_scheduler",
+           "resolve_gpus", "interrupt_after"]
