@@ -22,11 +22,15 @@ DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
 DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
 
 
-def _stop_after_arg(p: argparse.ArgumentParser) -> None:
+def _stop_after_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after-s", type=float, default=0.0, metavar="SECONDS",
                    help="stop the driver after this many seconds as Ctrl-C would (default 0: run to the end): trials "
                    "in flight stay resumable from their last rung checkpoint, finished ones are kept, and the "
                    "report is written; for machines held for a fixed time. `resume` goes on, on any machine")
+    p.add_argument("--drain-after-s", type=float, default=0.0, metavar="SECONDS",
+                   help="launch no new trial after this many seconds (default 0: no limit) and end when the trials "
+                   "in flight do, so none is cut short; `resume --from-study` launches the rest. With "
+                   "--stop-after-s later, as a backstop, for machines held for a fixed time")
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -76,7 +80,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster to join (default: $RAY_ADDRESS, else a running one, else local); 'local' forces local")
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial after a lost worker/node")
     p.add_argument("--local-dir", default="", help="where study.db and reports go when --storage is a cloud URI")
-    _stop_after_arg(p)
+    _stop_after_args(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -153,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each{sharing}, "
           f"budget {settings.budget_s:g}s, ASHA rungs at {rungs}s (x{settings.reduction_factor:g}), reports there"
           f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
-    tuner.run_search(settings, points, stop_after_s=args.stop_after_s)
+    tuner.run_search(settings, points, stop_after_s=args.stop_after_s, drain_after_s=args.drain_after_s)
     return _finish(settings)
 
 
@@ -177,7 +181,7 @@ def add_resume(sub: argparse._SubParsersAction) -> None:
                    help="go on from the study alone, without Tune's experiment state (lost, or left on another "
                    "machine): trials that were in flight start again from scratch as new trials, finished ones "
                    "are kept, and the sampler learns from all of them")
-    _stop_after_arg(p)
+    _stop_after_args(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_resume)
 
@@ -188,10 +192,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
     settings = store.load_settings(args.name, args.storage)
     if args.ray_address is not None:
         settings = dataclasses.replace(settings, ray_address=args.ray_address)
+    if args.drain_after_s and not args.from_study:
+        raise SettingsError("--drain-after-s works with `run` and `resume --from-study`; a plain resume restores "
+                            "Tune's own searcher, which takes no deadline: add --from-study, or leave the flag out")
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     if args.from_study:
         print(f"[search] continuing {settings.name} from its study {store.study_url(settings)}", flush=True)
-        tuner.continue_from_study(settings, stop_after_s=args.stop_after_s)
+        tuner.continue_from_study(settings, stop_after_s=args.stop_after_s, drain_after_s=args.drain_after_s)
         return _finish(settings)
     print(f"[search] resuming {settings.name} from {store.experiment_path(settings)}", flush=True)
     tuner.resume_search(settings, stop_after_s=args.stop_after_s)

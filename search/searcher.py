@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import pickle
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -204,8 +205,11 @@ class SpaceDefineByRun:
 class RecurrenceSearcher(OptunaSearch):
     """OptunaSearch over a recurrence space with a hard size gate and truthful PRUNED/FAIL states."""
 
-    def __init__(self, settings: SearchSettings, space_loader: str = DEFAULT_SPACE_LOADER):
+    def __init__(self, settings: SearchSettings, space_loader: str = DEFAULT_SPACE_LOADER,
+                 launch_until: float | None = None):
         self._settings = settings
+        # time.time() after which no new trial is launched (--drain-after-s); trials in flight run to their end.
+        self._launch_until = launch_until
         metric = list(OBJECTIVES) if settings.multi_objective else OBJECTIVES[0]
         mode = ["min", "min"] if settings.multi_objective else "min"
         super().__init__(
@@ -225,12 +229,14 @@ class RecurrenceSearcher(OptunaSearch):
         state["_ot_trials"] = {tid: t.number for tid, t in self._ot_trials.items()}
         state["_ot_study"] = None
         state["_sampler"] = None
+        state["_launch_until"] = None  # a deadline belongs to one driver, never to a resumed one
         return state
 
     def __setstate__(self, state: dict) -> None:
         numbers = state.pop("_ot_trials")
         state.setdefault("repeats", 0)  # a searcher saved before repeats were refused
         state.setdefault("_rungs_before", {})  # ... or before rung cooldowns
+        state.setdefault("_launch_until", None)  # ... or before --drain-after-s
         self.__dict__.update(state)
         self._sampler = make_sampler(self._settings)
         self._ot_study = open_study(self._settings)
@@ -255,6 +261,8 @@ class RecurrenceSearcher(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             attrs = self._ot_study._storage.get_trial_user_attrs(ot_trial._trial_id)
             return self._tune_config(ot_trial.number, attrs["run_config"], attrs["summary"])
+        if self._launch_until is not None and time.time() >= self._launch_until:
+            return Searcher.FINISHED  # drained: Tune launches nothing more and ends when the trials in flight do
         self._space.bundle()  # load the space file outside the timed define-by-run call
         for _ in range(self._settings.max_rejections):
             ot_trial = self._ot_study.ask()

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import ray
@@ -82,10 +83,13 @@ def _run_config(settings: SearchSettings) -> tune.RunConfig:
     )
 
 
-def build_tuner(settings: SearchSettings, num_samples: int | None = None) -> tune.Tuner:
+def build_tuner(settings: SearchSettings, num_samples: int | None = None, drain_after_s: float = 0.0) -> tune.Tuner:
     """A new Tuner for the search: RecurrenceSearcher (OptunaSearch) + ASHA, num_samples (default: the search's
-    trial count) trainables."""
-    searcher = RecurrenceSearcher(settings, space_loader=space_loader_of(settings))
+    trial count) trainables, none launched after drain_after_s seconds from now (0: no limit)."""
+    if drain_after_s < 0:
+        raise SettingsError(f"--drain-after-s {drain_after_s:g}: must be 0 (no limit) or a positive number of seconds")
+    searcher = RecurrenceSearcher(settings, space_loader=space_loader_of(settings),
+                                  launch_until=time.time() + drain_after_s if drain_after_s > 0 else None)
     return tune.Tuner(
         make_trainable(settings),
         tune_config=tune.TuneConfig(
@@ -122,9 +126,11 @@ def interrupt_after(seconds: float):
         timer.cancel()
 
 
-def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None = None, stop_after_s: float = 0.0):
+def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None = None, stop_after_s: float = 0.0,
+               drain_after_s: float = 0.0):
     """Start a new search (refusing to overwrite one of the same name) and run it to the end, or until
-    stop_after_s seconds of the driver (0: no limit), leaving it resumable.
+    stop_after_s seconds of the driver (0: no limit), leaving it resumable; after drain_after_s seconds (0: no
+    limit) it launches no new trial and ends when those in flight do.
 
     points: settings.enqueue already resolved to (file, assignment) by the caller (the CLI does, to fail before
     Ray starts); else they are resolved here.
@@ -134,9 +140,19 @@ def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None =
     open_study(settings)  # create the database now so `status` works from the first second
     enqueue_points(settings, space_points(settings, list(settings.enqueue)) if points is None else points)
     with interrupt_after(stop_after_s):
-        results = build_tuner(settings).fit()
+        results = build_tuner(settings, drain_after_s=drain_after_s).fit()
     close_out(settings, results, "its trainable never reported a finish (driver stopped)")
+    say_if_drained(settings, drain_after_s)
     return results
+
+
+def say_if_drained(settings: SearchSettings, drain_after_s: float) -> None:
+    """After a drained run: how many trials were launched and how to launch the rest."""
+    launched = launched_count(settings)
+    if drain_after_s > 0 and launched < settings.trials:
+        print(f"[search] no trial launched after {drain_after_s:g}s (--drain-after-s): {launched} of "
+              f"{settings.trials} launched, none in flight; `python -m search resume {settings.name} --from-study` "
+              "launches the rest, here or on another machine", flush=True)
 
 
 def tune_trial_ids(results) -> set[str]:
@@ -175,9 +191,10 @@ def resume_search(settings: SearchSettings, stop_after_s: float = 0.0):
     return results
 
 
-def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0):
-    """Continue a search from its study alone (Tune's state lost, or left on another machine): the trials in
-    flight start again from scratch as new trials, and the sampler goes on from every finished one."""
+def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0, drain_after_s: float = 0.0):
+    """Continue a search from its study alone (Tune's state lost, or left on another machine, or a drained run):
+    the trials in flight start again from scratch as new trials, and the sampler goes on from every finished
+    one (stop_after_s and drain_after_s as in run_search)."""
     requeued = requeue_in_flight(settings, "in flight when its driver stopped, with no Tune state to resume it "
                                            "from; started again from scratch as a new trial (--from-study)")
     remaining = settings.trials - launched_count(settings)
@@ -187,8 +204,9 @@ def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0):
     if remaining <= 0:
         return None
     with interrupt_after(stop_after_s):
-        results = build_tuner(settings, num_samples=remaining).fit()
+        results = build_tuner(settings, num_samples=remaining, drain_after_s=drain_after_s).fit()
     close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
+    say_if_drained(settings, drain_after_s)
     return results
 
 

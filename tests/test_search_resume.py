@@ -246,3 +246,33 @@ def test_resume_from_study_alone_restarts_in_flight_trials_and_finishes(tmp_path
     for n, t in before.items():  # nothing finished before the move is lost or changed
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             assert after[n].state == t.state and after[n].user_attrs["status"] == t.user_attrs["status"]
+
+
+def test_drain_after_s_launches_nothing_more_and_lets_trials_in_flight_finish(tmp_path, tiny_corpus):
+    """`run --drain-after-s`: after it, no new trial; those in flight run to their end (none is cut short), and
+    `resume --from-study` launches the rest."""
+    storage, name = tmp_path / "runs", "drained"
+    driver = [sys.executable, str(REPO / "tests" / "search_fixtures.py")]
+    run = ["run", "--space", str(write_space(tmp_path)), "--name", name, "--storage", str(storage),
+           "--trials", "5", "--gpus-per-trial", "0", "--max-concurrent", "2", "--budget-s", "2",
+           "--grace-s", "0.5", "--reduction-factor", "2", "--seed", "7", "--ray-address", "local",
+           "--drain-after-s", "2", "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])]
+    out = subprocess.run(driver + run, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"python -m search resume {name} --from-study" in out.stdout
+    settings = store.load_settings(name, str(storage))
+    trials = load_study(settings).get_trials(deepcopy=False)
+    launched = [t for t in trials if t.user_attrs.get("tune_trial_id")]
+    assert 1 <= len(launched) < settings.trials  # a trial takes longer than 2 s: the first ones only
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in launched)  # none cut short
+
+    refused = subprocess.run(driver + ["resume", name, "--drain-after-s", "5", "--storage", str(storage)], cwd=REPO,
+                             env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--from-study" in refused.stderr, refused.stderr[-2000:]
+    again = subprocess.run(driver + ["resume", name, "--from-study", "--storage", str(storage)], cwd=REPO,
+                           env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    after = load_study(settings).get_trials(deepcopy=False)
+    assert not [t for t in after if t.user_attrs.get("requeued_as_new_trial")]  # nothing was in flight
+    assert len([t for t in after if t.user_attrs.get("tune_trial_id")]) == settings.trials
+    assert all(t.state != TrialState.RUNNING for t in after)
