@@ -48,6 +48,9 @@ def test_stream_crosses_shards_and_wraps(tmp_path):
     assert stream.take(5).tolist() == [12, 13, 14, 0, 1]
     stream.restore(state)
     assert stream.take(3).tolist() == [12, 13, 14]
+    loaded = stream.tokens
+    stream.restore({"shard_index": 1, "position": 1})  # a rewind within the loaded shard reads no file
+    assert stream.tokens is loaded and stream.take(2).tolist() == [11, 12]
 
 
 def test_ranks_take_disjoint_slices_with_shifted_targets(tmp_path):

@@ -106,8 +106,10 @@ class TokenStream:
 
     def restore(self, state: dict[str, int]) -> None:
         """Continue from a checkpointed position."""
-        self.shard_index = int(state["shard_index"]) % len(self.paths)
-        self.tokens = load_tokens(self.paths[self.shard_index], self.vocab_size)
+        index = int(state["shard_index"]) % len(self.paths)
+        if index != self.shard_index:  # a rewind within the loaded shard (warm-up, rung cooldown) reads nothing
+            self.tokens = load_tokens(self.paths[index], self.vocab_size)
+        self.shard_index = index
         self.position = int(state["position"])
 
     def take(self, n: int) -> np.ndarray:

@@ -243,16 +243,25 @@ def train(
         model.zero_grad(set_to_none=True)
         return total / grad_accum
 
+    def snapshot() -> tuple:
+        """Copies of the weights and the optimizers' state, and the data position: what `rewind` goes back to."""
+        return (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers],
+                stream.state())
+
+    def rewind(saved: tuple) -> None:
+        """Back to a snapshot, as if the steps taken since had never run."""
+        model.load_state_dict(saved[0])
+        for opt, state in zip(optimizers, saved[1]):
+            opt.load_state_dict(state)
+        stream.restore(saved[2])
+
     def warm_up(initial: tuple) -> None:
         """Compile and warm the kernels on real steps, then rewind to `initial`: warm-up never counts as training."""
         for _ in range(tc.compile_warmup_steps):
             train_step(0, 0.0)
         if report is not None and tc.compile_eval:
             evaluate(evaluator, val_prefix, table, tc.seq_len, tc.val_batch_tokens, rt.device, rt.rank, rt.world_size)
-        model.load_state_dict(initial[0])
-        for opt, state in zip(optimizers, initial[1]):
-            opt.load_state_dict(state)
-        stream.restore({"shard_index": 0, "position": 0})
+        rewind(initial)
         _sync(rt.device)
 
     def take_turn() -> float:
@@ -268,7 +277,7 @@ def train(
     compile_start = time.perf_counter()
     wait_s = None
     if tc.compile_warmup_steps > 0:
-        initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers]
+        initial = snapshot()  # the data stream has not moved yet: it rewinds to its start
         out_of_memory = False
         try:
             warm_up(initial)
@@ -332,16 +341,12 @@ def train(
     def score_after_cooldown() -> tuple[EvalResult, EvalResult, int]:
         """score_prefix after a cooldown of train.rung_cooldown_fraction of the steps so far, and its step count;
         the weights, optimizer state and data position are rewound after, so training goes on as without it."""
-        saved = (copy.deepcopy(model.state_dict()), [copy.deepcopy(o.state_dict()) for o in optimizers],
-                 stream.state())
+        saved = snapshot()
         steps = max(1, round(tc.rung_cooldown_fraction * step))
         for i, scale in enumerate(cooldown_scales(lr_scale(tc, step, train_s), steps)):
             train_step(step + i, train_s, scale)
         pre, post = score_prefix()
-        model.load_state_dict(saved[0])
-        for opt, state in zip(optimizers, saved[1]):
-            opt.load_state_dict(state)
-        stream.restore(saved[2])
+        rewind(saved)
         return pre, post, steps
 
     eval_s = 0.0
