@@ -274,8 +274,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
     searches = [(settings, load_study(settings)) for settings in
                 (store.load_settings(name, args.storage) for name in args.names)]
-    paths = write_pooled(searches, args.out or store.report_dir(searches[0][0]))
-    print(pooled_fidelity(searches).to_string(index=False))
+    table = pooled_fidelity(searches)
+    paths = write_pooled(searches, table, args.out or store.report_dir(searches[0][0]))
+    print(table.to_string(index=False))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

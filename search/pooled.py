@@ -14,8 +14,8 @@ from search.report import (P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown
 from search.settings import SearchSettings, SettingsError
 
 
-def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> bool | None:
-    """Raise SettingsError unless the searches share a budget and a way of scoring rungs; return that way."""
+def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> None:
+    """Raise SettingsError unless the searches share a budget and a way of scoring rungs."""
     if not searches:
         raise SettingsError("fidelity: no searches given; pass one or more search names")
     names = [s.name for s, _ in searches]
@@ -33,41 +33,46 @@ def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> b
     if len(set(cooldown.values())) > 1:
         raise SettingsError(f"fidelity: the searches cool their rungs down differently "
                             f"(train.rung_cooldown_fraction: {cooldown}); pass searches that all set it the same way")
-    return next(iter(scoring.values()))
+
+
+def _keyed(search: str, by_trial: dict) -> dict:
+    """Trial numbers repeat across searches: pooled, a trial is keyed by (search, number)."""
+    return {(search, t): v for t, v in by_trial.items()}
 
 
 def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> pd.DataFrame:
     """Fidelity rows of each search, then of all their completed trials ranked together (search = 'pooled')."""
     check_poolable(searches)
-    frames, at_all, finals_all, prequant_all, asha_all = [], {}, {}, {}, set()
+    frames, at_all, finals_all, prequant_all, before_all, asha_all = [], {}, {}, {}, {}, set()
     for settings, study in searches:
         at, finals, prequant, at_before = study_rung_values(study, settings)
         asha = settings.asha_milestones_s
         rows = score_milestones(at, finals, asha, prequant, at_before)
         frames.append(fidelity_frame(rows).assign(search=settings.name))
-        for m, values in at.items():  # trial numbers repeat across searches: key by (search, number)
-            at_all.setdefault(m, {}).update({(settings.name, t): v for t, v in values.items()})
-        finals_all.update({(settings.name, t): v for t, v in finals.items()})
-        prequant_all.update({(settings.name, t): v for t, v in prequant.items()})
+        for pooled, own in ((at_all, at), (before_all, at_before)):  # per milestone
+            for m, values in own.items():
+                pooled.setdefault(m, {}).update(_keyed(settings.name, values))
+        finals_all.update(_keyed(settings.name, finals))
+        prequant_all.update(_keyed(settings.name, prequant))
         asha_all.update(asha)
     if len(searches) > 1:
-        pooled = score_milestones(at_all, finals_all, sorted(asha_all), prequant_all)
+        pooled = score_milestones(at_all, finals_all, sorted(asha_all), prequant_all, before_all)
         frames.append(fidelity_frame(pooled).assign(search="pooled"))
     df = pd.concat(frames, ignore_index=True)
     return df[["search", *[c for c in df.columns if c != "search"]]]
 
 
-def write_pooled(searches: Sequence[tuple[SearchSettings, optuna.Study]], out_dir: Path) -> dict[str, Path]:
-    """Write fidelity_pooled.csv and fidelity_pooled.md under out_dir; return their paths."""
-    scoring = check_poolable(searches)
-    df = pooled_fidelity(searches)
+def write_pooled(searches: Sequence[tuple[SearchSettings, optuna.Study]], table: pd.DataFrame,
+                 out_dir: Path) -> dict[str, Path]:
+    """Write the pooled_fidelity table of these searches as fidelity_pooled.csv and .md under out_dir; return
+    their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "fidelity_pooled.csv", "markdown": out_dir / "fidelity_pooled.md"}
-    df.to_csv(paths["csv"], index=False)
+    table.to_csv(paths["csv"], index=False)
     names = ", ".join(f"`{s.name}`" for s, _ in searches)
     lines = [f"# Rung fidelity of {names} (budget {searches[0][0].budget_s:g} s)", "",
              "Spearman of each rung's val_bpb against the final val_bpb over completed trials, per search and "
              "pooled (every completed trial of every search ranked together).", "",
-             RUNG_NOTES[scoring], "", P_POSITIVE_NOTE, "", markdown_table(df), ""]
+             RUNG_NOTES[rungs_after_roundtrip(searches[0][1])], "", P_POSITIVE_NOTE, "", markdown_table(table), ""]
     paths["markdown"].write_text("\n".join(lines))
     return paths

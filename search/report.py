@@ -234,18 +234,24 @@ P_POSITIVE_NOTE = ("`p_positive` is the one-sided permutation p-value of spearma
                    "below 1/24).")
 
 
+def trials_train_setting(study: optuna.Study, key: str, default):
+    """One train setting as the study's trials ran it: its value if they agree (the default, where a trial's config
+    predates the key or no trial ran), None if they differ."""
+    values = {t.user_attrs["run_config"].get("train", {}).get(key, default)
+              for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
+    return values.pop() if len(values) == 1 else (default if not values else None)
+
+
 def rung_cooldown_fraction(study: optuna.Study) -> float | None:
     """The trials' train.rung_cooldown_fraction (0 for trials from before it; None: it differs between them)."""
-    values = {float(t.user_attrs["run_config"].get("train", {}).get("rung_cooldown_fraction", 0.0))
-              for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
-    return values.pop() if len(values) == 1 else (0.0 if not values else None)
+    value = trials_train_setting(study, "rung_cooldown_fraction", 0.0)
+    return None if value is None else float(value)
 
 
 def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
-    """Whether the trials scored their rungs after the quantization round trip (None: mixed or no trials)."""
-    flags = {bool(t.user_attrs["run_config"].get("train", {}).get("rung_roundtrip", False))
-             for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
-    return flags.pop() if len(flags) == 1 else (False if not flags else None)
+    """Whether the trials scored their rungs after the quantization round trip (False where none ran; None: mixed)."""
+    value = trials_train_setting(study, "rung_roundtrip", False)
+    return None if value is None else bool(value)
 
 
 def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity],

@@ -154,3 +154,22 @@ def test_the_report_ranks_the_scores_before_cooldown_only_where_there_are_some(t
     assert list(fidelity_frame([row]).columns)[-1] == "spearman_before_cooldown"
     plain = dataclasses.replace(row, spearman_before_cooldown=None)
     assert "spearman_before_cooldown" not in fidelity_frame([plain]).columns
+
+
+def test_pooled_rows_rank_the_scores_before_cooldown_too(two_searches):
+    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+
+    def cooled(finals: list[float]) -> optuna.Study:
+        """Trials whose cooled-down rung ranks as the finals do and whose score before it the other way."""
+        study = optuna.create_study()
+        for k, final in enumerate(finals):
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=final,
+                user_attrs={"val_bpb": final, "run_config": {"train": {"rung_cooldown_fraction": 0.1}},
+                            RUNGS: [[1.0, 2.0 + final]], RUNGS_BEFORE_COOLDOWN: [[1.0, 9.0 - final]]}))
+        return study
+
+    (a, _), (b, _) = two_searches
+    df = pooled_fidelity([(a, cooled([1.1, 1.2])), (b, cooled([1.3, 1.4]))])
+    pooled = df[(df["search"] == "pooled") & (df["rung_s"] == 1.0)].iloc[0]
+    assert pooled["n"] == 4 and pooled["spearman"] == "+1.000" and pooled["spearman_before_cooldown"] == "-1.000"
