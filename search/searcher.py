@@ -458,6 +458,13 @@ def mark_interrupted(settings: SearchSettings, reason: str, tune_ids: set[str]) 
     return len(running)
 
 
+def _fail_running(study: optuna.Study, t: FrozenTrial, reason: str) -> None:
+    """Record a RUNNING trial that will never report as FAIL, with the reason in its user attrs."""
+    study._storage.set_trial_user_attr(t._trial_id, STATUS, FAILED)
+    study._storage.set_trial_user_attr(t._trial_id, REASON, reason)
+    study.tell(t.number, state=TrialState.FAIL)
+
+
 def fail_orphans(settings: SearchSettings, reason: str, keep_tune_ids: set[str] = frozenset()) -> int:
     """Mark Optuna trials still RUNNING (their driver died and Tune did not resume them) as FAIL, except those
     whose Tune trial is in keep_tune_ids (interrupted by this driver's stop, resumable)."""
@@ -466,9 +473,7 @@ def fail_orphans(settings: SearchSettings, reason: str, keep_tune_ids: set[str] 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(TUNE_ID) in keep_tune_ids:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, STATUS, FAILED)
-        study._storage.set_trial_user_attr(t._trial_id, REASON, reason)
-        study.tell(t.number, state=TrialState.FAIL)
+        _fail_running(study, t, reason)
         count += 1
     return count
 
@@ -483,10 +488,8 @@ def requeue_in_flight(settings: SearchSettings, reason: str) -> list[int]:
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         launched = bool(t.user_attrs.get(TUNE_ID))
-        study._storage.set_trial_user_attr(t._trial_id, STATUS, FAILED)
-        study._storage.set_trial_user_attr(t._trial_id, REASON, reason if launched else "never launched")
         study._storage.set_trial_user_attr(t._trial_id, REQUEUED, launched)
-        study.tell(t.number, state=TrialState.FAIL)
+        _fail_running(study, t, reason if launched else "never launched")
         if launched:  # after the FAIL, so the searcher does not refuse it as a repeat of a launched config
             attrs = {ENQUEUED_FROM: f"restart of #{t.number}"}
             study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)

@@ -139,9 +139,8 @@ def run_search(settings: SearchSettings, points: list[tuple[str, dict]] | None =
     store.save_settings(settings)
     open_study(settings)  # create the database now so `status` works from the first second
     enqueue_points(settings, space_points(settings, list(settings.enqueue)) if points is None else points)
-    with interrupt_after(stop_after_s):
-        results = build_tuner(settings, drain_after_s=drain_after_s).fit()
-    close_out(settings, results, "its trainable never reported a finish (driver stopped)")
+    results = fit(build_tuner(settings, drain_after_s=drain_after_s), settings, stop_after_s,
+                  "its trainable never reported a finish (driver stopped)")
     say_if_drained(settings, drain_after_s)
     return results
 
@@ -158,6 +157,17 @@ def say_if_drained(settings: SearchSettings, drain_after_s: float) -> None:
 def tune_trial_ids(results) -> set[str]:
     """Tune ids of the trials this driver ran (from their folder names, t<number>_<tune id>)."""
     return {Path(r.path).name.rsplit("_", 1)[-1] for r in results if r.path}
+
+
+ORPHAN_OF_A_DEAD_DRIVER = "started by a driver that died before Tune checkpointed it; not resumed"
+
+
+def fit(tuner: tune.Tuner, settings: SearchSettings, stop_after_s: float, orphan_reason: str):
+    """Run the tuner (stopped after stop_after_s seconds, 0: no limit), then close out its unfinished trials."""
+    with interrupt_after(stop_after_s):
+        results = tuner.fit()
+    close_out(settings, results, orphan_reason)
+    return results
 
 
 def close_out(settings: SearchSettings, results, orphan_reason: str) -> None:
@@ -185,10 +195,7 @@ def resume_search(settings: SearchSettings, stop_after_s: float = 0.0):
         )
     tuner = tune.Tuner.restore(path, trainable=make_trainable(settings), resume_unfinished=True,
                                resume_errored=True)
-    with interrupt_after(stop_after_s):
-        results = tuner.fit()
-    close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
-    return results
+    return fit(tuner, settings, stop_after_s, ORPHAN_OF_A_DEAD_DRIVER)
 
 
 def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0, drain_after_s: float = 0.0):
@@ -203,9 +210,8 @@ def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0, dra
           flush=True)
     if remaining <= 0:
         return None
-    with interrupt_after(stop_after_s):
-        results = build_tuner(settings, num_samples=remaining, drain_after_s=drain_after_s).fit()
-    close_out(settings, results, "started by a driver that died before Tune checkpointed it; not resumed")
+    results = fit(build_tuner(settings, num_samples=remaining, drain_after_s=drain_after_s), settings, stop_after_s,
+                  ORPHAN_OF_A_DEAD_DRIVER)
     say_if_drained(settings, drain_after_s)
     return results
 
