@@ -18,7 +18,7 @@ def _summary(cfg) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from spaces.space import load_space
+    from spaces.space import AXES, load_space
 
     space = load_space(args.file, code_bytes=args.code_bytes)
     print(f"space {space.name} ({space.path})")
@@ -32,7 +32,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         params = ", ".join(f"{q.name}={list(q.choices) if q.choices else f'{q.lo}..{q.hi}'}" for q in p.params)
         blocks = f" unique_blocks={list(p.unique_blocks)}" if p.unique_blocks else ""
         print(f"  pattern {p.family}:{blocks} {params}")
-    for axis in ("untie_mlp", "mlp_mult", "depth_signal", "quant_bits", "embedding_bits"):
+    for axis in (a for a in AXES if a not in ("unique_blocks", "width")):  # those two are printed their own way
         if getattr(space, axis):
             print(f"  {axis}: {list(getattr(space, axis))}")
     if space.widths:
