@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 NAME = "multinode"
 TRIALS = 3
 # A report with a checkpoint every RUNG_S training seconds (--report-every-s: by default a search reports at ASHA's
-# rungs only). With reduction factor 4, ASHA's rungs are at 1 s and 4 s only; the reports in between and after 4 s
-# can never stop a trial, so a trial caught at one of them has at least a second of training left before ASHA
-# could end it, and the kill lands while it is surely running.
+# rungs only). With reduction factor 4, ASHA's rungs are at 1, 4 and 16 s; the reports in between can never stop a
+# trial, so a trial caught two reports or more before its next rung (and its budget's end) has seconds of training
+# left before anything could end it, and the kill lands while it is surely running.
 # The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test).
 RUNG_S, BUDGET_S, REDUCTION = 1.0, 24.0, 4
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -90,16 +90,19 @@ def _trial_dir(storage: Path, number: int) -> Path:
     return dirs[0]
 
 
-def _victim(states: dict[int, str], results: dict[int, list[dict]]) -> int | None:
+def _victim(states: dict[int, str], results: dict[int, list[dict]], asha_rungs_s: tuple[float, ...]) -> int | None:
     """A running trial that can be killed with a checkpoint to resume from and training still ahead of it."""
     for number, state in sorted(states.items()):
         rows = [r for r in results.get(number, []) if "train_s" in r]
         # Two results or more: Tune asks the trial for the checkpoint of a result before it runs it further, so
-        # the first one is registered. done=False: ASHA let it continue. The train_s bound keeps a second of
-        # training plus a rung report between this moment and the final result.
-        if state == "RUNNING" and len(rows) >= 2 and not rows[-1]["done"] \
-                and rows[-1]["train_s"] <= BUDGET_S - 2 * RUNG_S:
-            return number
+        # the first one is registered. done=False: ASHA let it continue. Two report intervals or more before its
+        # next ASHA rung and before its final result, so the kill lands before either can end it (a trial caught
+        # a second before the 16 s rung was stopped there before the kill landed, and never retried).
+        if state == "RUNNING" and len(rows) >= 2 and not rows[-1]["done"]:
+            train_s = rows[-1]["train_s"]
+            next_stop_s = min([t for t in asha_rungs_s if t > train_s] + [BUDGET_S])
+            if train_s <= next_stop_s - 2 * RUNG_S:
+                return number
     return None
 
 
@@ -134,7 +137,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
     try:
         # The second worker joins once the first trial (the leader) has reported on the first, so the leader
         # reaches every ASHA rung first and is never stopped (the first result at a rung sets the cutoff). The
-        # second trial, started seconds later, is then stopped at 1 s or 4 s while the leader trains on, or runs
+        # second trial, started seconds later, is then stopped at 1, 4 or 16 s while the leader trains on, or runs
         # on until the leader completes: either way one trial finishes while another still has reports ahead.
         wait_for("the first trial's first report", lambda: _results(session_dir))
         workers.append(cluster.add_node(num_cpus=1))
@@ -144,10 +147,12 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
         # is running with a registered checkpoint and training ahead of it.
         victim = None
 
+        asha_rungs_s = store.load_settings(NAME, str(storage)).asha_milestones_s  # saved before the first trial
+
         def ready() -> bool:
             nonlocal victim
             states = _study_states(db)
-            victim = _victim(states, _results(session_dir))
+            victim = _victim(states, _results(session_dir), asha_rungs_s)
             return victim is not None and any(s in FINISHED for s in states.values())
 
         wait_for("a finished trial and a running one with a checkpoint", ready)
@@ -158,7 +163,9 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
                   for t in load_study(settings).get_trials(deepcopy=False)
                   if t.user_attrs.get("tune_trial_id") and t.state.is_finished()}
         assert before
-        # A hard node failure: SIGKILL to the node's raylet, object store and agents; its workers die with it.
+        # A hard node failure: SIGKILL to the node's processes. The trial's worker first: killed with the raylet
+        # only, it outlived it by seconds, reached its next ASHA rung and was stopped there, never retried.
+        os.kill(_results(session_dir)[victim][-1]["pid"], signal.SIGKILL)
         cluster.remove_node(by_id[victim_node], allow_graceful=False)
         killed_s = time.perf_counter() - start
         survivor = next(n for n in by_id if n != victim_node)
