@@ -22,12 +22,20 @@ DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
 DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
 
 
+def _seconds(text: str) -> float:
+    """argparse type: 0 (no limit) or a positive number of seconds; checked before Ray starts or a folder is made."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 (no limit) or a positive number of seconds")
+    return value
+
+
 def _stop_after_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stop-after-s", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--stop-after-s", type=_seconds, default=0.0, metavar="SECONDS",
                    help="stop the driver after this many seconds as Ctrl-C would (default 0: run to the end): trials "
                    "in flight stay resumable from their last rung checkpoint, finished ones are kept, and the "
                    "report is written; for machines held for a fixed time. `resume` goes on, on any machine")
-    p.add_argument("--drain-after-s", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--drain-after-s", type=_seconds, default=0.0, metavar="SECONDS",
                    help="launch no new trial after this many seconds (default 0: no limit) and end when the trials "
                    "in flight do, so none is cut short; `resume --from-study` launches the rest. With "
                    "--stop-after-s later, as a backstop, for machines held for a fixed time")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from search import device_use, store
@@ -276,3 +277,18 @@ def test_drain_after_s_launches_nothing_more_and_lets_trials_in_flight_finish(tm
     assert not [t for t in after if t.user_attrs.get("requeued_as_new_trial")]  # nothing was in flight
     assert len([t for t in after if t.user_attrs.get("tune_trial_id")]) == settings.trials
     assert all(t.state != TrialState.RUNNING for t in after)
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--name", "x", "--drain-after-s", "-5"],
+    ["run", "--name", "x", "--stop-after-s", "-1"],
+    ["resume", "x", "--stop-after-s", "nan"],
+])
+def test_negative_stop_or_drain_times_are_refused_before_anything_starts(argv, capsys):
+    from search.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be 0 (no limit) or a positive number of seconds" in err and "-after-s" in err
