@@ -15,7 +15,7 @@ from typing import Callable
 
 from search import store
 from search.rerun_cli import PRESETS_DIR, add_rerun_command
-from search.settings import SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
+from search.settings import EARLY_STOPPING, SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
 
 DEFAULT_SPACE = "spaces/default.yaml"
 DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
@@ -68,6 +68,11 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="first ASHA rung in training seconds (default: budget / reduction_factor, one rung at rf 3; "
                         "earlier rungs prune deep configs, which learn slower at first)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
+    p.add_argument("--early-stopping", choices=EARLY_STOPPING, default="asha",
+                   help="asha (default): ASHA stops weak trials at its rungs. none: every trial trains to the "
+                   "budget and still reports at the rungs, so the report ranks every trial's rung scores against "
+                   "its final one: a fidelity study of how early a rung can be trusted, and what a rung cut would "
+                   "have lost (ASHA's own searches complete only the trials its rungs favoured)")
     p.add_argument("--report-every-s", type=float, default=0.0,
                    help="also report (val-prefix evaluation + checkpoint) every this many training seconds between "
                    "ASHA's rungs (default 0: at the rungs only). Fewer reports cost less evaluation time, but a "
@@ -110,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         budget_s=args.budget_s,
         grace_s=args.grace_s,
         reduction_factor=args.reduction_factor,
+        early_stopping=args.early_stopping,
         report_every_s=args.report_every_s,
         sampler=args.sampler,
         seed=args.seed,
@@ -160,10 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
     rungs = ", ".join(f"{t:g}" for t in settings.asha_milestones_s)
+    rung_text = (f"ASHA rungs at {rungs}s (x{settings.reduction_factor:g})" if settings.early_stopping == "asha"
+                 else f"no early stopping (rungs at {rungs}s for fidelity only)")
     periodic = f" and every {settings.report_every_s:g}s" if settings.report_every_s else ""
     sharing = f" ({settings.trials_per_gpu} per GPU, taking turns)" if settings.trials_per_gpu > 1 else ""
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each{sharing}, "
-          f"budget {settings.budget_s:g}s, ASHA rungs at {rungs}s (x{settings.reduction_factor:g}), reports there"
+          f"budget {settings.budget_s:g}s, {rung_text}, reports there"
           f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
     tuner.run_search(settings, points, stop_after_s=args.stop_after_s, drain_after_s=args.drain_after_s)
     return _finish(settings)

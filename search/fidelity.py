@@ -82,6 +82,10 @@ class RungFidelity:
     p_positive: float | None = None
     # With train.rung_cooldown_fraction: the same trials' scores before the cooldown, against the same finals.
     spearman_before_cooldown: float | None = None
+    # What cutting at this rung would cost: where the trial with the best final ranked here (1 = first), and how
+    # much worse the best final among the rung's best keep_fraction of trials is than the best final of all.
+    best_final_rank: int | None = None
+    regret_kept: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -121,15 +125,35 @@ def milestone_values(rungs: Mapping[Hashable, Sequence[Sequence[float]]], every_
     return at
 
 
+def cut_cost(rung: Sequence[float], final: Sequence[float], keep_fraction: float) -> tuple[int, float]:
+    """What a cut at a rung costs, one pair per trial: the rung rank (1 = lowest rung value; ties take the best
+    rank) of the trial with the lowest final, and the lowest final among the trials a cut keeping
+    ceil(n * keep_fraction) keeps (those ranked within it; ties at the cut are all kept) minus the lowest final
+    of all (0: the cut keeps the winner)."""
+    if len(rung) != len(final) or not rung:
+        raise ValueError(f"cut_cost: {len(rung)} rung values and {len(final)} finals; pass one pair per trial, "
+                         "at least one")
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"cut_cost: keep_fraction {keep_fraction} must be in (0, 1], e.g. 1 / reduction_factor")
+    def rank(i: int) -> int:
+        return 1 + sum(1 for v in rung if v < rung[i])
+
+    winner = min(range(len(final)), key=lambda i: final[i])
+    keep = math.ceil(len(rung) * keep_fraction - 1e-9)
+    return rank(winner), min(final[i] for i in range(len(rung)) if rank(i) <= keep) - final[winner]
+
+
 def score_milestones(
     at: Mapping[float, Mapping[Hashable, float]],
     finals: Mapping[Hashable, float],
     asha: Sequence[float] = (),
     finals_prequant: Mapping[Hashable, float] | None = None,
     at_before_cooldown: Mapping[float, Mapping[Hashable, float]] | None = None,
+    keep_fraction: float | None = None,
 ) -> list[RungFidelity]:
     """Spearman of each milestone's rung values against the finals, over the trials that have both (and of the
-    values before each rung's cooldown, where every one of those trials has one)."""
+    values before each rung's cooldown, where every one of those trials has one); with keep_fraction (ASHA's
+    1 / reduction_factor), also what a cut keeping that share at the milestone would cost (cut_cost)."""
     asha_set = {round(a, 6) for a in asha}
     out = []
     for m in sorted(at):
@@ -145,7 +169,8 @@ def score_milestones(
         before = (at_before_cooldown or {}).get(m, {})
         rho_before = (spearman([before[t] for t in both], ys)
                       if enough and before and all(t in before for t in both) else None)
-        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre, p, rho_before))
+        rank, regret = cut_cost(xs, ys, keep_fraction) if enough and keep_fraction else (None, None)
+        out.append(RungFidelity(m, len(both), rho, m in asha_set, note, rho_pre, p, rho_before, rank, regret))
     return out
 
 

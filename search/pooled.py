@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 
 from search.fidelity import score_milestones
-from search.report import (P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table, rung_cooldown_fraction,
-                           rungs_after_roundtrip, study_rung_values)
+from search.report import (CUT_NOTE, P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table,
+                           rung_cooldown_fraction, rungs_after_roundtrip, study_rung_values)
 from search.settings import SearchSettings, SettingsError
 
 
@@ -47,7 +47,7 @@ def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> 
     for settings, study in searches:
         at, finals, prequant, at_before = study_rung_values(study, settings)
         asha = settings.asha_milestones_s
-        rows = score_milestones(at, finals, asha, prequant, at_before)
+        rows = score_milestones(at, finals, asha, prequant, at_before, keep_fraction=1 / settings.reduction_factor)
         frames.append(fidelity_frame(rows).assign(search=settings.name))
         for pooled, own in ((at_all, at), (before_all, at_before)):  # per milestone
             for m, values in own.items():
@@ -56,7 +56,9 @@ def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> 
         prequant_all.update(_keyed(settings.name, prequant))
         asha_all.update(asha)
     if len(searches) > 1:
-        pooled = score_milestones(at_all, finals_all, sorted(asha_all), prequant_all, before_all)
+        keep = {1 / s.reduction_factor for s, _ in searches}  # a cut's share only where the searches agree
+        pooled = score_milestones(at_all, finals_all, sorted(asha_all), prequant_all, before_all,
+                                  keep_fraction=keep.pop() if len(keep) == 1 else None)
         frames.append(fidelity_frame(pooled).assign(search="pooled"))
     df = pd.concat(frames, ignore_index=True)
     return df[["search", *[c for c in df.columns if c != "search"]]]
@@ -73,6 +75,7 @@ def write_pooled(searches: Sequence[tuple[SearchSettings, optuna.Study]], table:
     lines = [f"# Rung fidelity of {names} (budget {searches[0][0].budget_s:g} s)", "",
              "Spearman of each rung's val_bpb against the final val_bpb over completed trials, per search and "
              "pooled (every completed trial of every search ranked together).", "",
-             RUNG_NOTES[rungs_after_roundtrip(searches[0][1])], "", P_POSITIVE_NOTE, "", markdown_table(table), ""]
+             RUNG_NOTES[rungs_after_roundtrip(searches[0][1])], "", P_POSITIVE_NOTE, "", CUT_NOTE, "",
+             markdown_table(table), ""]
     paths["markdown"].write_text("\n".join(lines))
     return paths

@@ -130,6 +130,8 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
             "artifact_bytes": int(best["artifact_bytes"]), "summary": best["summary"],
         },
         "limit_bytes": settings.limit_bytes,
+        "early_stopping": settings.early_stopping,
+        "rungs_s": list(settings.asha_milestones_s),
         "time": totals(df[list(TIME_COLUMNS)].to_dict("records")),
     }
 
@@ -153,7 +155,8 @@ def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFi
     """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
     (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
     at, finals, prequant, at_before = study_rung_values(study, settings)
-    return score_milestones(at, finals, settings.asha_milestones_s, prequant, at_before)
+    return score_milestones(at, finals, settings.asha_milestones_s, prequant, at_before,
+                            keep_fraction=1 / settings.reduction_factor)
 
 
 def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
@@ -165,9 +168,12 @@ def fidelity_frame(fidelity: list[RungFidelity]) -> pd.DataFrame:
     rows = [{"rung_s": f.rung_s, "asha": "yes" if f.asha else "", "n": f.n,
              "spearman": shown(f.spearman, f.note), "spearman_prequant": shown(f.spearman_prequant, f.note),
              "p_positive": "" if f.p_positive is None else f"{f.p_positive:.3f}",
-             "spearman_before_cooldown": shown(f.spearman_before_cooldown, "")}
+             "spearman_before_cooldown": shown(f.spearman_before_cooldown, ""),
+             "best_final_rank": "" if f.best_final_rank is None else f"{f.best_final_rank} of {f.n}",
+             "regret_kept": "" if f.regret_kept is None else f"{f.regret_kept:.4f}"}
             for f in fidelity]
-    columns = ["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive"]
+    columns = ["rung_s", "asha", "n", "spearman", "spearman_prequant", "p_positive", "best_final_rank",
+               "regret_kept"]
     if any(f.spearman_before_cooldown is not None for f in fidelity):  # only searches with rung cooldowns
         columns.append("spearman_before_cooldown")
     return pd.DataFrame(rows, columns=columns)
@@ -229,6 +235,11 @@ RUNG_NOTES = {
 }
 
 
+CUT_NOTE = ("`best_final_rank`: where the trial with the best final val_bpb ranked at this rung. `regret_kept`: "
+            "the best final val_bpb among the rung's best 1/reduction_factor of the trials (ASHA's keep share) "
+            "minus the best final of all; 0 means a cut there keeps the winner. Both over the completed trials "
+            "only: in an ASHA search those all passed its rungs, so run `--early-stopping none` to measure a cut "
+            "on trials no rung selected.")
 P_POSITIVE_NOTE = ("`p_positive` is the one-sided permutation p-value of spearman > 0: how often a random ranking "
                    "of the same n trials agrees at least as well (a search completes few trials; n = 4 cannot go "
                    "below 1/24).")
@@ -254,6 +265,14 @@ def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
     return None if value is None else bool(value)
 
 
+def early_stopping_text(info: dict) -> str:
+    """'ASHA at 60 s' or 'none (rungs at 60 s scored for fidelity only)' from a summary."""
+    rungs = ", ".join(f"{t:g}" for t in info["rungs_s"])
+    if info["early_stopping"] == "none":
+        return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only)"
+    return f"ASHA, rungs at {rungs} s"
+
+
 def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity],
               devices: pd.DataFrame) -> str:
     cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
@@ -265,6 +284,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
              f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
              f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
              f"- repeats of a launched config, not launched: {info['rejected_as_repeats']}",
+             f"- early stopping: {early_stopping_text(info)}",
              f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
              f"- time: {time_text(info['time'])}",
              f"- devices: {device_text(info['devices'])}"]
@@ -294,7 +314,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               markdown_table(devices) if len(devices) else "_no trial timeline recorded_",
               "", "## Rung fidelity (Spearman of rung val_bpb vs final val_bpb, completed trials)", "",
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
-              P_POSITIVE_NOTE, "",
+              P_POSITIVE_NOTE, "", CUT_NOTE, "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
     return "\n".join(lines)
 

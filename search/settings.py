@@ -11,6 +11,9 @@ from typing import Any
 from trainer.config import ConfigError, parse_override
 
 SAMPLERS = ("tpe", "nsga2")
+# asha: ASHA stops weak trials at its rungs. none: no trial is stopped early, but every trial still reports at the
+# rungs, so the rung fidelity covers all of them (a fidelity study: ASHA lets only its rungs' winners reach the end).
+EARLY_STOPPING = ("asha", "none")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_TRAIN_FN = "trainer.train:train"
 
@@ -39,6 +42,7 @@ class SearchSettings:
     budget_s: float = 600.0  # training seconds per trial; ASHA's time axis
     grace_s: float = 0.0  # first ASHA rung in training seconds; 0: budget_s / reduction_factor (saved resolved)
     reduction_factor: float = 3.0
+    early_stopping: str = "asha"  # one of EARLY_STOPPING
     # Trainer reports (a val-prefix evaluation and a checkpoint each) come at ASHA's rungs only; > 0 adds one
     # every report_every_s training seconds, for more checkpoints and fidelity points at more evaluation time.
     report_every_s: float = 0.0
@@ -106,6 +110,8 @@ class SearchSettings:
         _need(self.reduction_factor > 1, "--reduction-factor", "must be above 1 (3 is usual)")
         _need(0 <= self.grace_s < self.budget_s, "--grace-s", "must be below --budget-s (0 picks budget/rf)")
         _need(self.report_every_s >= 0, "--report-every-s", "must be 0 (reports at ASHA rungs only) or positive")
+        _need(self.early_stopping in EARLY_STOPPING, "--early-stopping",
+              f"{self.early_stopping!r} is not one of {EARLY_STOPPING}")
         _need(self.sampler in SAMPLERS, "--sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
         _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
         _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")

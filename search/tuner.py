@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import store
 from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted,
@@ -55,8 +55,11 @@ def resolve_gpus(settings: SearchSettings, requested: float | None) -> SearchSet
     return dataclasses.replace(settings, gpus_per_trial=float(gpus)).validate()
 
 
-def make_scheduler(settings: SearchSettings) -> ASHAScheduler:
-    """ASHA on val_bpb at rungs of training time; trials past the top rung run to their budget."""
+def make_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+    """ASHA on val_bpb at rungs of training time (trials past the top rung run to their budget); with
+    early_stopping 'none', a scheduler that stops nothing (trials still report at the rungs)."""
+    if settings.early_stopping == "none":
+        return FIFOScheduler()
     return ASHAScheduler(
         time_attr="train_s", metric="val_bpb", mode="min",
         grace_period=settings.rung_s,

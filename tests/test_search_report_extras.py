@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from search.cli import build_parser, main
 from search.fidelity import (
-    ALL_TIED, TOO_FEW, RungFidelity, average_ranks, milestone, rung_fidelity, spearman,
+    ALL_TIED, TOO_FEW, RungFidelity, average_ranks, cut_cost, milestone, rung_fidelity, score_milestones, spearman,
 )
 from search.overhead import breakdown, totals
 from search.report import load_study, trials_table
@@ -126,6 +126,35 @@ def test_prequant_fidelity_separates_what_the_export_reorders():
     assert row.spearman == pytest.approx(spearman([2.1, 2.2, 2.3, 2.4], [1.50, 1.21, 1.31, 1.41])) == pytest.approx(-0.2)
     (partial,) = rung_fidelity(rungs, finals, 0.5, finals_prequant={1: 1.1, 2: 1.2, 3: 1.3})
     assert partial.spearman_prequant is None and partial.spearman == row.spearman  # one pre-quant value missing
+
+
+def test_cut_cost_hand_computed():
+    finals = [1.30, 1.10, 1.20, 1.40, 1.25, 1.35]
+    # The winner (final 1.10) is 4th at the rung; a cut keeping ceil(6/3) = 2 keeps the trials with finals 1.20
+    # and 1.40, so it loses 0.10 of val_bpb.
+    assert cut_cost([2.0, 2.3, 1.9, 1.8, 2.4, 2.5], finals, 1 / 3) == (4, pytest.approx(0.10))
+    # Kept at the rung: no regret whatever the rest's order.
+    assert cut_cost([2.0, 1.7, 1.9, 1.8, 2.4, 2.5], finals, 1 / 3) == (1, 0.0)
+    # Half kept (ceil(3 / 2) = 2); a tie with the winner takes the best rank.
+    assert cut_cost([1.0, 1.0, 0.5], [1.3, 1.1, 1.2], 0.5) == (2, pytest.approx(0.0))
+    assert cut_cost([3.0, 2.0, 1.0], [1.1, 1.2, 1.3], 0.5) == (3, pytest.approx(0.1))
+    assert cut_cost([5.0], [1.0], 1 / 3) == (1, 0.0)  # one trial: always kept
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="keep_fraction"):
+            cut_cost([1.0, 2.0], [1.0, 2.0], bad)
+    with pytest.raises(ValueError, match="one pair per trial"):
+        cut_cost([1.0, 2.0], [1.0], 0.5)
+
+
+def test_score_milestones_reports_the_cut_cost_only_with_a_keep_share():
+    at = {60.0: {1: 2.0, 2: 2.3, 3: 1.9, 4: 1.8, 5: 2.4, 6: 2.5}, 120.0: {1: 1.5, 2: 1.4}}
+    finals = {1: 1.30, 2: 1.10, 3: 1.20, 4: 1.40, 5: 1.25, 6: 1.35}
+    first, second = score_milestones(at, finals, asha=(60.0,), keep_fraction=1 / 3)
+    assert (first.best_final_rank, first.regret_kept) == (4, pytest.approx(0.10))
+    assert second.n == 2 and second.best_final_rank is None and second.regret_kept is None  # too few to rank
+    (plain, _) = score_milestones(at, finals, asha=(60.0,))
+    assert plain.best_final_rank is None and plain.regret_kept is None
+    assert plain.spearman == first.spearman
 
 
 # ---- time breakdown --------------------------------------------------------------------------------

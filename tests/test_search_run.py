@@ -187,3 +187,28 @@ def test_each_trial_folder_holds_its_own_run(finished_search):
         log = (folder / "run" / "train.log").read_text()
         assert log.count(" config ") == 1, log
         assert f"unique_params {t.user_attrs['unique_params']:,} " in log, (t.number, log[-500:])
+
+
+def test_a_search_without_early_stopping_trains_every_trial_and_ranks_all_their_rungs(tmp_path, tiny_corpus):
+    from search.report import study_fidelity, write_report
+
+    settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "no-stop", trials=5,
+                             early_stopping="none")
+    run_local_search(settings)
+    trials = load_study(settings).get_trials(deepcopy=False)
+    launched = [t for t in trials if t.user_attrs.get("tune_trial_id")]
+    assert len(launched) == 5
+    assert all(t.user_attrs["status"] == "complete" and t.state == TrialState.COMPLETE for t in launched)
+    for t in launched:  # every trial reported at both rungs (0.5 s and 1 s) and went on to the budget
+        times = [train_s for train_s, _ in t.user_attrs["rungs"]]
+        assert len(times) == 2 and 0.5 <= times[0] < 1.0 <= times[1] < settings.budget_s, times
+    rows = study_fidelity(load_study(settings), settings)
+    assert [(r.rung_s, r.n) for r in rows] == [(0.5, 5), (1.0, 5)]
+    finals = {t.number: t.user_attrs["val_bpb"] for t in launched}
+    winner = min(finals, key=finals.get)
+    for k, row in enumerate(rows):  # the cut's cost, from each trial's k-th rung value
+        at = {t.number: t.user_attrs["rungs"][k][1] for t in launched}
+        assert row.best_final_rank == 1 + sum(v < at[winner] for v in at.values())
+        assert row.regret_kept >= 0 and (row.best_final_rank > 3 or row.regret_kept == 0)  # keeps ceil(5/2)
+    report = write_report(settings, "md")["table"].read_text()
+    assert "early stopping: none" in report and "best_final_rank" in report

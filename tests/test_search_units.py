@@ -70,7 +70,8 @@ def test_settings_validate_and_round_trip(tmp_path):
     assert SearchSettings.from_json(s.to_json()) == replace(s, grace_s=200.0)
     for bad, flag in [({"name": "bad name!"}, "--name"), ({"trials": 0}, "--trials"),
                       ({"sampler": "cmaes"}, "--sampler"), ({"gpus_per_trial": 2.5}, "--gpus-per-trial"),
-                      ({"grace_s": 700.0}, "--grace-s"), ({"overrides": ("nokey",)}, "--set")]:
+                      ({"grace_s": 700.0}, "--grace-s"), ({"overrides": ("nokey",)}, "--set"),
+                      ({"early_stopping": "median"}, "--early-stopping")]:
         with pytest.raises(SettingsError, match=flag):
             _settings(tmp_path, **bad).validate()
 
@@ -134,6 +135,30 @@ def test_run_flag_report_every_s(tmp_path):
             "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path)]
     assert settings_from_args(build_parser().parse_args(base)).report_every_s == 0
     assert settings_from_args(build_parser().parse_args(base + ["--report-every-s", "12"])).report_every_s == 12
+
+
+def test_early_stopping_none_stops_nothing_and_keeps_the_rungs(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from search.cli import build_parser, settings_from_args
+    from search.tuner import make_scheduler
+
+    for path in ("space.yaml", "tok.model"):
+        (tmp_path / path).write_text("")
+    base = ["run", "--name", "s1", "--space", str(tmp_path / "space.yaml"), "--data", str(tmp_path),
+            "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path), "--budget-s", "180"]
+    asha = settings_from_args(build_parser().parse_args(base))
+    none = settings_from_args(build_parser().parse_args(base + ["--early-stopping", "none"]))
+    assert asha.early_stopping == "asha" and isinstance(make_scheduler(asha), ASHAScheduler)
+    assert none.early_stopping == "none" and type(make_scheduler(none)) is FIFOScheduler
+    # Trials still report (and checkpoint) at the rungs: the fidelity table is what the setting is for.
+    assert prepare_config(from_dict({}), none).train.report_at_s == asha.asha_milestones_s == (60,)
+    assert SearchSettings.from_json(none.to_json()).early_stopping == "none"
+    old = json.loads(asha.to_json())
+    del old["early_stopping"]  # written before the setting existed: ASHA, as then
+    assert SearchSettings.from_json(json.dumps(old)).early_stopping == "asha"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        build_parser().parse_args(base + ["--early-stopping", "median"])
 
 
 def test_constraint_reads_excess_bytes():
