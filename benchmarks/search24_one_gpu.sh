@@ -1,5 +1,5 @@
 # Sourced by call37_search24_h100.sh, call38_search24_h100.sh, call44_search24_full_data.sh,
-# call51_overhead_180s.sh, call52_overhead_180s_fixed.sh, call63_search24_180s.sh, call72_search24_180s_rung60.sh and call77_search24_180s_cooldown.sh, which set TAG (their /tmp folder and archive name), N
+# call51_overhead_180s.sh, call52_overhead_180s_fixed.sh, call63_search24_180s.sh, call72_search24_180s_rung60.sh and search24_180s_cooldown.sh and fidelity_study_180s.sh, which set TAG (their /tmp folder and archive name), N
 # (the search's name), PER_GPU
 # (--trials-per-gpu) and CPUS (--cpus-per-trial), and may set TRIALS, BUDGET_S, GRACE_S and WARMDOWN (defaults:
 # 24 trials at 60 s, one ASHA rung at 30 s, 250 warmdown steps: calls 37-47), EXTRA_ARGS (more `search run` flags), and LIMIT_S (default 0: none), after

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device calls 77+ (a later session, one H100): call 72's search (24 trials at 180 s, one ASHA rung at 60 s, two
+# Not run (planned for the twelfth session, which ran the fidelity study instead; a later session, one H100): call 72's search (24 trials at 180 s, one ASHA rung at 60 s, two
 # trials per GPU, presets first) with each rung scored after a cooldown of 10% of the steps trained so far
 # (train.rung_cooldown_fraction, added after calls 63 and 72 found the 60 s rung ranking at Spearman +0.19, n = 10).
 # The report ranks both the cooled-down rung (what ASHA used) and the score before the cooldown against the
