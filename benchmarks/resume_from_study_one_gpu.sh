@@ -29,5 +29,5 @@ python3 -m search status $N --storage $S 2>&1 | head -n 8
 cat /tmp/$TAG/fidelity.log 2>/dev/null
 tar -czf $OUT/${TAG}_files.tgz -C / tmp/$TAG $(search_files tmp/searches/$N) 2>/dev/null
 # The whole search folder less checkpoints: enough for `resume --from-study`, and for `resume` if carried back.
-tar --exclude='checkpoint_*' -czf $OUT/${TAG}_state.tgz -C / tmp/searches/$N 2>/dev/null
+tar --exclude='checkpoint_*' --exclude='*.ptz' --exclude='*.pt' -czf $OUT/${TAG}_state.tgz -C / tmp/searches/$N 2>/dev/null
 ls -la $OUT

@@ -32,5 +32,5 @@ python3 -m search status $N --storage $S 2>&1 | head -n 8
 tail -n 3 /tmp/$TAG/report.log 2>/dev/null
 tar -czf $OUT/${TAG}_files.tgz -C / tmp/$TAG $(search_files) 2>/dev/null
 # The search folder less checkpoints (study, settings, Tune's state): what `search resume` needs on another machine.
-tar --exclude='checkpoint_*' -czf $OUT/${TAG}_state.tgz -C / tmp/searches/$N 2>/dev/null
+tar --exclude='checkpoint_*' --exclude='*.ptz' --exclude='*.pt' -czf $OUT/${TAG}_state.tgz -C / tmp/searches/$N 2>/dev/null
 ls -la $OUT
