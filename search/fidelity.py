@@ -135,6 +135,7 @@ def cut_cost(rung: Sequence[float], final: Sequence[float], keep_fraction: float
                          "at least one")
     if not 0 < keep_fraction <= 1:
         raise ValueError(f"cut_cost: keep_fraction {keep_fraction} must be in (0, 1], e.g. 1 / reduction_factor")
+
     def rank(i: int) -> int:
         return 1 + sum(1 for v in rung if v < rung[i])
 

@@ -266,7 +266,7 @@ def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
 
 
 def early_stopping_text(info: dict) -> str:
-    """'ASHA at 60 s' or 'none (rungs at 60 s scored for fidelity only)' from a summary."""
+    """How the search stopped trials, from a summary: 'ASHA, rungs at 60 s' or 'none: ...'."""
     rungs = ", ".join(f"{t:g}" for t in info["rungs_s"])
     if info["early_stopping"] == "none":
         return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only)"
