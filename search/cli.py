@@ -165,13 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings, points = _with_enqueued(settings, args.enqueue, args.enqueue_presets)
     print(f"[search] {tuner.connect(settings.ray_address)}", flush=True)
     settings = tuner.resolve_gpus(settings, args.gpus_per_trial)
-    rungs = ", ".join(f"{t:g}" for t in settings.asha_milestones_s)
-    rung_text = (f"ASHA rungs at {rungs}s (x{settings.reduction_factor:g})" if settings.early_stopping == "asha"
-                 else f"no early stopping (rungs at {rungs}s for fidelity only)")
     periodic = f" and every {settings.report_every_s:g}s" if settings.report_every_s else ""
     sharing = f" ({settings.trials_per_gpu} per GPU, taking turns)" if settings.trials_per_gpu > 1 else ""
     print(f"[search] {settings.name}: {settings.trials} trials, {settings.gpus_per_trial:g} GPU(s) each{sharing}, "
-          f"budget {settings.budget_s:g}s, {rung_text}, reports there"
+          f"budget {settings.budget_s:g}s, early stopping {settings.early_stopping_text}, reports at the rungs"
           f"{periodic}, sampler {settings.sampler}; study {store.study_url(settings)}", flush=True)
     tuner.run_search(settings, points, stop_after_s=args.stop_after_s, drain_after_s=args.drain_after_s)
     return _finish(settings)

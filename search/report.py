@@ -265,16 +265,8 @@ def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
     return None if value is None else bool(value)
 
 
-def early_stopping_text(info: dict) -> str:
-    """How the search stopped trials, from a summary: 'ASHA, rungs at 60 s' or 'none: ...'."""
-    rungs = ", ".join(f"{t:g}" for t in info["rungs_s"])
-    if info["early_stopping"] == "none":
-        return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only)"
-    return f"ASHA, rungs at {rungs} s"
-
-
 def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity],
-              devices: pd.DataFrame) -> str:
+              devices: pd.DataFrame, early_stopping: str) -> str:
     cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
     timed = df[df["wall_s"].notna()]
     lines = [f"# Search `{info['name']}`", "",
@@ -284,7 +276,7 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
              f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
              f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
              f"- repeats of a launched config, not launched: {info['rejected_as_repeats']}",
-             f"- early stopping: {early_stopping_text(info)}",
+             f"- early stopping: {early_stopping}",
              f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
              f"- time: {time_text(info['time'])}",
              f"- devices: {device_text(info['devices'])}"]
@@ -395,7 +387,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
         )
     else:
         paths["table"] = out / "report.md"
-        paths["table"].write_text(_markdown(df, front, info, fidelity, devices))
+        paths["table"].write_text(_markdown(df, front, info, fidelity, devices, settings.early_stopping_text))
     if plot_path is not None:
         target = plot_path if plot_path.is_absolute() else out / plot_path
         paths["plot"] = plot(df, target, settings.limit_bytes, title=f"search {settings.name}")

@@ -88,6 +88,14 @@ class SearchSettings:
         return tuple(self.rung_s * self.reduction_factor**k for k in range(count))
 
     @property
+    def early_stopping_text(self) -> str:
+        """How trials are stopped, for the CLI and the report: 'ASHA, rungs at 60 s (x3)' or 'none: ...'."""
+        rungs = ", ".join(f"{t:g}" for t in self.asha_milestones_s)
+        if self.early_stopping == "none":
+            return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only)"
+        return f"ASHA, rungs at {rungs} s (x{self.reduction_factor:g})"
+
+    @property
     def asha_max_t(self) -> float:
         """Top ASHA rung."""
         return self.asha_milestones_s[-1]
