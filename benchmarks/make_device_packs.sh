@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the ignored folders calls 12-13 carry to the GPU machine (no network there, 64 MiB per call):
+# Build the ignored folders device calls carry to the GPU machine (no network there, 64 MiB per call):
+#   .whl/        the zstandard wheel (the machine's image lacks it; everything else the trainer needs is there);
 #   .raypack/    ray 2.60.0 for CPython 3.12 without jars, rllib, serve, llm, the dashboard web client and
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
@@ -11,7 +12,8 @@ W=$(mktemp -d); S=$W/stage
 get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
 get $W ray==2.60.0
-mkdir -p .raypack/wheels .searchpack $S
+mkdir -p .whl .raypack/wheels .searchpack $S
+get .whl zstandard==0.25.0
 get .raypack/wheels optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 colorlog==6.12.0 \
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0 \
   pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
@@ -30,4 +32,4 @@ with open(".raypack/ray.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19
             tar.add(os.path.join(stage, name), arcname=name)
 PY
 python3 benchmarks/make_data_pack.py
-du -sh .raypack .searchpack; rm -rf $W
+du -sh .whl .raypack .searchpack; rm -rf $W
