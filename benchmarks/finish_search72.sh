@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Not run yet (planned for the twelfth session, which ran the fidelity study instead; a later session, one H100,
-# a fresh machine): finish call 72's 24-trial search at 180 s (one ASHA rung at 60 s) from its study alone. Its
+# Run in call 84 (thirteenth session, one H100; results in benchmarks/results/call84; its last 7 trials
+# are still unlaunched):
+# finish call 72's 24-trial search at 180 s (one ASHA rung at 60 s) from its study alone. Its
 # Tune state did not come back (the files sent back are the study, settings and logs), so `search resume
 # --from-study`: its three trials in flight start again as new trials and ten more launch. Then the report, and
 # the 60 s rung's fidelity pooled with call 63's search (its study is in call 68's files). Nothing to prepare:

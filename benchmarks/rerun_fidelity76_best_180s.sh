@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Not run yet (for a session after the twelfth, one H100; issue #6 item 3): three seeds at 180 s of the fidelity
+# Run in call 84 (thirteenth session, one H100; issue #6 item 3; results in benchmarks/results/call84):
+# three seeds at 180 s of the fidelity
 # study's best (benchmarks/configs/fidelity76_best.yaml: 1.1092 at one seed, the best single 180 s run so far)
 # at --widest-bits, against call 58's three baseline runs at int8 (same config; training does not read the
 # export, so they are kept). About 14 minutes on one H100: two calls.
