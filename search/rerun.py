@@ -333,16 +333,33 @@ def config_result(label: str, cfg: RunConfig, runs: list[SeedRun]) -> ConfigResu
 
 
 def step_times(results: list[ConfigResult]) -> tuple[StepTime, ...]:
-    """Mean step time per (config, world size): the throughput each GPU count actually got."""
+    """Mean step time per (config, world size, device): the throughput each GPU count actually got."""
     rows = []
     for res in results:
-        for world in sorted({r.world_size for r in res.runs}):
-            runs = [r for r in res.runs if r.world_size == world]
+        for world, device in sorted({(r.world_size, r.device) for r in res.runs}):
+            runs = [r for r in res.runs if (r.world_size, r.device) == (world, device)]
             ms = [r.step_ms for r in runs]
-            rows.append(StepTime(res.label, world, runs[0].device, len(runs), statistics.fmean(ms),
+            rows.append(StepTime(res.label, world, device, len(runs), statistics.fmean(ms),
                                  statistics.stdev(ms) if len(ms) > 1 else 0.0,
                                  statistics.fmean(r.tokens_per_s for r in runs)))
     return tuple(rows)
+
+
+def mixed_devices_note(results: list[ConfigResult]) -> str | None:
+    """Why no test is run when the runs trained on more than one kind of device (None when all ran on one)."""
+    runs_by_device: dict[str, list[str]] = {}
+    for res in results:
+        for r in res.runs:
+            runs_by_device.setdefault(r.device or "unknown device", []).append(f"{res.label} seed {r.seed}")
+    if len(runs_by_device) < 2:
+        return None
+    where = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items()))
+    # Call 85: in the same 180 s an H200 trained 11-13% more steps than an H100 and both configs' val_bpb moved
+    # by 0.0025, a fifth of the lead being measured; a test across chips would measure the chips too.
+    return (f"the runs trained on {len(runs_by_device)} kinds of device ({where}): in one wallclock budget a faster "
+            "device trains more steps, so their val_bpb are not comparable and no significance was computed. "
+            "Train the runs of one device again on the other: move their seed folders away (or pass another --out) "
+            "and run the same command there")
 
 
 def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
@@ -402,7 +419,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     configs = [(CANDIDATE, candidate)] + ([(BASELINE, baseline)] if baseline is not None else [])
     for note in narrow_export_notes(configs):
         notes.append(note)
-        _say(terminal, f"[rerun] note: {note}")
+        _say(terminal, f"note: {note}")
     # Seed-major order: after any crash both configs have (nearly) the same seeds done, and with two slots
     # each wave trains the candidate and the baseline side by side.
     jobs = [(label, seed_config(cfg, seed, budget_s, smoke), out_dir / label / f"seed{seed}")
@@ -414,7 +431,11 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
                for label, cfg in configs]
     cand, base = results[0], (results[1] if baseline is not None else None)
     comparison = None
-    if base is not None and len(seeds) >= 2:
+    mixed = mixed_devices_note(results)
+    if mixed:
+        notes.append(mixed)
+        _say(terminal, f"note: {mixed}")
+    elif base is not None and len(seeds) >= 2:
         comparison = compare(cand, base)
     elif base is not None:
         notes.append("one seed per config: Welch's test needs at least 2, so no significance was computed")
@@ -541,7 +562,10 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
     ]
     comp = result.comparison
     if comp is None:
-        lines.append("No test: " + ("no baseline was run." if result.baseline is None else "fewer than 2 seeds."))
+        why = ("no baseline was run." if result.baseline is None
+               else "the runs trained on different devices (see the note below)." if mixed_devices_note(configs)
+               else "fewer than 2 seeds.")
+        lines.append(f"No test: {why}")
     else:
         for metric, w in (("val_loss (nats)", comp.val_loss), ("val_bpb", comp.val_bpb)):
             lines.append(f"- {metric}: baseline - candidate = {w.mean_gain:+.5f}; one-sided Welch t={w.t:.3f}, "
@@ -556,4 +580,4 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
 
 __all__ = ["rerun", "RerunResult", "RerunError", "SeedRun", "ConfigResult", "StepTime", "Comparison",
            "seed_config", "narrow_export_notes", "plan_launch", "gpu_slots", "launch_command", "train_seed",
-           "train_all", "compare", "step_times"]
+           "train_all", "compare", "step_times", "mixed_devices_note"]

@@ -150,6 +150,41 @@ def test_kept_run_of_another_config_is_refused(finished, tiny_corpus, tmp_path):
               terminal=None)
 
 
+def test_runs_from_two_kinds_of_device_give_no_test(finished, tiny_corpus, tmp_path):
+    """A kept run carried from a machine with another GPU: every figure is still written, but no Welch test, since
+    in one wallclock budget a faster chip trains more steps (call 85)."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    carried = out / "candidate" / "seed1" / "metrics.json"
+    metrics = json.loads(carried.read_text())
+    metrics["device"] = "NVIDIA H200"
+    carried.write_text(json.dumps(metrics))
+    terminal = io.StringIO()
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 0, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="tiny", terminal=terminal)
+
+    assert not any(r.trained_now for res in (result.candidate, result.baseline) for r in res.runs)
+    assert result.comparison is None
+    data = json.loads((out / "rerun.json").read_text())
+    assert data["welch"] is None and data["record_criterion"] is None
+    note = next(n for n in data["notes"] if "kinds of device" in n)
+    assert "NVIDIA H200: candidate seed 1" in note and "cpu: candidate seed 2, baseline seed 1, baseline seed 2" in note
+    assert note in terminal.getvalue()
+    # The seed means are still there, and the step times are split by device instead of labelled by one of them.
+    assert data["candidate"]["val_bpb"]["n"] == 2
+    assert {(s["label"], s["device"], s["runs"]) for s in data["step_time"]} == {
+        ("candidate", "NVIDIA H200", 1), ("candidate", "cpu", 1), ("baseline", "cpu", 2)}
+    md = (out / "rerun.md").read_text()
+    assert "No test: the runs trained on different devices" in md and f"Note: {note}" in md
+
+    # Put back, the same runs give the test again.
+    metrics["device"] = "cpu"
+    carried.write_text(json.dumps(metrics))
+    again = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 0, 60.0, tiny_corpus["data"],
+                  tiny_corpus["tokenizer"], out, name="tiny", terminal=None)
+    assert again.comparison is not None and not any("kinds of device" in n for n in again.notes)
+
+
 def test_cpu_procs_two_runs_ddp(tiny_corpus, tmp_path):
     result = rerun(from_dict(CANDIDATE), None, [7], 0, 60.0, tiny_corpus["data"], tiny_corpus["tokenizer"],
                    tmp_path / "out", name="ddp", cpu_procs=2, terminal=None)
