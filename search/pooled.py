@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from search.fidelity import score_milestones
 from search.report import (CUT_NOTE, P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table,
@@ -33,6 +34,19 @@ def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> N
     if len(set(cooldown.values())) > 1:
         raise SettingsError(f"fidelity: the searches cool their rungs down differently "
                             f"(train.rung_cooldown_fraction: {cooldown}); pass searches that all set it the same way")
+    devices = {s.name: trained_on(study) for s, study in searches}
+    if len(set().union(*devices.values())) > 1:
+        # Call 85: in one budget an H200 trained 12% more steps than an H100, so the rungs and finals of one
+        # chip would rank against another's as if they were better configs.
+        shown = {name: sorted(names) for name, names in devices.items() if names}
+        raise SettingsError(f"fidelity: the trials trained on different kinds of device {shown}; a faster device "
+                            f"trains more steps in the same budget, so pass searches run on one kind of device")
+
+
+def trained_on(study: optuna.Study) -> set[str]:
+    """The devices the completed trials of a study name (none for studies from before the device was recorded)."""
+    return {str(t.user_attrs["device"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("device")}
 
 
 def _keyed(search: str, by_trial: dict) -> dict:

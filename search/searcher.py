@@ -70,7 +70,7 @@ RUNG_TIME_ATTRS = ("startup_s", "compile_s", "wait_s")
 FINAL_ATTRS = (
     "val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
     "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", *RUNG_TIME_ATTRS, "eval_s", "export_s",
-    "over_limit",
+    "over_limit", "device",
 )
 
 

@@ -39,10 +39,12 @@ def test_sampled_permutation_p_matches_the_exact_one():
             x, y, draws=2_000, seed=1, exact_max_n=0)  # seeded: the report does not change between runs
 
 
-def _study(rung_and_final: dict[int, tuple[float, float]], *rung_ms: int, run_config: dict | None = None) -> optuna.Study:
+def _study(rung_and_final: dict[int, tuple[float, float]], *rung_ms: int, run_config: dict | None = None,
+           device: str | None = None) -> optuna.Study:
     """Completed trials reporting one value at each rung (ms of training), and one pruned trial."""
     study = optuna.create_study()
     extra = {} if run_config is None else {"run_config": run_config}
+    extra.update({} if device is None else {"device": device})
     for number, (rung, final) in sorted(rung_and_final.items()):
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE, value=final, intermediate_values={ms: rung for ms in rung_ms},
@@ -88,6 +90,20 @@ def test_pooling_searches_of_different_budgets_is_refused(two_searches, tmp_path
                     run_config={"train": {"rung_cooldown_fraction": 0.1}})  # b's rungs cooled down, a's did not
     with pytest.raises(SettingsError, match="rung_cooldown_fraction"):
         pooled_fidelity([(a, study_a), (b, cooled)])
+
+
+def test_pooling_searches_trained_on_different_devices_is_refused(two_searches):
+    (a, _), (b, _) = two_searches
+    on_h100 = _study({0: (2.0, 1.20), 1: (2.1, 1.30)}, 1000, device="NVIDIA H100 80GB HBM3")
+    on_h200 = _study({0: (2.5, 1.00), 1: (2.6, 1.05)}, 1000, device="NVIDIA H200")
+    with pytest.raises(SettingsError, match="different kinds of device") as refused:
+        pooled_fidelity([(a, on_h100), (b, on_h200)])
+    assert "'a': ['NVIDIA H100 80GB HBM3']" in str(refused.value) and "'b': ['NVIDIA H200']" in str(refused.value)
+    # One kind of device pools; a study from before the device was recorded names none, so it pools with any.
+    also_h100 = _study({0: (2.5, 1.00), 1: (2.6, 1.05)}, 1000, device="NVIDIA H100 80GB HBM3")
+    unrecorded = _study({0: (2.5, 1.00), 1: (2.6, 1.05)}, 1000)
+    for other in (also_h100, unrecorded):
+        assert "pooled" in set(pooled_fidelity([(a, on_h100), (b, other)])["search"])
 
 
 def test_fidelity_cli_writes_csv_and_markdown(two_searches, capsys):

@@ -47,6 +47,7 @@ def test_search_runs_all_trials_and_asha_prunes_some(finished_search):
         assert t.state == TrialState.COMPLETE and t.value == t.user_attrs["val_bpb"]
         assert 0 < t.user_attrs["artifact_bytes"] <= 16_000_000
         assert t.user_attrs["val_bpb"] > 0 and t.user_attrs["device_s"] > 0
+        assert t.user_attrs["device"] == "cpu"  # what it trained on: `search fidelity` pools one kind only
     print(f"8-trial CPU search took {seconds:.1f}s")
 
 
