@@ -4,11 +4,11 @@ import time; t0=time.perf_counter(); T=[]
 def lap(n):
     global t0; t=time.perf_counter(); T.append((n, round(t-t0,2))); t0=t
 import torch; lap("import torch")
-from trainer.train import setup_runtime; from trainer.config import load; lap("import trainer")
+from trainer.train import setup_runtime; from trainer.run_config import load; lap("import trainer")
 rt=setup_runtime(None); lap("runtime")
 torch.zeros(1,device="cuda"); torch.cuda.synchronize(); lap("cuda first op")
 from trainer.bpb import byte_table, load_sentencepiece; sp=load_sentencepiece("/tmp/sp/fineweb_1024_bpe.model"); tb=byte_table(sp,1024); lap("tokenizer")
-from trainer.data import load_val_tokens, TokenStream; v=load_val_tokens("/tmp/sp/data",1024,None); lap("val tokens")
+from trainer.data.shards import load_val_tokens, TokenStream; v=load_val_tokens("/tmp/sp/data",1024,None); lap("val tokens")
 cfg=load("benchmarks/configs/loop45_untied_int6.yaml")
 from trainer.model import GPT; m=GPT(cfg.model,"auto",torch.bfloat16,torch.bfloat16); lap("model build")
 m=m.to(rt.device); torch.cuda.synchronize(); lap("model to cuda")

@@ -4,7 +4,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from trainer import config
+from trainer import run_config as config
 from trainer.model import GPT
 from trainer.optim import build_optimizers
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from trainer import artifact
-from trainer.config import from_dict
+from trainer.run_config import from_dict
 
 SIZES = re.compile(r"artifact_bytes ([\d,]+) \(model ([\d,]+) \+ code ([\d,]+)\)")
 DONE = re.compile(r"training done: (\d+) steps, ([\d.]+)s")

@@ -1,7 +1,7 @@
 """`python -m search`: run, resume, report and watch depth-recurrence searches.
 
 Each command is one `add_*` function registering a subparser with `func` set; later commands add themselves
-to COMMANDS without touching the others (`rerun` comes from search.rerun_cli).
+to COMMANDS without touching the others (`rerun` comes from search.rerun.cli).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from search import store
-from search.rerun_cli import PRESETS_DIR, add_rerun_command
+from search.rerun.cli import PRESETS_DIR, add_rerun_command
 from search.settings import EARLY_STOPPING, SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
 
 DEFAULT_SPACE = "spaces/default.yaml"
@@ -131,7 +131,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 
 def _check_space(settings: SearchSettings) -> None:
     """Load the space once in the driver so a bad file fails here, not inside Ray."""
-    from search.searcher import import_object, space_loader_of
+    from search.tune.searcher import import_object, space_loader_of
 
     import_object(space_loader_of(settings))(settings.space)
 
@@ -140,7 +140,7 @@ def _with_enqueued(settings: SearchSettings, files: list[str],
                    presets: bool) -> tuple[SearchSettings, list[tuple[str, dict]]]:
     """Settings whose `enqueue` holds the given config files (each must be a point of the space) and, with
     --enqueue-presets, the presets that are points of it, plus their (file, assignment); says what it queued."""
-    from search.searcher import space_points
+    from search.tune.searcher import space_points
 
     points = space_points(settings, [resolve_local(f, "--enqueue", must_exist=True) for f in files])
     if presets:
@@ -157,7 +157,7 @@ def _with_enqueued(settings: SearchSettings, files: list[str],
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search import tuner
+    from search.tune import tuner
 
     settings = settings_from_args(args)
     store.ensure_new(settings)
@@ -175,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _finish(settings: SearchSettings) -> int:
-    from search.report import status_text, write_report
+    from search.analysis.report import status_text, write_report
 
     paths = write_report(settings, "md", Path("frontier.png"))
     print(status_text(settings))
@@ -200,7 +200,7 @@ def add_resume(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search import tuner
+    from search.tune import tuner
 
     settings = store.load_settings(args.name, args.storage)
     if args.ray_address is not None:
@@ -231,8 +231,8 @@ def add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.fidelity import RungFidelity
-    from search.report import fidelity_frame, time_text, write_report
+    from search.analysis.fidelity import RungFidelity
+    from search.analysis.report import fidelity_frame, time_text, write_report
 
     settings = store.load_settings(args.name, args.storage)
     paths = write_report(settings, args.format, args.plot)
@@ -258,7 +258,7 @@ def add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from search.report import status_text
+    from search.analysis.report import status_text
 
     settings = store.load_settings(args.name, args.storage)
     while True:
@@ -282,8 +282,8 @@ def add_fidelity(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from search.pooled import pooled_fidelity, write_pooled
-    from search.report import load_study
+    from search.analysis.pooled import pooled_fidelity, write_pooled
+    from search.analysis.report import load_study
 
     searches = [(settings, load_study(settings)) for settings in
                 (store.load_settings(name, args.storage) for name in args.names)]

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, parse_override
+from trainer.model_config import ConfigError
+
+from trainer.run_config import parse_override
 
 SAMPLERS = ("tpe", "nsga2")
 # asha: ASHA stops weak trials at its rungs. none: no trial is stopped early, but every trial still reports at the
@@ -36,7 +38,7 @@ class SearchSettings:
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0  # 0: as many as the cluster's resources allow
     # Trials placed on each GPU (1/N GPU each). They start up and compile at once and take turns to train
-    # (search.lease), so a new shape's compile overlaps another trial's training. CPU trials (gpus 0) with
+    # (search.tune.lease), so a new shape's compile overlaps another trial's training. CPU trials (gpus 0) with
     # N > 1 take turns the same way on each machine.
     trials_per_gpu: int = 1
     budget_s: float = 600.0  # training seconds per trial; ASHA's time axis

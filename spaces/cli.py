@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.config import ConfigError
+from trainer.model_config import ConfigError
 
 
 def _summary(cfg) -> str:
@@ -67,7 +67,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from spaces.synthetic import calibration_configs, write_run
+    from trainer.sizing.synthetic import calibration_configs, write_run
 
     runs = calibration_configs(quick=args.quick)
     for i, (name, cfg, distribution) in enumerate(runs):
@@ -79,7 +79,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _read_runs(dirs: list[str]):
-    from spaces.calibration import read_run
+    from trainer.sizing.calibration import read_run
 
     return [read_run(d) for d in dirs]
 
@@ -93,8 +93,8 @@ def _default_prior(path: Path, load):
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from spaces.calibration import accuracy_table, config_out_from_provenance, fit, write_calibration
-    from spaces.size_model import CALIBRATION_PATH, load_calibration
+    from trainer.sizing.calibration import accuracy_table, config_out_from_provenance, fit, write_calibration
+    from trainer.sizing.size_model import CALIBRATION_PATH, load_calibration
 
     runs = _read_runs(args.run_dirs)
     prior = load_calibration(args.prior) if args.prior else _default_prior(CALIBRATION_PATH, load_calibration)
@@ -107,8 +107,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
-    from spaces.calibration import accuracy_table, config_out_from_provenance
-    from spaces.size_model import load_calibration
+    from trainer.sizing.calibration import accuracy_table, config_out_from_provenance
+    from trainer.sizing.size_model import load_calibration
 
     calibration = load_calibration(args.calibration)
     print(accuracy_table(_read_runs(args.run_dirs), calibration, config_out_from_provenance(calibration)))
@@ -148,15 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit the size model to run dirs and write the calibration JSON",
                        description="fit the size model to RUN_DIRs (metrics.json, + model.ptz when kept) and write the calibration")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", default=None, help="output JSON (default spaces/size_calibration.json)")
+    p.add_argument("--out", default=None, help="output JSON (default trainer/sizing/size_calibration.json)")
     p.add_argument("--prior", default=None,
-                   help="calibration to carry unfitted coefficients from (default spaces/size_calibration.json)")
+                   help="calibration to carry unfitted coefficients from (default trainer/sizing/size_calibration.json)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("accuracy", help="Markdown table of predicted vs measured bytes per run",
                        description="print predicted vs measured compressed bytes and %% error per RUN_DIR")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--calibration", default=None, help="calibration JSON (default spaces/size_calibration.json)")
+    p.add_argument("--calibration", default=None, help="calibration JSON (default trainer/sizing/size_calibration.json)")
     p.set_defaults(func=cmd_accuracy)
     return parser
 

@@ -13,10 +13,12 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from trainer.config import EMBEDDING_BITS, QUANT_BITS, ConfigError, ExportConfig, RunConfig, from_dict
+from trainer.model_config import EMBEDDING_BITS, QUANT_BITS, ConfigError, ExportConfig
+
+from trainer.run_config import RunConfig, from_dict
 
 from spaces import expr, patterns
-from spaces.size_model import SizePrediction, predict
+from trainer.sizing.size_model import SizePrediction, predict
 
 # Axes a space file may list (each a choice list); unique_blocks and patterns are required, the rest optional.
 AXES = ("unique_blocks", "untie_mlp", "width", "mlp_mult", "depth_signal", "quant_bits", "embedding_bits")
@@ -539,7 +541,7 @@ def _check_base(space: SearchSpace) -> None:
     try:
         from_dict(copy.deepcopy(base), where="base")
     except ConfigError as exc:
-        _fail(where, "base", str(exc), "use RunConfig sections model/train/export with keys from trainer/config.py")
+        _fail(where, "base", str(exc), "use RunConfig sections model/train/export with keys from trainer/model_config.py and trainer/run_config.py")
 
 
 def _check_pattern(spec: PatternSpec, default_blocks: tuple[int, ...], where: str) -> None:

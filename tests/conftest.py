@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from trainer.data import write_shard
+from trainer.data.shards import write_shard
 
 WORDS = (
     "the a of to and in is was for on with as by at from that this it be are or an which one all "

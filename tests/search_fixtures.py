@@ -56,7 +56,7 @@ def run_local_search(settings: SearchSettings) -> SearchSettings:
     """Run the whole search on a fresh local Ray instance, shut down afterwards; return the settings."""
     import ray
 
-    from search import tuner
+    from search.tune import tuner
 
     tuner.connect("local")
     try:

@@ -2,7 +2,8 @@ import zstandard
 import pytest
 import torch
 
-from trainer import artifact, config
+from trainer import artifact
+from trainer import run_config as config
 from trainer.model import GPT
 
 

@@ -3,8 +3,8 @@ import math
 import torch
 
 from trainer.bpb import bits_per_byte, byte_table, target_bytes
-from trainer.config import from_dict
-from trainer.data import load_val_tokens
+from trainer.run_config import from_dict
+from trainer.data.shards import load_val_tokens
 from trainer.evaluate import evaluate, windows
 from trainer.model import GPT
 

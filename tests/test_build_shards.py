@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from trainer.build_shards import BOS_ID, BuildError, build_shards, iter_documents
-from trainer.data import TRAIN_GLOB, VAL_GLOB, load_tokens
-from trainer.data_cli import add_data_commands, run_data_command
+from trainer.data.build import BOS_ID, BuildError, build_shards, iter_documents
+from trainer.data.shards import TRAIN_GLOB, VAL_GLOB, load_tokens
+from trainer.data.cli import add_data_commands, run_data_command
 
 REAL_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/fineweb_1024_bpe.model"
 

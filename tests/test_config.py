@@ -1,7 +1,7 @@
 import pytest
 
-from trainer import config
-from trainer.config import ConfigError
+from trainer import run_config as config
+from trainer.model_config import ConfigError
 
 
 def test_defaults_are_the_challenge_baseline():

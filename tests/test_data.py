@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.data import (
+from trainer.data.shards import (
     HEADER_BYTES, DistributedBatches, ShardError, TokenStream, load_tokens, load_val_tokens, read_header, write_shard,
 )
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import read_header, write_shard
-from trainer.data_cli import add_data_commands, run_data_command
-from trainer.download import (
+from trainer.data.shards import read_header, write_shard
+from trainer.data.cli import add_data_commands, run_data_command
+from trainer.data.download import (
     ChecksumError,
     DownloadError,
     HubSource,

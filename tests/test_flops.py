@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.config import ModelConfig
+from trainer.model_config import ModelConfig
 from trainer.flops import flops_per_token, matmul_params_per_token, mfu
 
 

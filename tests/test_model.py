@@ -1,6 +1,6 @@
 import torch
 
-from trainer.config import from_dict
+from trainer.run_config import from_dict
 from trainer.model import GPT
 
 
@@ -104,7 +104,7 @@ def test_forward_traces_as_one_graph_for_torch_compile():
 def test_every_attention_choice_gives_the_same_causal_output_on_cpu():
     # Pinned SDPA backends are CUDA-only; on the CPU every choice must fall back to the same math.
     from trainer.attention import pick_attention
-    from trainer.config import ATTENTION_CHOICES
+    from trainer.attention import ATTENTION_CHOICES
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 2, 10, 8), torch.randn(2, 2, 10, 8)
@@ -230,7 +230,7 @@ def test_weight_init_draws_gaussian_or_uniform_matrices_with_the_same_std():
 def test_unknown_weight_init_is_rejected_with_the_choices():
     import pytest
 
-    from trainer.config import ConfigError
+    from trainer.model_config import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.weight_init.*normal.*uniform"):
         make(weight_init="xavier")

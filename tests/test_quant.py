@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.config import ExportConfig
+from trainer.model_config import ExportConfig
 from trainer.quant import bits_for, dequantize_rows, is_quantized, qmax, quantize_rows, stored_bytes
 from trainer.schedule import TensorSpec
 

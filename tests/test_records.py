@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from search.records import RecordError, SubmissionInfo, load_run, write_record
-from search.stats import record_criterion
+from search.rerun.records import RecordError, SubmissionInfo, load_run, write_record
+from search.rerun.stats import record_criterion
 
 CONFIG = {"model": {"n_layers": 9, "d_model": 512}, "train": {"budget_s": 600.0}, "export": {"quant_bits": 8}}
 CODE_BYTES = 48_000
@@ -124,7 +124,7 @@ def test_runs_must_be_seeds_of_one_config(tmp_path: Path):
 def test_a_run_recorded_before_a_setting_existed_is_a_seed_of_the_same_config(tmp_path: Path):
     """Calls 56-58: seeds kept from an older trainer lack export.embedding_bits, which new seeds record at its
     default; they are one config. A real difference in that setting still makes another config."""
-    from trainer.config import RunConfig
+    from trainer.run_config import RunConfig
 
     new = RunConfig().to_dict()
     old = json.loads(json.dumps(new))

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from trainer import artifact, config
+from trainer import artifact
+from trainer import run_config as config
 from trainer.cli import main
 from trainer.reexport import export_name, reexport
 from trainer.train import WEIGHTS_FILE, train

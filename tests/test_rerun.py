@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from search import store
-from search.rerun import RerunError, rerun
-from search.rerun_cli import add_rerun_command, best_trial, trial_by_id
+from search.rerun.run import RerunError, rerun
+from search.rerun.cli import add_rerun_command, best_trial, trial_by_id
 from search.settings import SearchSettings
-from search.stats import record_criterion, welch_one_sided
+from search.rerun.stats import record_criterion, welch_one_sided
 from tests.conftest import TINY_MODEL, TINY_TRAIN
-from trainer.config import from_dict
+from trainer.run_config import from_dict
 
 # Fewer steps and a shorter val split than the shared tiny config: each run is a torchrun launch.
 TRAIN = {**TINY_TRAIN, "max_steps": 4, "warmdown_steps": 2, "final_val_tokens": 1025, "budget_s": 60.0}
@@ -215,7 +215,8 @@ def test_bad_config_paths_are_one_clear_line(tiny_corpus, tmp_path, capsys):
 
 def make_search(storage: Path, corpus: dict) -> SearchSettings:
     """A search folder as `python -m search run` leaves it: search.json and an Optuna study of finished trials."""
-    from search.searcher import COMPLETE, INFEASIBLE_MEASURED, PRUNED, open_study
+    from search.tune.searcher import open_study
+    from search.vocabulary import COMPLETE, INFEASIBLE_MEASURED, PRUNED
 
     settings = SearchSettings(name="tinysearch", space=str(storage / "space.yaml"), storage=str(storage),
                               data_dir=str(corpus["data"]), tokenizer=str(corpus["tokenizer"]), gpus_per_trial=0.0,
@@ -253,7 +254,7 @@ def test_best_and_given_trial_lookup(tiny_corpus, tmp_path, capsys):
 
 
 def test_no_feasible_trial_says_what_to_do(tiny_corpus, tmp_path, capsys):
-    from search.searcher import open_study
+    from search.tune.searcher import open_study
 
     storage = tmp_path / "runs"
     settings = SearchSettings(name="empty", space="x.yaml", storage=str(storage), data_dir=str(tiny_corpus["data"]),
@@ -293,7 +294,7 @@ def test_parallel_runs_train_side_by_side(tiny_corpus, tmp_path):
 
 
 def test_gpu_slots_are_disjoint_groups_of_the_visible_gpus():
-    from search.rerun import gpu_slots
+    from search.rerun.run import gpu_slots
 
     assert gpu_slots(1, 2, 2, visible="") == ("0", "1")
     assert gpu_slots(2, 2, 4, visible="") == ("0,1", "2,3")
@@ -303,7 +304,7 @@ def test_gpu_slots_are_disjoint_groups_of_the_visible_gpus():
 
 
 def test_parallel_needing_more_gpus_than_the_node_has_is_refused(tiny_corpus, tmp_path):
-    from search.rerun_cli import default_gpus
+    from search.rerun.cli import default_gpus
 
     with pytest.raises(RerunError, match="--parallel 3: this node has 2 GPU"):
         default_gpus(2, 3)
@@ -333,8 +334,8 @@ def test_the_baseline_trains_with_the_candidates_train_settings(tiny_corpus, tmp
 
 
 def test_seed_config_drops_the_search_reports():
-    from search.rerun import seed_config
-    from search.rerun_cli import train_differences
+    from search.rerun.run import seed_config
+    from search.rerun.cli import train_differences
 
     searched = from_dict({"train": {"report_at_s": [20, 60], "report_every_s": 30.0, "matrix_lr": 0.03}})
     cfg = seed_config(searched, seed=7, budget_s=120)
@@ -373,7 +374,7 @@ def test_widest_bits_exports_both_configs_at_the_most_bits_that_fit(tiny_corpus,
 
 
 def test_narrow_export_notes_name_only_configs_below_their_widest_fitting_bits():
-    from search.rerun import narrow_export_notes
+    from search.rerun.run import narrow_export_notes
 
     loop = {"model": {"unique_blocks": 11, "virtual_layers": [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]},
             "export": {"quant_bits": 6}}  # int8 is predicted over 16,000,000 bytes, a float16 embedding under

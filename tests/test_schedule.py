@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer import config
+from trainer import run_config as config
 from trainer.model import GPT
 from trainer.schedule import build_schedule, tensor_layout, unique_params
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from optuna.trial import TrialState
 
-from search.report import load_study
+from search.analysis.report import load_study
 from tests.search_fixtures import run_local_search, tiny_settings, write_space
 
 

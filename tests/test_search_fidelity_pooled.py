@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from search import store
 from search.cli import main
-from search.fidelity import permutation_p, spearman
-from search.pooled import pooled_fidelity
+from search.analysis.fidelity import permutation_p, spearman
+from search.analysis.pooled import pooled_fidelity
 from search.settings import SettingsError
 from tests.search_fixtures import tiny_settings, write_space
 
@@ -125,7 +125,7 @@ def test_fidelity_cli_writes_csv_and_markdown(two_searches, capsys):
 
 
 def test_fidelity_of_the_scores_before_each_rung_s_cooldown():
-    from search.fidelity import score_milestones
+    from search.analysis.fidelity import score_milestones
 
     finals = {1: 1.1, 2: 1.2, 3: 1.3, 4: 1.4}
     cooled = {60.0: {1: 1.50, 2: 1.60, 3: 1.70, 4: 1.80}}  # ranks as the finals do
@@ -139,8 +139,8 @@ def test_fidelity_of_the_scores_before_each_rung_s_cooldown():
 
 
 def test_a_search_with_rung_cooldowns_records_the_score_before_each_cooldown(tmp_path, tiny_corpus):
-    from search.report import load_study
-    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+    from search.analysis.report import load_study
+    from search.vocabulary import RUNGS, RUNGS_BEFORE_COOLDOWN
     from tests.search_fixtures import run_local_search
 
     settings = run_local_search(tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "cool",
@@ -155,8 +155,8 @@ def test_a_search_with_rung_cooldowns_records_the_score_before_each_cooldown(tmp
 
 
 def test_the_report_ranks_the_scores_before_cooldown_only_where_there_are_some(tmp_path, tiny_corpus):
-    from search.report import fidelity_frame, study_fidelity
-    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+    from search.analysis.report import fidelity_frame, study_fidelity
+    from search.vocabulary import RUNGS, RUNGS_BEFORE_COOLDOWN
 
     settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "cooled")  # rungs 0.5, 1 s
     study = optuna.create_study()
@@ -173,7 +173,7 @@ def test_the_report_ranks_the_scores_before_cooldown_only_where_there_are_some(t
 
 
 def test_pooled_rows_rank_the_scores_before_cooldown_too(two_searches):
-    from search.searcher import RUNGS, RUNGS_BEFORE_COOLDOWN
+    from search.vocabulary import RUNGS, RUNGS_BEFORE_COOLDOWN
 
     def cooled(finals: list[float]) -> optuna.Study:
         """Trials whose cooled-down rung ranks as the finals do and whose score before it the other way."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from search import device_use
-from search.lease import DeviceLease, device_key
+from search.analysis import device_use
+from search.tune.lease import DeviceLease, device_key
 from search.settings import SettingsError
 from trainer.train import StopRequested
 
@@ -24,7 +24,7 @@ def holder(folder: Path, key: str, hold_s: float, marker: Path, release: bool = 
     code = textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from search.lease import DeviceLease
+        from search.tune.lease import DeviceLease
         lease = DeviceLease({key!r}, folder={str(folder)!r})
         lease.acquire()
         open({str(marker)!r}, "w").write(repr(time.time()))

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
 from search import store
-from search.report import load_study, trials_table
-from search.trainable import NODE_KEY
+from search.analysis.report import load_study, trials_table
+from search.tune.trainable import NODE_KEY
 from tests.search_fixtures import cli_env, write_space
 
 REPO = Path(__file__).resolve().parent.parent

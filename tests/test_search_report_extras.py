@@ -15,12 +15,12 @@ import optuna
 from optuna.trial import TrialState
 
 from search.cli import build_parser, main
-from search.fidelity import (
+from search.analysis.fidelity import (
     ALL_TIED, TOO_FEW, RungFidelity, average_ranks, cut_cost, milestone, rung_fidelity, score_milestones, spearman,
 )
-from search.overhead import breakdown, totals
-from search.report import load_study, trials_table
-from search.rerun_cli import run_rerun_command
+from search.analysis.overhead import breakdown, totals
+from search.analysis.report import load_study, trials_table
+from search.rerun.cli import run_rerun_command
 from tests.search_fixtures import cli_env, run_local_search, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -260,7 +260,7 @@ def test_rerun_is_a_search_command():
 
 
 def test_study_fidelity_reads_finals_and_prequant_finals_from_the_study(tmp_path, tiny_corpus):
-    from search.report import study_fidelity
+    from search.analysis.report import study_fidelity
 
     settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "fid")  # rung_s 0.5
     study = optuna.create_study()
@@ -276,7 +276,7 @@ def test_study_fidelity_reads_finals_and_prequant_finals_from_the_study(tmp_path
 
 
 def test_study_fidelity_of_a_search_from_before_report_at_s(tmp_path, tiny_corpus):
-    from search.report import study_fidelity
+    from search.analysis.report import study_fidelity
     from search.settings import SearchSettings
 
     settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "old", budget_s=4.5,
@@ -305,7 +305,7 @@ def test_a_copied_search_folder_is_read_where_it_now_is(search, tmp_path, capsys
 
 
 def test_report_says_whether_rungs_were_scored_after_the_round_trip():
-    from search.report import RUNG_NOTES, rungs_after_roundtrip
+    from search.analysis.report import RUNG_NOTES, rungs_after_roundtrip
 
     def study_with(*flags):
         study = optuna.create_study()

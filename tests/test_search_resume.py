@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from search import device_use, store
-from search.lease import device_key
-from search.report import load_study
+from search.analysis import device_use
+
+from search import store
+from search.tune.lease import device_key
+from search.analysis.report import load_study
 from tests.search_fixtures import cli_env, write_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,7 +162,7 @@ def test_sigint_keeps_in_flight_trials_resumable(tmp_path, tiny_corpus):
 
 def test_interrupt_after_sends_one_sigint_and_is_cancelled_on_exit():
     from search.settings import SettingsError
-    from search.tuner import interrupt_after
+    from search.tune.tuner import interrupt_after
 
     # Python's own SIGINT handler, whatever an in-process Tune run of an earlier test left installed.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from search.pareto import dominates
-from search.report import load_study
-from search.searcher import WORKER_TRIAL
-from search.trainable import failure_reason, run_training
+from search.analysis.pareto import dominates
+from search.analysis.report import load_study
+from search.vocabulary import WORKER_TRIAL
+from search.tune.trainable import failure_reason, run_training
 from tests.search_fixtures import cli_env, run_local_search, tiny_settings, write_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def test_each_trial_folder_holds_its_own_run(finished_search):
 
 
 def test_a_search_without_early_stopping_trains_every_trial_and_ranks_all_their_rungs(tmp_path, tiny_corpus):
-    from search.report import study_fidelity, write_report
+    from search.analysis.report import study_fidelity, write_report
 
     settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "no-stop", trials=5,
                              early_stopping="none")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.searcher import RecurrenceSearcher, fail_orphans, open_study
+from search.tune.searcher import RecurrenceSearcher, fail_orphans, open_study
 from tests.search_fixtures import tiny_settings, write_space
 
 
@@ -130,11 +130,11 @@ def _point_file(settings, tmp_path, index: int = 0):
 
 
 def test_enqueued_configs_are_the_first_trials_handed_out(settings, tmp_path):
-    from search.searcher import enqueue_points, space_points
+    from search.tune.searcher import enqueue_points, space_points
 
     files = [_point_file(settings, tmp_path, i) for i in (3, 1)]
     enqueue_points(settings, space_points(settings, [str(path) for path, _, _ in files]))
-    from search.report import trials_table
+    from search.analysis.report import trials_table
 
     table = trials_table(open_study(settings))
     assert list(table["status"]) == ["queued", "queued"] and list(table["enqueued_from"]) == ["known3", "known1"]
@@ -149,7 +149,7 @@ def test_enqueued_configs_are_the_first_trials_handed_out(settings, tmp_path):
 
 
 def test_a_config_outside_the_space_is_refused_by_name(settings, tmp_path):
-    from search.searcher import space_points
+    from search.tune.searcher import space_points
     from search.settings import SettingsError
 
     path, _, cfg = _point_file(settings, tmp_path)
@@ -196,6 +196,6 @@ def test_a_repeat_of_a_launched_config_is_never_launched(settings, tmp_path):
     study.enqueue_trial(trials[second["optuna_number"]].params)
     third = searcher.suggest("c")
     assert third["run"] == second["run"] and searcher.repeats == 1
-    from search.report import summary, trials_table
+    from search.analysis.report import summary, trials_table
 
     assert summary(trials_table(open_study(settings)), settings)["rejected_as_repeats"] == 1

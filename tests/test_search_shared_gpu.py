@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from search import device_use, store
-from search.report import load_study, write_report
+from search.analysis import device_use
+
+from search import store
+from search.analysis.report import load_study, write_report
 from tests.search_fixtures import run_local_search, tiny_settings, write_space
 
 

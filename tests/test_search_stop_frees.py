@@ -2,7 +2,7 @@
 
 Tune stops a function trial by raising SystemExit inside tune.report; until that exception is handled, its
 traceback keeps the trainer's frames alive. These tests run real local Tune trials that Tune stops, and check
-what a trial's `finally` block (where search.trainable frees GPU memory and releases the lease) can still see.
+what a trial's `finally` block (where search.tune.trainable frees GPU memory and releases the lease) can still see.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from search.trainable import frames_released_on_exit
+from search.tune.trainable import frames_released_on_exit
 
 
 class Weights:

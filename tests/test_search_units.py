@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from search import store
-from search.pareto import dominates, pareto_front
-from search.report import frontier_table, markdown_table
-from search.searcher import excess_bytes_constraint, prepare_config, summarize
+from search.analysis.pareto import dominates, pareto_front
+from search.analysis.report import frontier_table, markdown_table
+from search.tune.searcher import excess_bytes_constraint, prepare_config, summarize
 from search.settings import SearchSettings, SettingsError
-from trainer.config import RunConfig, from_dict
+from trainer.run_config import RunConfig, from_dict
 
 
 def brute_force_front(points):
@@ -102,7 +102,7 @@ def test_prepare_config_applies_budget_rungs_overrides_and_the_hard_limit(tmp_pa
     ({"budget_s": 600}, (200,)), ({"budget_s": 100, "reduction_factor": 2.5}, (40,)),
 ])
 def test_reports_come_where_ashas_rungs_are(tmp_path, changes, rungs):
-    from search.tuner import make_scheduler
+    from search.tune.tuner import make_scheduler
 
     s = _settings(tmp_path, **changes).validate()
     assert s.asha_milestones_s == pytest.approx(rungs)
@@ -141,7 +141,7 @@ def test_early_stopping_none_stops_nothing_and_keeps_the_rungs(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from search.cli import build_parser, settings_from_args
-    from search.tuner import make_scheduler
+    from search.tune.tuner import make_scheduler
 
     for path in ("space.yaml", "tok.model"):
         (tmp_path / path).write_text("")
@@ -171,7 +171,7 @@ def test_constraint_reads_excess_bytes():
 
 
 def test_only_single_process_trials_on_local_storage_reuse_workers(tmp_path):
-    from search.trainable import reuses_workers
+    from search.tune.trainable import reuses_workers
 
     base = SearchSettings(name="s", space="x.yaml", storage=str(tmp_path), data_dir="d", tokenizer="t")
     assert reuses_workers(base) and reuses_workers(dataclasses.replace(base, gpus_per_trial=0.5))
@@ -186,7 +186,7 @@ def test_a_reused_worker_starts_its_trial_with_fresh_compile_caches(monkeypatch)
     import torch
     import torch._dynamo
 
-    from search import trainable
+    from search.tune import trainable
 
     compiles = []
 

@@ -2,7 +2,7 @@
 import pytest
 
 from spaces import expr, patterns
-from trainer.config import ModelConfig
+from trainer.model_config import ModelConfig
 
 
 def test_loop_middle_matches_issue_example():

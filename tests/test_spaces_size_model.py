@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from spaces import calibration, size_model
+from trainer.sizing import calibration, size_model
 from spaces.cli import main
-from spaces.synthetic import write_run
+from trainer.sizing.synthetic import write_run
 from trainer import artifact
-from trainer.config import from_dict, load
+from trainer.run_config import from_dict, load
 from trainer.quant import is_quantized, qmax
 from trainer.schedule import unique_params
 

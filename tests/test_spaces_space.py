@@ -8,7 +8,7 @@ import yaml
 
 from spaces import patterns
 from spaces.space import SpaceError, load_space
-from trainer.config import load
+from trainer.run_config import load
 
 ROOT = Path(__file__).resolve().parents[1] / "spaces"
 DEFAULT = ROOT / "default.yaml"

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from search.stats import (
+from search.rerun.stats import (
     bpb_gain_to_nats,
     bpb_to_nats,
     record_criterion,

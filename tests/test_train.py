@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from trainer import artifact, config
+from trainer import artifact
+from trainer import run_config as config
 from trainer.bpb import byte_table
-from trainer.data import load_val_tokens
+from trainer.data.shards import load_val_tokens
 from trainer.evaluate import evaluate
 from trainer.model import GPT
 from trainer.train import StopRequested, TrainingDiverged, train

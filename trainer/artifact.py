@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 import zstandard
 
-from trainer import config as config_mod
-from trainer.config import ExportConfig, RunConfig
+from trainer.model_config import ArtifactConfig, ExportConfig, artifact_config_from_dict
 from trainer.quant import FLOAT_DTYPE, SCALE_DTYPE, bits_for, dequantize_rows, is_quantized, quantize_rows, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout
 
@@ -31,7 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # so the artifact is the smaller of the two.
 FAST_ZSTD_LEVEL = 1
 # Source files a user needs to rebuild the model from the artifact and run it.
-CODE_FILES = ("__init__.py", "config.py", "schedule.py", "model.py", "quant.py", "artifact.py")
+CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "model.py", "quant.py", "artifact.py")
 
 
 class ArtifactError(ValueError):
@@ -56,7 +55,7 @@ def code_bytes() -> int:
     return sum((PACKAGE_DIR / name).stat().st_size for name in CODE_FILES)
 
 
-def _tensor_table(cfg: RunConfig) -> list[dict]:
+def _tensor_table(cfg: ArtifactConfig) -> list[dict]:
     """Per-tensor entries with offsets, in payload order: codes, then scales, then floats."""
     specs = tensor_layout(cfg.model)
     quantized = [s for s in specs if is_quantized(s, cfg.export)]
@@ -75,13 +74,13 @@ def _tensor_table(cfg: RunConfig) -> list[dict]:
     return table
 
 
-def stored_config(cfg: RunConfig) -> dict:
+def stored_config(cfg: ArtifactConfig) -> dict:
     """The config sections an artifact keeps: model and export."""
     full = cfg.to_dict()
     return {"model": full["model"], "export": full["export"]}
 
 
-def header_bytes(cfg: RunConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
+def header_bytes(cfg: ArtifactConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
     """The JSON header exactly as written (deterministic for a config).
 
     recorded: the config dict an older run wrote, to size its artifact as it was (its header held that dict
@@ -97,13 +96,13 @@ def header_bytes(cfg: RunConfig, recorded: dict | None = None, format_version: i
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
-def payload_bytes(cfg: RunConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> int:
+def payload_bytes(cfg: ArtifactConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> int:
     """Exact uncompressed payload size for a config, computed without any weights (see header_bytes)."""
     data = sum(stored_bytes(s, cfg.export) for s in tensor_layout(cfg.model))
     return len(MAGIC) + 4 + len(header_bytes(cfg, recorded, format_version)) + data
 
 
-def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
+def pack(state: dict[str, torch.Tensor], cfg: ArtifactConfig) -> bytes:
     """Quantize a state_dict and lay it out as the uncompressed payload."""
     specs = {s.name: s for s in tensor_layout(cfg.model)}
     missing = sorted(set(specs) - set(state))
@@ -124,7 +123,7 @@ def pack(state: dict[str, torch.Tensor], cfg: RunConfig) -> bytes:
     return MAGIC + struct.pack("<I", len(header)) + header + b"".join(codes + scales + floats)
 
 
-def save(state: dict[str, torch.Tensor], cfg: RunConfig, path: Path) -> ArtifactInfo:
+def save(state: dict[str, torch.Tensor], cfg: ArtifactConfig, path: Path) -> ArtifactInfo:
     """Write the compressed artifact and return its sizes."""
     return write(pack(state, cfg), cfg, path)
 
@@ -137,7 +136,7 @@ def compress(payload: bytes, level: int) -> bytes:
     return min(strong, zstandard.ZstdCompressor(level=FAST_ZSTD_LEVEL).compress(payload), key=len)
 
 
-def write(payload: bytes, cfg: RunConfig, path: Path) -> ArtifactInfo:
+def write(payload: bytes, cfg: ArtifactConfig, path: Path) -> ArtifactInfo:
     """Compress a packed payload to path (zstd releases the GIL: this can run in a thread) and return the sizes."""
     blob = compress(payload, cfg.export.zstd_level)
     Path(path).write_bytes(blob)
@@ -178,18 +177,18 @@ def _tensor_at(data: memoryview, offset: int, dtype: torch.dtype, shape: list[in
     return torch.frombuffer(bytearray(data[offset : offset + count * dtype.itemsize]), dtype=dtype).reshape(shape)
 
 
-def load(path: Path) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    """Read an artifact back: its config (training settings at their defaults) and a dequantized float32 state_dict."""
+def load(path: Path) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
+    """Read an artifact back: its model and export config and a dequantized float32 state_dict."""
     return _unpack(*_read_payload(path), where=str(path))
 
 
-def unpack(payload: bytes, where: str = "payload") -> tuple[RunConfig, dict[str, torch.Tensor]]:
+def unpack(payload: bytes, where: str = "payload") -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
     """Like load, from an uncompressed payload in memory (what pack returned)."""
     return _unpack(*_parse_payload(payload, where), where=where)
 
 
-def _unpack(header: dict, data: memoryview, where: str) -> tuple[RunConfig, dict[str, torch.Tensor]]:
-    cfg = config_mod.from_dict(header["config"], where=where)
+def _unpack(header: dict, data: memoryview, where: str) -> tuple[ArtifactConfig, dict[str, torch.Tensor]]:
+    cfg = artifact_config_from_dict(header["config"], where=where)
     state = {}
     for entry in header["tensors"]:
         shape = entry["shape"]
@@ -202,7 +201,7 @@ def _unpack(header: dict, data: memoryview, where: str) -> tuple[RunConfig, dict
     return cfg, state
 
 
-def layout_for(cfg: RunConfig) -> list[TensorSpec]:
+def layout_for(cfg: ArtifactConfig) -> list[TensorSpec]:
     """The tensors an artifact of this config stores (re-exported for the size model)."""
     return tensor_layout(cfg.model)
 

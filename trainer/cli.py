@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from trainer import config as config_mod
+from trainer import run_config as config_mod
 
 
 def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_export_command(sub)
     try:
-        from trainer.data_cli import add_data_commands
+        from trainer.data.cli import add_data_commands
     except ImportError:  # data commands are optional at import time
         add_data_commands = None
     if add_data_commands is not None:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "export":
             return run_export(args)
-        from trainer.data_cli import run_data_command
+        from trainer.data.cli import run_data_command
 
         return run_data_command(args)
     except (config_mod.ConfigError, FileNotFoundError, ValueError) as exc:

@@ -7,7 +7,7 @@ out, so MFU is comparable with the figures people quote for GPT training.
 """
 from __future__ import annotations
 
-from trainer.config import ModelConfig
+from trainer.model_config import ModelConfig
 
 H100_BF16_DENSE_FLOPS = 989e12  # H100 SXM dense bf16 peak, the figure MFU is quoted against
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from trainer.attention import Attention as AttentionKernel
 from trainer.attention import pick_attention
-from trainer.config import ModelConfig
+from trainer.model_config import ModelConfig
 from trainer.schedule import build_schedule, num_mlps, num_skip_weights, tensor_layout
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.config import TrainConfig
+from trainer.run_config import TrainConfig
 
 # Quintic Newton-Schulz coefficients tuned to push singular values toward 1 in few steps.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)

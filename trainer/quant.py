@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.config import ExportConfig
+from trainer.model_config import ExportConfig
 from trainer.schedule import TensorSpec
 
 SCALE_DTYPE = torch.float16

@@ -15,8 +15,9 @@ import torch
 
 from trainer import artifact
 from trainer.bpb import byte_table, load_sentencepiece
-from trainer.config import ConfigError, RunConfig, apply_overrides, from_dict, parse_override
-from trainer.data import load_val_tokens
+from trainer.model_config import ConfigError
+from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
+from trainer.data.shards import load_val_tokens
 from trainer.evaluate import evaluate
 from trainer.train import WEIGHTS_FILE, build_model
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainer.config import ModelConfig
+from trainer.model_config import ModelConfig
 
 
 @dataclass(frozen=True)

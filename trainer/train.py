@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer import artifact
 from trainer.bpb import byte_table, load_sentencepiece
-from trainer.config import RunConfig
-from trainer.data import DistributedBatches, TokenStream, load_val_tokens
+from trainer.run_config import RunConfig
+from trainer.data.shards import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import EvalResult, evaluate
 from trainer.flops import flops_per_token, mfu
 from trainer.model import GPT
@@ -170,7 +170,7 @@ def train(
     """Train within cfg.train.budget_s, evaluate, export the artifact; return (and write) the metrics.
 
     before_training runs once the model is compiled and warm, just before the timed training: a search trial
-    that shares its GPU waits there for it (search.lease); its seconds are reported as wait_s.
+    that shares its GPU waits there for it (search.tune.lease); its seconds are reported as wait_s.
     save_weights writes the trained float weights to out_dir/weights.pt (rank 0), for `trainer export`.
     """
     wall_start = time.perf_counter()

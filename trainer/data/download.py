@@ -14,7 +14,7 @@ Local layout written to `out_dir` (flat, what `python -m trainer train --data` r
     checksums.json                {file name: {"sha256", "size_bytes"}} of every verified file
 
 Guarantees: a file only gets its final name after it is complete and verified (header and size via
-trainer.data.read_header, sha256 against the manifest or the hub's LFS metadata when either lists
+trainer.data.shards.read_header, sha256 against the manifest or the hub's LFS metadata when either lists
 one); files already complete are skipped; a failure never deletes or overwrites a good file.
 Expected hashes: the hub's LFS metadata gives a sha256 per shard; a manifest (e.g. a mirror's) may
 also carry a `"sha256": {file name: hex}` mapping in a dataset or tokenizer entry, which is enforced.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from trainer.data import ShardError, read_header
+from trainer.data.shards import ShardError, read_header
 
 DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"

@@ -1,6 +1,6 @@
 """How busy a search kept each device: its training seconds against the time its trials occupied it.
 
-A trial's per-part times (search.overhead) say where its own wall time went; with several trials on one GPU
+A trial's per-part times (search.analysis.overhead) say where its own wall time went; with several trials on one GPU
 (--trials-per-gpu) one trial's compile overlaps another's training, so the GPU's share is read from a timeline
 instead. Each single-process trial writes run/device_time.json (FILE) with the device, when the trial started,
 when it got and released the device, and its training seconds (rewritten at each rung report with

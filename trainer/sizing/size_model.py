@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import artifact
-from trainer.config import QUANT_BITS, ConfigError, RunConfig
+from trainer.model_config import QUANT_BITS, ConfigError
+from trainer.run_config import RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
@@ -99,7 +100,7 @@ class SizePrediction:
 
 
 def load_calibration(path: Path | str | None = None) -> Calibration:
-    """Read a calibration JSON (default: spaces/size_calibration.json)."""
+    """Read a calibration JSON (default: trainer/sizing/size_calibration.json)."""
     path = Path(path) if path else CALIBRATION_PATH
     return _load_calibration_cached(str(path.resolve()), path.stat().st_mtime_ns if path.exists() else 0)
 

@@ -2,8 +2,8 @@
 
 G <= 1 GPU: a function trainable that calls the trainer in-process; Tune may run consecutive trials in one warm
 worker process (reuse_actors, see reuses_workers), so each trial starts by clearing what the last one left.
-With --trials-per-gpu N > 1 such trials share a GPU and take turns to train (search.lease). Each writes
-run/device_time.json for the report's device-use table (search.device_use).
+With --trials-per-gpu N > 1 such trials share a GPU and take turns to train (search.tune.lease). Each writes
+run/device_time.json for the report's device-use table (search.analysis.device_use).
 G > 1 GPUs: the same function launches a Ray Train TorchTrainer with G workers (DDP); the trainer joins
 the process group Ray Train set up, and TuneReportCallback forwards rank 0's reports to Tune.
 """
@@ -24,9 +24,12 @@ import ray
 import torch
 from ray import tune
 
-from search import device_use, store
-from search.lease import DeviceLease, device_key
-from search.searcher import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL, import_object
+from search.analysis import device_use
+
+from search import store
+from search.tune.lease import DeviceLease, device_key
+from search.tune.searcher import import_object
+from search.vocabulary import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL
 from search.settings import SearchSettings, is_uri
 from trainer.train import StopRequested
 
@@ -83,7 +86,7 @@ def run_training(
 ) -> None:
     """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn;
     before_training runs just before the timed training (once compiled, where train_fn allows)."""
-    from trainer.config import from_dict
+    from trainer.run_config import from_dict
 
     number = config[NUMBER_KEY]
     try:

@@ -6,9 +6,9 @@ import glob
 import sys
 from pathlib import Path
 
-from trainer.build_shards import SPLITS, BuildError, build_shards
-from trainer.data import ShardError
-from trainer.download import DEFAULT_REPO_ID, DownloadError, HubSource, LocalMirrorSource, download
+from trainer.data.build import SPLITS, BuildError, build_shards
+from trainer.data.shards import ShardError
+from trainer.data.download import DEFAULT_REPO_ID, DownloadError, HubSource, LocalMirrorSource, download
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -28,9 +28,9 @@ from typing import TextIO
 
 import yaml
 
-from search.records import RecordError, SubmissionInfo, write_record
-from search.stats import RecordVerdict, SeedSummary, WelchResult, record_criterion, summarize, welch_one_sided
-from trainer.config import RunConfig, from_dict, smoke_version
+from search.rerun.records import RecordError, SubmissionInfo, write_record
+from search.rerun.stats import RecordVerdict, SeedSummary, WelchResult, record_criterion, summarize, welch_one_sided
+from trainer.run_config import RunConfig, from_dict, smoke_version
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 CONFIG_FILE = "run_config.yaml"
@@ -40,7 +40,7 @@ ERROR_TAIL_LINES = 15
 # A rank's own error line (the trainer CLI's "error: ..." or an exception's last line), as opposed to
 # torchrun's ChildFailedError summary that always ends a failed launch and hides the cause.
 CAUSE_RE = re.compile(r"^(error: |(\w+\.)*\w*(Error|Exception|Diverged|Interrupt)\b)")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RerunError(ValueError):
@@ -374,7 +374,7 @@ def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
 
 def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
     """A note for each config that exports at fewer bits than the size model says fit (matrices or embedding)."""
-    from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
+    from trainer.sizing.size_model import widest_fitting_bits, widest_fitting_embedding_bits
     from trainer.quant import embedding_bits, width_name
 
     notes = []

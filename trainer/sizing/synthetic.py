@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from trainer import artifact
-from trainer.config import QUANT_BITS, RunConfig, from_dict
+from trainer.model_config import QUANT_BITS
+from trainer.run_config import RunConfig, from_dict
 from trainer.schedule import TensorSpec, tensor_layout
 
 DISTRIBUTIONS = ("gaussian", "laplace", "student_t5")

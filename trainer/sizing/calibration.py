@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from trainer import artifact
-from trainer.config import ConfigError, RunConfig, TrainConfig, from_dict
+from trainer.model_config import ConfigError
+from trainer.run_config import RunConfig, TrainConfig, from_dict
 
-from spaces.size_model import FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes
+from trainer.sizing.size_model import FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes
 
 # The margin is this many times the fit's worst leave-one-config-out under-prediction, so an unseen config
 # whose error is somewhat worse than any seen one is still caught; never below MIN_MARGIN_FRACTION.

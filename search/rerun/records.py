@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from search.stats import ALPHA, MIN_GAIN_NATS, RecordVerdict, SeedSummary, record_criterion, summarize
-from trainer.config import ConfigError, from_dict
+from search.rerun.stats import ALPHA, MIN_GAIN_NATS, RecordVerdict, SeedSummary, record_criterion, summarize
+from trainer.model_config import ConfigError
+from trainer.run_config import from_dict
 
 RUN_FILES = ("metrics.json", "train.log")
 # One seed's artifact goes into the submission, so a run may lack its own (runs carried between machines

@@ -14,10 +14,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import store
-from search.searcher import (RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted,
-                             open_study, requeue_in_flight, space_loader_of, space_points)
+from search.tune.searcher import (
+    RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted, open_study, requeue_in_flight, space_loader_of, space_points,
+)
 from search.settings import SearchSettings, SettingsError
-from search.trainable import make_trainable, reuses_workers
+from search.tune.trainable import make_trainable, reuses_workers
 
 # A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")

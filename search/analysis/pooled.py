@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search.fidelity import score_milestones
-from search.report import (CUT_NOTE, P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table,
+from search.analysis.fidelity import score_milestones
+from search.analysis.report import (CUT_NOTE, P_POSITIVE_NOTE, RUNG_NOTES, fidelity_frame, markdown_table,
                            rung_cooldown_fraction, rungs_after_roundtrip, study_rung_values)
 from search.settings import SearchSettings, SettingsError
 

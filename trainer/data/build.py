@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from trainer.data import write_shard
+from trainer.data.shards import write_shard
 
 BOS_ID = 1
 SPLITS = ("file", "blank-line")

@@ -8,15 +8,15 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from search import device_use, store
-from search.fidelity import RungFidelity, milestone_values, score_milestones
-from search.overhead import COLUMNS as TIME_COLUMNS
-from search.overhead import breakdown, totals
-from search.pareto import pareto_front
-from search.searcher import (
-    COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED,
-    REASON, REPEAT, RUNGS, RUNGS_BEFORE_COOLDOWN, RUNNING, STATUS,
-    STATUSES, TUNE_ID, WORKER_TRIAL,
+from search.analysis import device_use
+
+from search import store
+from search.analysis.fidelity import RungFidelity, milestone_values, score_milestones
+from search.analysis.overhead import COLUMNS as TIME_COLUMNS
+from search.analysis.overhead import breakdown, totals
+from search.analysis.pareto import pareto_front
+from search.vocabulary import (
+    COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED, REASON, REPEAT, RUNGS, RUNGS_BEFORE_COOLDOWN, RUNNING, STATUS, STATUSES, TUNE_ID, WORKER_TRIAL,
 )
 from search.settings import SearchSettings, is_uri
 

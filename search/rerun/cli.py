@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search import store
-from search.records import RecordError
-from search.rerun import RerunError, rerun
+from search.rerun.records import RecordError
+from search.rerun.run import RerunError, rerun
 from search.settings import NAME_RE, SearchSettings, SettingsError, is_uri
-from trainer.config import ConfigError, RunConfig, TrainConfig, apply_overrides, from_dict, load
+from trainer.model_config import ConfigError
+from trainer.run_config import RunConfig, TrainConfig, apply_overrides, from_dict, load
 
 # Same defaults as `python -m search run`; a search's own data and tokenizer take precedence.
 DEFAULT_DATA = "data/datasets/fineweb10B_sp1024"
 DEFAULT_TOKENIZER = "data/tokenizers/fineweb_1024_bpe.model"
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "spaces" / "presets"
 BASELINE_PRESETS = ("baseline.yaml", "baseline.yml", "baseline.toml")
 
 
@@ -39,7 +40,7 @@ class TrialChoice:
 
 def _study_trials(settings: SearchSettings):
     """The search's Optuna trials and its trials table (the report's view of statuses and feasibility)."""
-    from search.report import load_study, trials_table  # optuna/pandas/ray: only when a search is read
+    from search.analysis.report import load_study, trials_table  # optuna/pandas/ray: only when a search is read
 
     if not (store.search_dir(settings) / store.STUDY_FILE).is_file():
         raise RerunError(f"search {settings.name}: no {store.STUDY_FILE} in {store.search_dir(settings)} yet; "
@@ -61,7 +62,7 @@ def _choice(settings: SearchSettings, trial, row) -> TrialChoice:
 
 def best_trial(name: str, storage: str | None = None) -> TrialChoice:
     """The feasible, completed (not pruned) trial with the lowest val_bpb."""
-    from search.report import feasible_finished
+    from search.analysis.report import feasible_finished
 
     settings = store.load_settings(name, storage)
     trials, table = _study_trials(settings)
@@ -172,7 +173,7 @@ def _candidate(args: argparse.Namespace) -> tuple[RunConfig, dict, SearchSetting
 def widen_bits(cfg: RunConfig, source: dict, label: str = "candidate") -> RunConfig:
     """cfg exported at the widest quantization predicted to fit, then with the widest embedding that still fits;
     source records the changes for rerun.json."""
-    from spaces.size_model import widest_fitting_bits, widest_fitting_embedding_bits
+    from trainer.sizing.size_model import widest_fitting_bits, widest_fitting_embedding_bits
     from trainer.quant import width_name
 
     bits = widest_fitting_bits(cfg)
@@ -258,7 +259,7 @@ def _default_out(args: argparse.Namespace, search: SearchSettings | None, subfol
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m search.rerun_cli NAME ...`), same as `python -m search rerun`."""
+    """Stand-alone entry point (`python -m search.rerun.cli NAME ...`), same as `python -m search rerun`."""
     parser = argparse.ArgumentParser(prog="python -m search")
     add_rerun_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["rerun", *(sys.argv[1:] if argv is None else argv)])
