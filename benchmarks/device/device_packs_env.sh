@@ -9,5 +9,5 @@ import tarfile, zstandard
 with open('.searchpack/data.tar.zst', 'rb') as fh, zstandard.ZstdDecompressor().stream_reader(fh) as zr:
     tarfile.open(fileobj=zr, mode='r|').extractall('/tmp/sp')
 " || exit 1
-export DATA=/tmp/sp/data TOK=/tmp/sp/fineweb_1024_bpe.model
+export DATA=/tmp/sp/data TOK=/tmp/sp/fineweb_1024_bpe.model TOKENIZER=/tmp/sp/fineweb_1024_bpe.model
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -5,8 +5,9 @@
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
 #   .searchpack/ val + all four train shards + tokenizer as one zstd-19 tar (82 MB of tokens -> 22 MB;
-#                benchmarks/make_data_pack.py, which also runs alone).
-# Run from the repository root on an x86-64 Linux machine with network access.
+#                benchmarks/device/make_data_pack.py, which also runs alone).
+# Run from the repository root on an x86-64 Linux machine with network access; SHARED_DATA names the folder
+# holding textmix_sp1024/ and tokenizers/ (default ../shared/data).
 set -euo pipefail
 W=$(mktemp -d); S=$W/stage
 get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -22,7 +23,7 @@ rm -rf $S/ray/jars $S/ray/rllib $S/ray/serve $S/ray/llm $S/ray/dashboard/client
 find $S/ray/dashboard -name '*.map' -delete
 strip --strip-unneeded $S/ray/_raylet.so $S/ray/core/src/ray/raylet/raylet $S/ray/core/src/ray/gcs/gcs_server
 chmod +x $S/ray/core/src/ray/raylet/raylet $S/ray/core/src/ray/gcs/gcs_server
-cp benchmarks/raypack_install.sh .raypack/install.sh
+cp benchmarks/device/raypack_install.sh .raypack/install.sh
 python3 - "$S" <<'PY'
 import os, sys, tarfile, zstandard
 stage = sys.argv[1]
@@ -31,5 +32,5 @@ with open(".raypack/ray.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19
         for name in ("ray", "ray-2.60.0.dist-info"):
             tar.add(os.path.join(stage, name), arcname=name)
 PY
-python3 benchmarks/make_data_pack.py
+python3 benchmarks/device/make_data_pack.py "${SHARED_DATA:-../shared/data}"
 du -sh .whl .raypack .searchpack; rm -rf $W
