@@ -25,7 +25,7 @@
 #
 # Writes to $OUT/rung_fidelity_<gpu>_<date>/: searches/NAME/, report.md and summary.json (the fidelity table per
 # rung: Spearman, p, the winner's rank there, regret of a cut), frontier.csv/png, fidelity_pooled.md/.csv.
-# Exit 1 if the search failed (its log is named), 2 on bad settings.
+# Run again, the same day, it resumes the search. Exit 1 if the search failed (its log is named), 2 on bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 bench_init rung_fidelity "$@"
@@ -65,8 +65,15 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 
 failed=0
-progress "search $NAME without early stopping: ${search[*]}"
-if ! python -m search run "${search[@]}" > "$RESULT/search.log" 2>&1; then
+if [ -f "$STORAGE/$NAME/search.json" ]; then
+  # The same command again: go on with the search (finished trials are kept; a finished search just reports).
+  progress "search $NAME exists: resuming it"
+  command=(resume "$NAME" --storage "$STORAGE")
+else
+  progress "search $NAME without early stopping: ${search[*]}"
+  command=(run "${search[@]}")
+fi
+if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
   failed=1
   echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
 fi

@@ -26,6 +26,7 @@
 #
 # Writes to $OUT/searched_vs_baseline_<gpu>_<date>/: searches/NAME/ (the search: trials, study.db, report/),
 # report.md, summary.json, frontier.csv/png (copied from its report), rerun/ (rerun.md, rerun.json, every run).
+# Run again, the same day, it resumes the search and keeps the rerun's finished runs.
 # Exit 1 if the search or the rerun failed (their logs are named), 2 on bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -81,8 +82,15 @@ else
 fi
 
 failed=0
-progress "search $NAME: ${search[*]}"
-if ! python -m search run "${search[@]}" > "$RESULT/search.log" 2>&1; then
+if [ -f "$STORAGE/$NAME/search.json" ]; then
+  # The same command again: go on with the search (finished trials are kept; a finished search just reports).
+  progress "search $NAME exists: resuming it"
+  command=(resume "$NAME" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
+else
+  progress "search $NAME: ${search[*]}"
+  command=(run "${search[@]}")
+fi
+if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
   failed=1
   echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
 fi
