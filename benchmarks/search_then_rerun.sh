@@ -90,6 +90,7 @@ else
   progress "search $NAME: ${search[*]}"
   command=(run "${search[@]}")
 fi
+progress "log: $RESULT/search.log; progress: python -m search status $NAME --storage $STORAGE --watch 30"
 if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
   failed=1
   echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
