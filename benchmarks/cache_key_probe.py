@@ -1,4 +1,4 @@
-"""What differs in Inductor's cache keys between a plain process and a Ray Tune trial (issue #6 item 2).
+"""What differs in Inductor's cache keys between a plain process and a Ray Tune trial.
 
 python benchmarks/cache_key_probe.py plain|pinned|setonly|tune OUT.json [cuda|cpu] (pinned:
 trainer.train.pin_cpu_threads() first; setonly: torch.set_num_threads(8) alone): compiles a small function
@@ -46,6 +46,9 @@ def tune_trial(config):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ("plain", "pinned", "setonly", "tune"):
+        print(__doc__.strip())
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     mode, out = sys.argv[1], sys.argv[2]
     device = sys.argv[3] if len(sys.argv) > 3 else "cuda"
     if mode == "tune":

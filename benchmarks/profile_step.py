@@ -1,5 +1,8 @@
-"""Profile a few eager training steps of a config on the GPU: top CUDA kernels and the attention backend."""
-import sys
+"""Profile a few eager training steps of a config on the GPU: top CUDA kernels and the attention backend.
+
+    python benchmarks/profile_step.py [SECTION.KEY=VALUE ...]   # overrides of the trainer's defaults
+"""
+import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -8,7 +11,9 @@ from trainer import run_config as config
 from trainer.model import GPT
 from trainer.optim import build_optimizers
 
-cfg = config.load(None, sys.argv[1:])
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="e.g. model.unique_blocks=11")
+cfg = config.load(None, parser.parse_args().overrides)
 model = GPT(cfg.model, compute_dtype=torch.bfloat16).cuda()
 opts = build_optimizers(model, cfg.train)
 seqs = cfg.train.micro_batch_tokens // cfg.train.seq_len

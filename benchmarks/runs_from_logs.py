@@ -1,7 +1,8 @@
-"""Rebuild run directories (metrics.json, + model.ptz when kept) from device-run train logs, for the size-model refit.
+"""Rebuild run directories (metrics.json, + model.ptz when kept) from train logs, for a refit of the size model.
 
-Some device runs came back with only their log (the call's file limits, or a timeout after export); the log
-holds the run's config (first line) and its measured sizes (last line), which is all the refit reads.
+A run whose folder was lost (only its log kept, or a timeout after export) can still be fitted: the log holds the
+run's config (first line) and its measured sizes (last line), which is all the refit reads. The logs are taken to
+be of H100 runs of artifact format 1.
 Usage: python benchmarks/runs_from_logs.py OUT_DIR LOG[=PTZ] [LOG[=PTZ] ...]
 """
 import json
@@ -37,7 +38,7 @@ def rebuild(log: Path, ptz: Path | None, out_root: Path) -> Path:
         "device": "NVIDIA H100 80GB HBM3",
         "reconstructed_from": str(log),
     }
-    run_dir = out_root / f"{log.parent.name}_{log.stem}"  # call folder + run name: unique across calls
+    run_dir = out_root / f"{log.parent.name}_{log.stem}"  # the log's folder + run name: unique across folders
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     if ptz is not None:
@@ -48,6 +49,9 @@ def rebuild(log: Path, ptz: Path | None, out_root: Path) -> Path:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     out = Path(sys.argv[1])
     for arg in sys.argv[2:]:
         log, _, ptz = arg.partition("=")

@@ -1,6 +1,6 @@
 """Compressed size and time of artifact payloads at several zstd levels (CPU).
 
-    python benchmarks/zstd_levels.py runs/call10/*/model.ptz [--bits 8 6 5] [--levels 1 2 22]
+    python benchmarks/zstd_levels.py runs/*/model.ptz [--bits 8 6 5] [--levels 1 2 22]
 
 Each artifact is loaded, re-quantized at each bit width (`trainer.artifact.pack`) and the payload compressed
 at each level; one line per (artifact, bits).

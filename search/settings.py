@@ -75,7 +75,7 @@ class SearchSettings:
 
         An earlier rung ranks trials close to randomly and prunes the deep configs, which learn slower at first:
         at a 180 s budget a 20 s rung pruned every config with more than 9 virtual layers and its ranking had
-        Spearman -0.20 against the final val_bpb (call 63); the budget/9 rung also pruned the winner in calls 30-31.
+        Spearman -0.20 against the final val_bpb (BENCHMARKS.md, "Do early rungs rank like the final val_bpb").
         """
         return self.grace_s or self.budget_s / self.reduction_factor
 

@@ -159,7 +159,8 @@ class SearchSpace:
         """The embedding widths offered with the chosen quant_bits, under their Optuna name; None if none is.
 
         Only widths above the matrices' bits (and 0, the same): the tied embedding is also the output head, and
-        its rounding was most of the int6 round trip's cost (call 58), so a narrower one is never worth its bytes.
+        its rounding was most of the int6 round trip's cost (BENCHMARKS.md, "Exports"), so a narrower one is never
+        worth its bytes.
         A quant_bits that leaves fewer widths gets its own name: an Optuna parameter keeps one set of choices.
         """
         if not self.embedding_bits:

@@ -76,7 +76,7 @@ def test_shipped_calibration_covers_a_real_artifact(tmp_path):
     """A mid-size artifact measured for real stays under predicted + safety margin, and near the prediction.
 
     Weights are heavy-tailed (Student-t, 5 dof) like trained ones: the shipped fit is on trained H100 artifacts;
-    init-like Gaussian rows compress worse and sit outside it (benchmarks/results/size_model_accuracy.md)."""
+    init-like Gaussian rows compress worse and sit outside it (benchmarks/results/size_calibration_h100_2026-11-25/accuracy.md)."""
     cfg = from_dict({"model": {"model_dim": 256, "num_heads": 4, "num_kv_heads": 2, "unique_blocks": 3,
                                "virtual_layers": [0, 1, 2, 1, 2]}, "export": {"quant_bits": 6}})
     metrics = write_run(cfg, tmp_path / "run", "student_t5", seed=7)
@@ -241,7 +241,7 @@ def test_read_run_works_without_model_ptz(tmp_path):
         calibration.read_run(tmp_path / "nowhere")
 
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "size_calibration_h100_2026-11-25"
 
 
 def test_shipped_calibration_is_fitted_on_h100_runs_and_its_margin_covers_them():
@@ -269,10 +269,11 @@ def test_shipped_calibration_is_fitted_on_h100_runs_and_its_margin_covers_them()
 
 
 def test_shipped_calibration_is_what_calibrate_writes_from_the_runs_in_the_repository():
-    """Refit from the run folders under benchmarks/results: the same coefficients, margin and held-out predictions."""
+    """Refit from the run folders in the repository's size-calibration results: the same coefficients, margin and held-out
+    predictions."""
     shipped = size_model.load_calibration()
     names = [r["name"] for r in shipped.provenance["runs"]]
-    dirs = {d.name: d for folder in ("size_runs_normal_init", "size_runs_180s") for d in (RESULTS_DIR / folder).iterdir()}
+    dirs = {d.name: d for folder in ("runs_normal_init", "runs_180s") for d in (RESULTS_DIR / folder).iterdir()}
     assert set(names) <= set(dirs)
     refit = calibration.fit([calibration.read_run(dirs[n]) for n in names])
     assert refit.coefficients == pytest.approx(shipped.coefficients, rel=1e-6, abs=1e-9)
@@ -321,9 +322,9 @@ def test_uniform_init_prices_its_block_matrices_at_the_full_bit_width():
     assert len(measured) <= p_uniform.predicted_model_bytes
 
 
-@pytest.mark.parametrize("run_dir", ["size_runs_normal_init/eq_base_uniform", "size_runs_180s/uniform_baseline_9x512_int8_seed1337"])
+@pytest.mark.parametrize("run_dir", ["runs_normal_init/eq_base_uniform", "runs_180s/uniform_baseline_9x512_int8_seed1337"])
 def test_uniform_init_runs_measured_on_the_h100_are_never_under_predicted(run_dir):
-    """800 compiled steps at int6 and 287 early eager steps at int8 (call 1): the full-width bound holds without a margin."""
+    """800 compiled steps at int6 and 287 early eager steps at int8: the full-width bound holds without a margin."""
     run = calibration.read_run(RESULTS_DIR / run_dir)
     assert run.cfg.model.weight_init == "uniform"
     assert run.model_bytes <= size_model.predict_model_bytes(size_model.features(run.cfg), size_model.load_calibration())
@@ -353,7 +354,7 @@ def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
 
 def test_widest_fitting_embedding_bits_is_the_widest_above_the_matrices_that_fits():
     """The loop at int6 has room for a float16 embedding; the baseline shape at int8 does not (measured 16,208,583
-    bytes on an H100, call 58) and int8 is no wider than its matrices; under a tight limit only int8 fits."""
+    bytes on an H100, 2026-11-24) and int8 is no wider than its matrices; under a tight limit only int8 fits."""
     assert size_model.widest_fitting_embedding_bits(load(PRESETS_DIR / "loop45_11x512.yaml")) == 16
     assert size_model.widest_fitting_embedding_bits(load(PRESETS_DIR / "baseline.yaml", ["export.quant_bits=8"])) == 0
     # Between what the int8 (14.14 MB) and the float16 (14.66 MB) embedding need with the margin (2026-11-25 fit).

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build the ignored folders device calls carry to the GPU machine (no network there, 64 MiB per call):
+#   .whl/        the zstandard wheel (the machine's image lacks it; everything else the trainer needs is there);
+#   .raypack/    ray 2.60.0 for CPython 3.12 without jars, rllib, serve, llm, the dashboard web client and
+#                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
+#                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
+#   .searchpack/ val + all four train shards + tokenizer as one zstd-19 tar (82 MB of tokens -> 22 MB;
+#                benchmarks/device/make_data_pack.py, which also runs alone).
+# Run from the repository root on an x86-64 Linux machine with network access; SHARED_DATA names the folder
+# holding textmix_sp1024/ and tokenizers/ (default ../shared/data).
+set -euo pipefail
+W=$(mktemp -d); S=$W/stage
+get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
+get $W ray==2.60.0
+mkdir -p .whl .raypack/wheels .searchpack $S
+get .whl zstandard==0.25.0
+get .raypack/wheels optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 colorlog==6.12.0 \
+  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0 \
+  pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
+python3 -m zipfile -e $W/ray-2.60.0-*.whl $S
+rm -rf $S/ray/jars $S/ray/rllib $S/ray/serve $S/ray/llm $S/ray/dashboard/client
+find $S/ray/dashboard -name '*.map' -delete
+strip --strip-unneeded $S/ray/_raylet.so $S/ray/core/src/ray/raylet/raylet $S/ray/core/src/ray/gcs/gcs_server
+chmod +x $S/ray/core/src/ray/raylet/raylet $S/ray/core/src/ray/gcs/gcs_server
+cp benchmarks/device/raypack_install.sh .raypack/install.sh
+python3 - "$S" <<'PY'
+import os, sys, tarfile, zstandard
+stage = sys.argv[1]
+with open(".raypack/ray.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19, threads=-1).stream_writer(fh) as zw:
+    with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("ray", "ray-2.60.0.dist-info"):
+            tar.add(os.path.join(stage, name), arcname=name)
+PY
+python3 benchmarks/device/make_data_pack.py "${SHARED_DATA:-../shared/data}"
+du -sh .whl .raypack .searchpack; rm -rf $W

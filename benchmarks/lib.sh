@@ -1,0 +1,91 @@
+# Sourced by the benchmark scripts: --help, required settings, the result folder, progress lines.
+# Settings are environment variables. `bench_init QUESTION "$@"` handles --help, checks DATA, TOKENIZER and OUT,
+# makes them absolute and moves to the repository root (the scripts run `python -m trainer|search|spaces`); the
+# script then checks its own settings and calls `bench_start`, which creates RESULT=$OUT/QUESTION_<gpu>_<date>/,
+# gpu being the first GPU's model from nvidia-smi (h100, a100, ...) or cpu. Bad settings leave nothing behind.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$BENCH_DIR")
+SCRIPT=$(basename "$0")
+
+# The calling script's header: its comment lines after the shebang, without the leading '# '.
+bench_usage() {
+  awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
+# One line naming the problem and the fix, then exit 2.
+bench_fail() {
+  echo "$SCRIPT: $*" >&2
+  exit 2
+}
+
+# The device's short name for folder names: "NVIDIA H100 80GB HBM3" -> h100; no GPU (or SMOKE=1) -> cpu.
+gpu_name() {
+  local name
+  if [ "${SMOKE:-0}" = 1 ] || ! command -v nvidia-smi > /dev/null; then echo cpu; return; fi
+  name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1)
+  if [ -z "$name" ]; then echo cpu; return; fi
+  name=$(echo "$name" | tr '[:upper:]' '[:lower:]' | sed -e 's/^nvidia //' -e 's/[^a-z0-9]\{1,\}/-/g' -e 's/^-//' -e 's/-$//')
+  if [[ $name =~ ^([a-z]+[0-9]+[a-z]?)- ]]; then name=${BASH_REMATCH[1]}; fi
+  echo "$name"
+}
+
+# GPUs visible to this process (0 without nvidia-smi or with SMOKE=1).
+gpu_count() {
+  if [ "${SMOKE:-0}" = 1 ] || ! command -v nvidia-smi > /dev/null; then echo 0; return; fi
+  nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | grep -c .
+}
+
+bench_init() {
+  local question=$1; shift
+  case "${1:-}" in
+    -h|--help) bench_usage; exit 0 ;;
+    "") ;;
+    *) bench_fail "unknown argument '$1': settings are environment variables, e.g. DATA=... TOKENIZER=... OUT=... bash benchmarks/$SCRIPT (--help lists them)" ;;
+  esac
+  local var
+  for var in DATA TOKENIZER OUT; do
+    [ -n "${!var:-}" ] || bench_fail "$var is not set: run DATA=<shard folder> TOKENIZER=<SentencePiece .model> OUT=<results folder> bash benchmarks/$SCRIPT (--help lists the settings)"
+  done
+  [ -d "$DATA" ] || bench_fail "DATA=$DATA is not a folder: name the folder holding fineweb_train_*.bin and fineweb_val_*.bin"
+  [ -f "$TOKENIZER" ] || bench_fail "TOKENIZER=$TOKENIZER is not a file: name the SentencePiece .model the shards were made with"
+  case "${SMOKE:-0}" in 0|1) ;; *) bench_fail "SMOKE=$SMOKE: use SMOKE=1 for the tiny CPU run, or leave it unset" ;; esac
+  DATA=$(cd "$DATA" && pwd)
+  TOKENIZER=$(cd "$(dirname "$TOKENIZER")" && pwd)/$(basename "$TOKENIZER")
+  case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
+  BENCH_QUESTION=$question
+  cd "$REPO_DIR" || exit 2
+}
+
+# After the script's own checks: the result folder, and the clock for progress lines.
+bench_start() {
+  RESULT=$OUT/${BENCH_QUESTION}_$(gpu_name)_$(date +%F)
+  mkdir -p "$RESULT" || bench_fail "cannot create $RESULT: set OUT to a folder you can write"
+  BENCH_START=$SECONDS
+  export PYTHONUNBUFFERED=1
+  echo "$SCRIPT: results in $RESULT"
+}
+
+# A non-negative integer setting, or exit 2 naming it.
+require_int() {
+  local name=$1
+  [[ ${!name} =~ ^[0-9]+$ ]] || bench_fail "$name=${!name} is not a whole number of ${2:-units}"
+}
+
+# A positive number setting (seconds), or exit 2 naming it.
+require_seconds() {
+  local name=$1
+  [[ ${!name} =~ ^[0-9]+([.][0-9]+)?$ ]] && [[ ! ${!name} =~ ^0+([.]0+)?$ ]] || bench_fail "$name=${!name} is not a positive number of seconds"
+}
+
+# "--set A --set B ..." for the space-separated overrides in $1, into the array named by $2.
+set_args() {
+  local -n into=$2
+  local item
+  for item in $1; do into+=(--set "$item"); done
+}
+
+# A progress line with the time since the script started.
+progress() {
+  printf '[%s +%ds] %s\n' "$SCRIPT" $((SECONDS - BENCH_START)) "$*"
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A search, then its best config against the baseline shape over seeds at the same budget: does a searched
+# recurrence beat the baseline? The search's report also answers how much of its GPU time was training (the
+# device-use table in report.md) and how its ASHA rung ranked the trials that finished.
+#
+# Usage: DATA=<shard folder> TOKENIZER=<SentencePiece .model> OUT=<results folder> bash benchmarks/search_then_rerun.sh
+#
+# Optional settings (environment variables):
+#   SPACE           search space (default spaces/default.yaml)
+#   TRIALS          trials to launch (default 24)
+#   BUDGET_S        training seconds per trial and per rerun run (default 180)
+#   GRACE_S         first ASHA rung in training seconds (default: the search's own, budget / 3)
+#   TRIALS_PER_GPU  trials sharing a GPU, taking turns to train (default 2; 80 GB GPUs)
+#   CPUS_PER_TRIAL  CPUs per trial (default 8)
+#   SETS            --set overrides for every trial and both rerun configs (default: the settings of the figures
+#                   in BENCHMARKS.md: "train.batch_tokens=131072 train.warmdown_steps=750")
+#   SEARCH_SETS     more overrides for the search's trials only (default "train.rung_roundtrip=true
+#                   export.zstd_level=1": rungs scored after the quantization round trip, fast trial exports)
+#   SEEDS           seeds per config in the rerun (default 3; 0 runs the search only)
+#   SEED_BASE       first rerun seed (default 1338)
+#   GPUS            GPUs per rerun run (default 1); PARALLEL runs train at once (default 1)
+#   NAME            the search's name (default search_<BUDGET_S>s)
+#   STOP_AFTER_S    stop the search after this many seconds, as Ctrl-C would (default 0: run to the end);
+#                   `python -m search resume NAME --storage $RESULT/searches` goes on
+#   SMOKE=1         a tiny space (benchmarks/smoke_space.yaml), 4 CPU trials of 1.5 s and `rerun --smoke`
+#
+# Writes to $OUT/searched_vs_baseline_<gpu>_<date>/: searches/NAME/ (the search: trials, study.db, report/),
+# report.md, summary.json, frontier.csv/png (copied from its report), rerun/ (rerun.md, rerun.json, every run).
+# Run again, the same day, it resumes the search and keeps the rerun's finished runs.
+# Exit 1 if the search or the rerun failed (their logs are named), 2 on bad settings.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+bench_init searched_vs_baseline "$@"
+
+SPACE=${SPACE:-spaces/default.yaml}
+TRIALS=${TRIALS:-24}
+BUDGET_S=${BUDGET_S:-180}
+TRIALS_PER_GPU=${TRIALS_PER_GPU:-2}
+CPUS_PER_TRIAL=${CPUS_PER_TRIAL:-8}
+SETS=${SETS-train.batch_tokens=131072 train.warmdown_steps=750}
+SEARCH_SETS=${SEARCH_SETS-train.rung_roundtrip=true export.zstd_level=1}
+SEEDS=${SEEDS:-3}
+SEED_BASE=${SEED_BASE:-1338}
+GPUS=${GPUS:-1}
+PARALLEL=${PARALLEL:-1}
+STOP_AFTER_S=${STOP_AFTER_S:-0}
+[ -f "$SPACE" ] || bench_fail "SPACE=$SPACE is not a file: name a search space YAML (see spaces/README.md)"
+require_int TRIALS trials
+require_seconds BUDGET_S
+require_int TRIALS_PER_GPU trials
+require_int CPUS_PER_TRIAL CPUs
+require_int SEEDS seeds
+require_int SEED_BASE
+require_int GPUS GPUs
+require_int PARALLEL runs
+require_int STOP_AFTER_S seconds
+[ -z "${GRACE_S:-}" ] || require_seconds GRACE_S
+[ "$SEEDS" = 0 ] || [ "$SEEDS" -ge 2 ] || bench_fail "SEEDS=$SEEDS: the rerun's significance test needs at least 2 seeds (0 skips the rerun)"
+NAME=${NAME:-search_${BUDGET_S}s}
+[ "${SMOKE:-0}" = 1 ] && NAME=${NAME/#search_${BUDGET_S}s/smoke}
+bench_start
+STORAGE=$RESULT/searches
+
+search=(--space "$SPACE" --name "$NAME" --trials "$TRIALS" --budget-s "$BUDGET_S" --seed 0 --enqueue-presets
+        --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
+rerun=(--best --widest-bits --budget-s "$BUDGET_S" --seeds "$SEEDS" --seed-base "$SEED_BASE" --storage "$STORAGE"
+       --out "$RESULT/rerun")
+set_args "$SETS" search
+set_args "$SETS" rerun
+set_args "$SEARCH_SETS" search
+if [ "${SMOKE:-0}" = 1 ]; then
+  # Tiny CPU trials; the space's base holds their train settings.
+  search=(--space benchmarks/smoke_space.yaml --name "$NAME" --trials 4 --budget-s 1.5 --grace-s 0.5
+          --reduction-factor 2 --seed 0 --gpus-per-trial 0 --cpus-per-trial 1 --ray-address local
+          --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE")
+  rerun=(--best --widest-bits --smoke --gpus 0 --budget-s 5 --seeds 2 --seed-base "$SEED_BASE" --storage "$STORAGE"
+         --out "$RESULT/rerun")
+else
+  search+=(--gpus-per-trial 1 --trials-per-gpu "$TRIALS_PER_GPU" --cpus-per-trial "$CPUS_PER_TRIAL")
+  [ -z "${GRACE_S:-}" ] || search+=(--grace-s "$GRACE_S")
+  rerun+=(--gpus "$GPUS" --parallel "$PARALLEL")
+fi
+
+failed=0
+if [ -f "$STORAGE/$NAME/search.json" ]; then
+  # The same command again: go on with the search (finished trials are kept; a finished search just reports).
+  progress "search $NAME exists: resuming it"
+  command=(resume "$NAME" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
+else
+  progress "search $NAME: ${search[*]}"
+  command=(run "${search[@]}")
+fi
+progress "log: $RESULT/search.log; progress: python -m search status $NAME --storage $STORAGE --watch 30"
+if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
+  failed=1
+  echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
+fi
+progress "report of $NAME"
+if python -m search report "$NAME" --storage "$STORAGE" --format md --plot frontier.png > "$RESULT/report.log" 2>&1; then
+  cp "$STORAGE/$NAME/report/"* "$RESULT/" 2> /dev/null
+  python -m search status "$NAME" --storage "$STORAGE" 2>&1 | head -n 12
+else
+  failed=1
+  echo "$SCRIPT: no report: $(tail -n 1 "$RESULT/report.log") (log: $RESULT/report.log)" >&2
+fi
+
+if [ "$SEEDS" != 0 ]; then
+  progress "rerun of $NAME's best against the baseline: ${rerun[*]}"
+  if python -m search rerun "$NAME" "${rerun[@]}" > "$RESULT/rerun.log" 2>&1; then
+    cat "$RESULT/rerun/rerun.md"
+  else
+    failed=1
+    echo "$SCRIPT: the rerun stopped with an error: $(tail -n 1 "$RESULT/rerun.log") (log: $RESULT/rerun.log)" >&2
+  fi
+fi
+progress "done: $RESULT"
+exit $failed

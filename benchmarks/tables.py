@@ -1,0 +1,107 @@
+"""Markdown tables of benchmark results: trainer runs, the challenge trainer's log, and re-exports.
+
+    python benchmarks/tables.py runs RUN_DIR... [--reference LOG]   # one row per run (its metrics.json)
+    python benchmarks/tables.py exports RUN_DIR...                   # one row per RUN_DIR/exports/*.json
+
+A run without metrics.json (it failed or is still running) gets a row saying so, naming its train.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+RUN_COLUMNS = ("run", "device", "GPUs", "steps", "ms/step", "tokens/s", "MFU", "val_bpb pre", "val_bpb round trip",
+               "artifact bytes", "compile s", "peak GiB")
+EXPORT_COLUMNS = ("run", "export", "val_bpb", "pre-quant", "round-trip cost", "artifact bytes", "under the limit")
+
+# Lines of the challenge's train_gpt.py log.
+REF_STEP = re.compile(r"step:(\d+)/\d+ val_loss:[\d.]+ val_bpb:([\d.]+) train_time:\d+ms step_avg:([\d.]+)ms")
+REF_ROUNDTRIP = re.compile(r"final_int8_zlib_roundtrip val_loss:[\d.]+ val_bpb:([\d.]+)")
+REF_BYTES = re.compile(r"Total submission size int8\+zlib: (\d+) bytes")
+REF_BATCH = re.compile(r"train_batch_tokens:(\d+)")
+REF_PEAK = re.compile(r"peak memory allocated: (\d+) MiB")
+
+
+def markdown(columns: tuple[str, ...], rows: list[tuple]) -> str:
+    """A Markdown table; numbers right-aligned."""
+    head = "| " + " | ".join(columns) + " |"
+    rule = "| " + " | ".join("---" if i < 2 else "---:" for i in range(len(columns))) + " |"
+    return "\n".join([head, rule] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def run_row(run_dir: Path) -> tuple:
+    """One run's figures from its metrics.json."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return (run_dir.name, f"no metrics.json: see {run_dir / 'train.log'}") + ("",) * (len(RUN_COLUMNS) - 2)
+    m = json.loads(path.read_text())
+    peak = m.get("peak_mem_bytes")
+    return (
+        run_dir.name, m.get("device", ""), m.get("world_size", 1), f"{m['steps']:,}", f"{m['step_ms']:.1f}",
+        f"{m['tokens_per_s']:,.0f}", f"{100 * m['mfu']:.1f}%" if m.get("mfu") is not None else "",
+        f"{m['val_bpb_prequant']:.4f}", f"{m['val_bpb']:.4f}", f"{m['artifact_bytes']:,}",
+        f"{m.get('compile_s', 0):.1f}", f"{peak / 2**30:.2f}" if peak else "",
+    )
+
+
+def reference_row(log: Path) -> tuple:
+    """The challenge trainer's figures from its log: last validation step, round trip, bytes."""
+    text = log.read_text(errors="replace")
+    steps = REF_STEP.findall(text)
+    if not steps:
+        return (f"reference ({log.name})", "no final validation line: see the log") + ("",) * (len(RUN_COLUMNS) - 2)
+    step, bpb, step_avg_ms = steps[-1]
+    batch = REF_BATCH.search(text)
+    tokens_per_s = int(batch.group(1)) / (float(step_avg_ms) / 1000) if batch else None
+    roundtrip, size, peak = REF_ROUNDTRIP.search(text), REF_BYTES.search(text), REF_PEAK.search(text)
+    return (
+        f"reference ({log.name})", "", 1, f"{int(step):,}", f"{float(step_avg_ms):.1f}",
+        f"{tokens_per_s:,.0f}" if tokens_per_s else "", "", bpb, roundtrip.group(1) if roundtrip else "",
+        f"{int(size.group(1)):,}" if size else "", "", f"{int(peak.group(1)) / 1024:.2f}" if peak else "",
+    )
+
+
+def export_rows(run_dir: Path) -> list[tuple]:
+    """One row per re-export JSON of a run (`trainer export`), the run as trained first."""
+    rows = []
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        export = m["config"]["export"]
+        label = f"as trained: quant_bits={export['quant_bits']} embedding_bits={export.get('embedding_bits', 0)}"
+        rows.append((run_dir.name, label, f"{m['val_bpb']:.4f}", f"{m['val_bpb_prequant']:.4f}",
+                     f"{m['val_bpb'] - m['val_bpb_prequant']:.4f}", f"{m['artifact_bytes']:,}",
+                     "no" if m.get("over_limit") else "yes"))
+    for path in sorted((run_dir / "exports").glob("*.json")):
+        e = json.loads(path.read_text())
+        rows.append((run_dir.name, " ".join(e["overrides"]) or "as trained", f"{e['val_bpb']:.4f}",
+                     f"{e['val_bpb_prequant']:.4f}", f"{e['roundtrip_cost_bpb']:.4f}", f"{e['artifact_bytes']:,}",
+                     "no" if e["over_limit"] else "yes"))
+    if not rows:
+        rows.append((run_dir.name, f"no metrics.json or exports/*.json under {run_dir}") + ("",) * 5)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the requested table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="table", required=True)
+    runs = sub.add_parser("runs", help="one row per trainer run (metrics.json)")
+    runs.add_argument("run_dirs", nargs="+", type=Path)
+    runs.add_argument("--reference", type=Path, help="log of the challenge's train_gpt.py, shown as the first row")
+    exports = sub.add_parser("exports", help="one row per re-export of each run (exports/*.json)")
+    exports.add_argument("run_dirs", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    if args.table == "runs":
+        rows = [reference_row(args.reference)] if args.reference and args.reference.is_file() else []
+        print(markdown(RUN_COLUMNS, rows + [run_row(d) for d in args.run_dirs]))
+    else:
+        print(markdown(EXPORT_COLUMNS, [row for d in args.run_dirs for row in export_rows(d)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The benchmark scripts: they parse, document their settings, refuse bad settings with one line and exit 2, and
+two of them run end to end on the CPU (SMOKE=1) with the tiny corpus; benchmarks/tables.py reads real results."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SHELL_FILES = sorted(BENCH.rglob("*.sh"))
+SCRIPTS = sorted(p for p in BENCH.glob("*.sh") if p.name != "lib.sh")
+RESULTS = BENCH / "results"
+
+
+def run_script(script: Path, env: dict, *args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    """The script under bash with exactly these settings (plus PATH and the repository on PYTHONPATH)."""
+    full = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(["bash", str(script), *args], env=full, capture_output=True, text=True, timeout=timeout,
+                          cwd="/")
+
+
+def header_lines(script: Path) -> list[str]:
+    """The comment lines after the shebang, without their '# ', as --help prints them."""
+    lines = []
+    for line in script.read_text().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        lines.append(re.sub(r"^# ?", "", line))
+    return lines
+
+
+def header(script: Path) -> str:
+    return "\n".join(header_lines(script))
+
+
+def test_there_are_benchmark_scripts_and_no_call_numbered_ones():
+    names = {p.name for p in SCRIPTS}
+    assert {"step_time.sh", "search_then_rerun.sh", "size_calibration.sh", "rung_fidelity.sh"} <= names
+    assert not [p for p in SHELL_FILES if re.match(r"call\d", p.name)]
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: str(p.relative_to(BENCH)))
+def test_every_shell_file_parses(path):
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_help_prints_the_header_and_exits_0(script):
+    result = run_script(script, {}, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == header(script).strip()
+    for name in ("DATA=", "TOKENIZER=", "OUT=", "SMOKE=1"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_setting_the_script_reads_is_documented_in_its_header(script):
+    body = "\n".join(script.read_text().splitlines()[1 + len(header_lines(script)):])
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):?[-+]", body))
+    undocumented = {name for name in read if not re.search(rf"\b{name}\b", header(script))}
+    assert not undocumented, f"{script.name} reads {sorted(undocumented)} but its header does not name them"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("missing", ["DATA", "TOKENIZER", "OUT"])
+def test_a_missing_required_setting_is_one_line_and_exit_2(script, missing, tmp_path):
+    tokenizer = tmp_path / "tok.model"
+    tokenizer.write_text("x")
+    env = {"DATA": str(tmp_path), "TOKENIZER": str(tokenizer), "OUT": str(tmp_path / "out")}
+    del env[missing]
+    result = run_script(script, env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{missing} is not set" in lines[0] and script.name in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_a_bad_setting_is_named_with_exit_2(script, tmp_path):
+    tokenizer = tmp_path / "tok.model"
+    tokenizer.write_text("x")
+    env = {"DATA": str(tmp_path), "TOKENIZER": str(tokenizer), "OUT": str(tmp_path / "out"), "BUDGET_S": "soon"}
+    result = run_script(script, env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{script.name}: BUDGET_S=soon is not a positive number of seconds"]
+    assert not (tmp_path / "out").exists()  # bad settings leave nothing behind
+    missing_data = run_script(script, {**env, "BUDGET_S": "10", "DATA": str(tmp_path / "nowhere")})
+    assert missing_data.returncode == 2 and "DATA=" in missing_data.stderr and "is not a folder" in missing_data.stderr
+    stray = run_script(script, {**env, "BUDGET_S": "10"}, "--budget-s")
+    assert stray.returncode == 2 and "settings are environment variables" in stray.stderr
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_corpus) -> Path:
+    """A run config of the tiny model, for --smoke runs on the tiny corpus."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"model": dict(TINY_MODEL, vocab_size=tiny_corpus["vocab_size"]), "train": {},
+                                    "export": {}}))
+    return path
+
+
+def corpus_env(corpus: dict, out: Path) -> dict:
+    return {"DATA": str(corpus["data"]), "TOKENIZER": str(corpus["tokenizer"]), "OUT": str(out), "SMOKE": "1"}
+
+
+def test_step_time_smoke_runs_each_config_and_tables_its_metrics(tmp_path, tiny_corpus, tiny_config):
+    result = run_script(BENCH / "step_time.sh", {**corpus_env(tiny_corpus, tmp_path / "out"),
+                                                 "CONFIGS": str(tiny_config), "SCOPES": "model layers"}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    assert re.fullmatch(r"step_time_cpu_\d{4}-\d\d-\d\d", folder.name)
+    table = (folder / "step_time.md").read_text().splitlines()
+    assert len(table) == 4  # header, rule, one row per compile scope
+    for scope, row in zip(("model", "layers"), table[2:]):
+        metrics = json.loads((folder / f"tiny_{scope}" / "metrics.json").read_text())
+        assert metrics["config"]["train"]["compile_scope"] == scope
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"tiny_{scope}" and cells[3] == f"{metrics['steps']:,}"
+        assert cells[8] == f"{metrics['val_bpb']:.4f}" and cells[9] == f"{metrics['artifact_bytes']:,}"
+
+
+def test_export_widths_smoke_scores_each_export_of_one_training(tmp_path, tiny_corpus, tiny_config):
+    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "EXPORTS": "8 6/16"}
+    result = run_script(BENCH / "export_widths.sh", env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    exports = sorted((folder / "tiny" / "exports").glob("*.json"))
+    assert [p.stem for p in exports] == ["quant_bits_6__embedding_bits_16", "quant_bits_8__embedding_bits_0"]
+    trained = json.loads((folder / "tiny" / "metrics.json").read_text())
+    for path in exports:  # same weights: the round trip's cost is measured from the one pre-quant figure
+        assert json.loads(path.read_text())["val_bpb_prequant"] == trained["val_bpb_prequant"]
+    rows = (folder / "exports.md").read_text().splitlines()[2:]
+    assert len(rows) == 3 and "as trained" in rows[0]
+    # A second run keeps the trained weights and only exports again.
+    again = run_script(BENCH / "export_widths.sh", {**env, "EXPORTS": "5"}, timeout=300)
+    assert again.returncode == 0 and "already holds a trained run, kept" in again.stdout
+    assert json.loads((folder / "tiny" / "metrics.json").read_text()) == trained
+
+
+def _tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_tables", BENCH / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tables_reads_a_real_h200_run_as_benchmarks_md_reports_it(tmp_path):
+    tables = _tables()
+    run = tmp_path / "mlp3_loop56"
+    run.mkdir()
+    shutil.copy(RESULTS / "chip_comparison_h200_2026-12-04" / "candidate.metrics.json", run / "metrics.json")
+    row = tables.run_row(run)
+    assert row[:5] == ("mlp3_loop56", "NVIDIA H200", 1, "2,152", "83.7")
+    assert row[6:10] == ("30.6%", "1.1023", "1.1051", "14,930,610")
+    assert "no metrics.json" in tables.run_row(tmp_path / "unfinished")[1]
+
+
+def test_tables_reads_real_h100_exports(tmp_path):
+    tables = _tables()
+    with tarfile.open(RESULTS / "exports_h100_2026-11-24" / "int8_baseline" / "exports.tgz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    run = next(tmp_path.rglob("baseline/seed1338"))
+    rows = {r[1]: r for r in tables.export_rows(run)}
+    assert rows["export.quant_bits=6"][2:] == ("1.1454", "1.1181", "0.0273", "11,394,610", "yes")
+    assert rows["export.embedding_bits=16"][5:] == ("16,208,583", "no")  # int8 + float16 embedding: over
+
+
+def test_tables_reads_the_challenge_trainers_log(tmp_path):
+    log = tmp_path / "reference.log"
+    log.write_text("train_batch_tokens:524288 train_seq_len:1024 iterations:20000\n"
+                   "step:200/20000 train_loss:3.1 train_time:70000ms step_avg:350.00ms\n"
+                   "step:516/20000 val_loss:2.36 val_bpb:1.3974 train_time:180084ms step_avg:349.00ms\n"
+                   "peak memory allocated: 10240 MiB reserved: 11000 MiB\n"
+                   "Total submission size int8+zlib: 10281276 bytes\n"
+                   "final_int8_zlib_roundtrip val_loss:2.40 val_bpb:1.4247 eval_time:9000ms\n")
+    row = _tables().reference_row(log)
+    assert row[3:6] == ("516", "349.0", f"{524288 / 0.349:,.0f}")
+    assert row[7:10] == ("1.3974", "1.4247", "10,281,276") and row[11] == "10.00"
