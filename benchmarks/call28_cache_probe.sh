@@ -4,7 +4,7 @@ import time; t0=time.perf_counter(); T=[]
 def lap(n):
     global t0; t=time.perf_counter(); T.append((n, round(t-t0,2))); t0=t
 import torch; lap("import torch")
-from trainer.train import setup_runtime; from trainer.run_config import load; lap("import trainer")
+from trainer.runtime import setup_runtime; from trainer.run_config import load; lap("import trainer")
 rt=setup_runtime(None); lap("runtime")
 torch.zeros(1,device="cuda"); torch.cuda.synchronize(); lap("cuda first op")
 from trainer.bpb import byte_table, load_sentencepiece; sp=load_sentencepiece("/tmp/sp/fineweb_1024_bpe.model"); tb=byte_table(sp,1024); lap("tokenizer")
