@@ -37,8 +37,9 @@ def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> N
                             "--rung-cooldown-fraction the same way")
     devices = {s.name: trained_on(study) for s, study in searches}
     if len(set().union(*devices.values())) > 1:
-        # Call 85: in one budget an H200 trained 12% more steps than an H100, so the rungs and finals of one
-        # chip would rank against another's as if they were better configs.
+        # In one budget an H200 trained 12% more steps than an H100 (BENCHMARKS.md, "The 3-seed winner and the
+        # baseline side by side on an H200"), so the rungs and finals of one chip would rank against another's as
+        # if they were better configs.
         shown = {name: sorted(names) for name, names in devices.items() if names}
         raise SettingsError(f"fidelity: the trials trained on different kinds of device {shown}; a faster device "
                             f"trains more steps in the same budget, so pass searches run on one kind of device")
