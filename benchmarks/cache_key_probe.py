@@ -1,7 +1,7 @@
 """What differs in Inductor's cache keys between a plain process and a Ray Tune trial.
 
 python benchmarks/cache_key_probe.py plain|pinned|setonly|tune OUT.json [cuda|cpu] (pinned:
-trainer.train.pin_cpu_threads() first; setonly: torch.set_num_threads(8) alone): compiles a small function
+trainer.runtime.pin_cpu_threads() first; setonly: torch.set_num_threads(8) alone): compiles a small function
 (forward and backward) on the device and writes the hit/miss counters and every field of the FX-graph and
 AOTAutograd cache-key details except the graph itself, so two runs can be diffed field by field
 (benchmarks/cache_key_diff.py). On the CPU run both with OMP_NUM_THREADS=1, the thread count of a 1-CPU Tune
@@ -62,7 +62,7 @@ if __name__ == "__main__":
         text = result[0].metrics["out"]
     else:
         if mode == "pinned":
-            from trainer.train import pin_cpu_threads
+            from trainer.runtime import pin_cpu_threads
             pin_cpu_threads()
         if mode == "setonly":
             import torch

@@ -77,6 +77,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="also report (val-prefix evaluation + checkpoint) every this many training seconds between "
                    "ASHA's rungs (default 0: at the rungs only). Fewer reports cost less evaluation time, but a "
                    "resumed or node-lost trial restarts from its last report")
+    p.add_argument("--rung-roundtrip", action="store_true",
+                   help="score each report after the artifact's quantization round trip, as the final val_bpb is, "
+                   "so ASHA ranks what the export will score (the unquantized score is reported too)")
+    p.add_argument("--rung-cooldown-fraction", type=float, default=0.0, metavar="FRACTION",
+                   help="score each report after a learning-rate cooldown of this fraction of the steps trained so "
+                   "far (0 to 0.5; default 0: none), then rewind it: evaluation time, never training budget")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe: minimize val_bpb; nsga2: minimize (val_bpb, artifact_bytes) together")
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
@@ -117,6 +123,8 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         reduction_factor=args.reduction_factor,
         early_stopping=args.early_stopping,
         report_every_s=args.report_every_s,
+        rung_roundtrip=args.rung_roundtrip,
+        rung_cooldown_fraction=args.rung_cooldown_fraction,
         sampler=args.sampler,
         seed=args.seed,
         overrides=tuple(args.overrides),

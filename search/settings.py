@@ -48,6 +48,17 @@ class SearchSettings:
     # Trainer reports (a val-prefix evaluation and a checkpoint each) come at ASHA's rungs only; > 0 adds one
     # every report_every_s training seconds, for more checkpoints and fidelity points at more evaluation time.
     report_every_s: float = 0.0
+    # Score each report on the weights after the artifact's quantization round trip, so ASHA ranks what the
+    # export will score (on two H200s, rungs ranked against the final val_bpb at Spearman +0.48 at 5 s, against
+    # the pre-quant final at +0.95: the export reordered the int5 trials; BENCHMARKS.md "A search over the
+    # default space"). The pre-quant value is reported too, as val_bpb_prequant.
+    rung_roundtrip: bool = False
+    # Score each report after a short learning-rate cooldown, then rewind it: this fraction of the steps trained
+    # so far, LR decaying linearly to 0 from where it is. A rung mid-schedule ranks configs before their decay,
+    # which the final val_bpb comes after (at 180 s a 60 s rung ranked at Spearman +0.19, n = 10; BENCHMARKS.md
+    # "A 24-trial search at 180 s with one rung at 60 s"), so this probes what each would score if it stopped
+    # there. The cooldown is evaluation time, never budget.
+    rung_cooldown_fraction: float = 0.0
     sampler: str = "tpe"
     seed: int | None = None
     overrides: tuple[str, ...] = ()  # section.key=value applied to every suggested config
@@ -103,7 +114,12 @@ class SearchSettings:
         return self.asha_milestones_s[-1]
 
     def validate(self) -> "SearchSettings":
-        """Raise SettingsError naming the flag and the fix; return self."""
+        """Raise SettingsError naming the flag and the fix; return the settings, with any override of a run-config
+        key that moved here (MOVED_TRAIN_KEYS, as saved searches hold them) turned into its setting."""
+        moved = {key: value for key, value in map(_moved, self.overrides) if key is not None}
+        if moved:
+            kept = tuple(item for item in self.overrides if _moved(item)[0] is None)
+            return dataclasses.replace(self, overrides=kept, **_moved_settings(self, moved)).validate()
         _need(bool(NAME_RE.match(self.name)), "--name",
               f"{self.name!r} must be 1-100 characters of letters, digits, '_', '-', '.'")
         _need(self.trials >= 1, "--trials", "must be at least 1")
@@ -120,6 +136,11 @@ class SearchSettings:
         _need(self.reduction_factor > 1, "--reduction-factor", "must be above 1 (3 is usual)")
         _need(0 <= self.grace_s < self.budget_s, "--grace-s", "must be below --budget-s (0 picks budget/rf)")
         _need(self.report_every_s >= 0, "--report-every-s", "must be 0 (reports at ASHA rungs only) or positive")
+        _need(isinstance(self.rung_roundtrip, bool), "--rung-roundtrip",
+              f"{self.rung_roundtrip!r} must be true or false")
+        _need(isinstance(self.rung_cooldown_fraction, (int, float)) and 0.0 <= self.rung_cooldown_fraction <= 0.5,
+              "--rung-cooldown-fraction",
+              f"{self.rung_cooldown_fraction} must be 0 (off) to 0.5 (a cooldown of half the steps trained)")
         _need(self.early_stopping in EARLY_STOPPING, "--early-stopping",
               f"{self.early_stopping!r} is not one of {EARLY_STOPPING}")
         _need(self.sampler in SAMPLERS, "--sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
@@ -156,6 +177,37 @@ class SearchSettings:
             # report reads its rungs as they were taken and a resumed search reports as it did.
             settings = dataclasses.replace(settings, report_every_s=settings.rung_s)
         return settings.validate()
+
+
+# Train keys of run configs that are this search's settings now (key -> setting), or that the search sets itself
+# (None: report times follow ASHA's rungs and --report-every-s). Saved searches hold them as overrides
+# (`--set train.rung_roundtrip=true`); validate() turns those into the settings, once.
+MOVED_TRAIN_KEYS = {"rung_roundtrip": "rung_roundtrip", "rung_cooldown_fraction": "rung_cooldown_fraction",
+                    "report_at_s": None, "report_every_s": None}
+
+
+def _moved(override: str) -> tuple[str | None, Any]:
+    """(train key, value) of an override that sets a key in MOVED_TRAIN_KEYS, else (None, None)."""
+    try:
+        (section, key), value = parse_override(override)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    return (key, value) if section == "train" and key in MOVED_TRAIN_KEYS else (None, None)
+
+
+def _moved_settings(settings: SearchSettings, moved: dict[str, Any]) -> dict[str, Any]:
+    """The settings the moved overrides stand for; SettingsError where a flag already says otherwise."""
+    changes = {}
+    for key, value in moved.items():
+        name = MOVED_TRAIN_KEYS[key]
+        if name is None:
+            continue  # the search sets it; the override never took effect
+        default, given = getattr(SearchSettings, name), getattr(settings, name)
+        flag = "--" + name.replace("_", "-")
+        _need(given == default or given == value, flag,
+              f"{given!r} and --set train.{key}={value} disagree; pass only {flag}")
+        changes[name] = value
+    return changes
 
 
 def _need(ok: bool, flag: str, problem: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from search.rerun.records import RecordError, SubmissionInfo, load_run, write_record
 from search.rerun.stats import record_criterion
+from trainer.metrics import RunMetrics
 
 CONFIG = {"model": {"n_layers": 9, "d_model": 512}, "train": {"budget_s": 600.0}, "export": {"quant_bits": 8}}
 CODE_BYTES = 48_000
@@ -22,9 +23,14 @@ def make_run(root: Path, seed: int, val_loss: float, model_bytes: int, config: d
     (run / "train.log").write_text(f"seed {seed}\nstep 100 loss 3.1\nval_loss {val_loss:.4f}\n")
     cfg = json.loads(json.dumps(config or CONFIG))
     cfg["train"]["seed"] = seed
-    metrics = {"val_bpb": val_loss / 2.0, "val_loss": val_loss, "model_bytes": model_bytes, "code_bytes": CODE_BYTES,
-               "artifact_bytes": model_bytes + CODE_BYTES, "limit_bytes": 16_000_000, "config": cfg}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    metrics = RunMetrics(
+        val_bpb=val_loss / 2.0, val_loss=val_loss, val_bpb_prequant=val_loss / 2.0, val_loss_prequant=val_loss,
+        val_tokens=1000, val_bytes=2000, artifact_bytes=model_bytes + CODE_BYTES, model_bytes=model_bytes,
+        code_bytes=CODE_BYTES, payload_bytes=2 * model_bytes, limit_bytes=16_000_000, over_limit=False,
+        unique_params=5000, virtual_layers=9, steps=100, train_tokens=51_200, train_s=60.0, step_ms=600.0,
+        tokens_per_s=853.3, peak_mem_bytes=0, compile_s=1.0, eval_s=2.0, export_s=3.0, wall_s=70.0, world_size=1,
+        device="cpu", config=cfg)
+    metrics.write(run / "metrics.json")
     return run
 
 

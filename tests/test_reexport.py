@@ -7,7 +7,8 @@ from trainer import artifact
 from trainer import run_config as config
 from trainer.cli import main
 from trainer.reexport import export_name, reexport
-from trainer.train import WEIGHTS_FILE, train
+from trainer.components import WEIGHTS_FILE
+from trainer.train import train
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def trained_run(tiny_corpus, tiny_config_dict, tmp_path):
     run_dir = tmp_path / "run"
     metrics = train(config.from_dict(cfg_dict), tiny_corpus["data"], tiny_corpus["tokenizer"], run_dir, device="cpu",
                     echo=False, save_weights=True)
-    return run_dir, metrics
+    return run_dir, metrics.to_dict()
 
 
 def test_without_overrides_it_reproduces_the_trained_artifact_and_val_bpb(tiny_corpus, trained_run):

@@ -337,9 +337,10 @@ def test_seed_config_drops_the_search_reports():
     from search.rerun.run import seed_config
     from search.rerun.cli import train_differences
 
+    # A trial's config recorded by a search from before the report times left the run config.
     searched = from_dict({"train": {"report_at_s": [20, 60], "report_every_s": 30.0, "matrix_lr": 0.03}})
     cfg = seed_config(searched, seed=7, budget_s=120)
-    assert cfg.train.report_at_s == () and cfg.train.report_every_s == 0.0 and cfg.train.seed == 7
+    assert "report_at_s" not in cfg.to_dict()["train"] and cfg.train.seed == 7 and cfg.train.budget_s == 120
     assert train_differences(searched) == "matrix_lr=0.03"  # report times are the search's, not the recipe
 
 
@@ -424,3 +425,17 @@ def test_kept_runs_without_their_artifact_still_give_the_comparison(finished, ti
     md = (out / "rerun.md").read_text()
     assert "no submission folder" in terminal.getvalue() and "Submission folder" not in md
     assert "every run kept from an earlier call" in md and "rank(s) on" not in md
+
+
+def test_a_damaged_kept_run_is_named_and_never_read_as_other_numbers(tiny_corpus, tmp_path):
+    """A metrics.json cut short (a full disk, a copy killed half-way) stops the rerun with the run and the fix,
+    before anything is launched; the folder is left as it was."""
+    from search.rerun.run import Launch, seed_config, train_seed
+
+    run_dir = tmp_path / "out" / "candidate" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text('{"val_bpb": 1.2, "val_lo')
+    with pytest.raises(RerunError, match=r"candidate seed 1: .*metrics.json: not readable JSON.*Delete .*seed1"):
+        train_seed("candidate", seed_config(from_dict(CANDIDATE), 1, 60.0), run_dir, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], Launch(1, "cpu"), terminal=None)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.json"]

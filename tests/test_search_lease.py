@@ -14,7 +14,7 @@ import pytest
 from search.analysis import device_use
 from search.tune.lease import DeviceLease, device_key
 from search.settings import SettingsError
-from trainer.train import StopRequested
+from trainer.hooks import StopRequested
 
 REPO = Path(__file__).resolve().parent.parent
 

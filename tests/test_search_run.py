@@ -145,7 +145,7 @@ def test_a_failing_trial_reports_its_reason(tmp_path, tiny_corpus, finished_sear
     run_training(config, broken, lambda m, c: reports.append(m), None, tmp_path / "out")
     assert reports[-1]["failed"] and reports[-1]["optuna_number"] == 99
     assert (tmp_path / "out" / "failure.txt").is_file()
-    from trainer.train import TrainingDiverged
+    from trainer.trainer import TrainingDiverged
 
     assert failure_reason(TrainingDiverged("training loss is nan at step 3")).startswith("diverged:")
 

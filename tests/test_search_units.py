@@ -13,6 +13,7 @@ import pytest
 from search import store
 from search.analysis.pareto import dominates, pareto_front
 from search.analysis.report import frontier_table, markdown_table
+from search.tune.rungs import RungPlan
 from search.tune.searcher import excess_bytes_constraint, prepare_config, summarize
 from search.settings import SearchSettings, SettingsError
 from trainer.run_config import RunConfig, from_dict
@@ -89,7 +90,8 @@ def test_prepare_config_applies_budget_rungs_overrides_and_the_hard_limit(tmp_pa
     s = _settings(tmp_path, budget_s=90, grace_s=10, overrides=("train.compile=false", "export.limit_bytes=99000000"))
     cfg = prepare_config(from_dict({"model": {"unique_blocks": 3, "virtual_layers": [0, 1, 2, 1, 2]}}), s.validate())
     assert cfg.train.budget_s == 90 and cfg.train.compile is False
-    assert cfg.train.report_at_s == (10, 30) and cfg.train.report_every_s == 0  # ASHA's rungs only, by default
+    plan = RungPlan.from_settings(s.validate())
+    assert plan.at_s == (10, 30) and plan.every_s == 0  # ASHA's rungs only, by default
     assert cfg.export.limit_bytes == 16_000_000  # an override cannot raise the challenge's limit
     assert "u3 v5 sched=01212" in summarize(cfg)
     assert isinstance(cfg, RunConfig)
@@ -106,12 +108,12 @@ def test_reports_come_where_ashas_rungs_are(tmp_path, changes, rungs):
 
     s = _settings(tmp_path, **changes).validate()
     assert s.asha_milestones_s == pytest.approx(rungs)
-    cfg = prepare_config(from_dict({}), s)
-    assert cfg.train.report_at_s == s.asha_milestones_s and cfg.train.report_every_s == 0
+    plan = RungPlan.from_settings(s)
+    assert plan.at_s == s.asha_milestones_s and plan.every_s == 0
     # The very floats Ray's ASHA decides at (grace * rf**k): a report at a milestone is never counted as early.
     assert tuple(sorted(m for m, _ in make_scheduler(s)._brackets[0]._rungs)) == s.asha_milestones_s
-    periodic = prepare_config(from_dict({}), replace(s, report_every_s=15.0).validate())
-    assert periodic.train.report_every_s == 15 and periodic.train.report_at_s == s.asha_milestones_s
+    periodic = RungPlan.from_settings(replace(s, report_every_s=15.0).validate())
+    assert periodic.every_s == 15 and periodic.at_s == s.asha_milestones_s
 
 
 def test_report_every_s_is_persisted_and_old_search_json_loads_with_its_periodic_reports(tmp_path):
@@ -137,6 +139,52 @@ def test_run_flag_report_every_s(tmp_path):
     assert settings_from_args(build_parser().parse_args(base + ["--report-every-s", "12"])).report_every_s == 12
 
 
+def test_saved_searches_with_the_old_rung_overrides_read_as_the_new_settings(tmp_path):
+    """search.json of a search run with `--set train.rung_roundtrip=true` (the way before the flags): the override
+    becomes the setting, once, and leaves the run configs; the report times the search set itself are dropped."""
+    s = _settings(tmp_path, budget_s=180).validate()
+    old = json.loads(s.to_json())
+    for key in ("rung_roundtrip", "rung_cooldown_fraction"):
+        del old[key]  # written before the settings existed
+    old["overrides"] = ["train.rung_roundtrip=true", "train.compile=false", "train.rung_cooldown_fraction=0.1",
+                        "train.report_every_s=30", "train.report_at_s=[60]"]
+    loaded = SearchSettings.from_json(json.dumps(old))
+    assert (loaded.rung_roundtrip, loaded.rung_cooldown_fraction) == (True, 0.1)
+    assert loaded.overrides == ("train.compile=false",) and loaded.report_every_s == 0
+    assert RungPlan.from_settings(loaded) == RungPlan((60.0,), 0.0, True, 0.1)
+    assert SearchSettings.from_json(loaded.to_json()) == loaded  # saved again: already translated
+    cfg = prepare_config(from_dict({}), loaded)
+    assert cfg.train.compile is False and "rung_roundtrip" not in cfg.to_dict()["train"]
+    with pytest.raises(SettingsError, match="--rung-cooldown-fraction: 0.2 and --set train.rung_cooldown_fraction"):
+        _settings(tmp_path, rung_cooldown_fraction=0.2, overrides=("train.rung_cooldown_fraction=0.1",)).validate()
+    with pytest.raises(SettingsError, match="--rung-cooldown-fraction: 0.7 must be 0"):
+        _settings(tmp_path, overrides=("train.rung_cooldown_fraction=0.7",)).validate()
+    with pytest.raises(SettingsError, match="--rung-roundtrip"):
+        _settings(tmp_path, overrides=("train.rung_roundtrip=maybe",)).validate()
+    # Every train key the trainer no longer reads is one the search translates.
+    from search.settings import MOVED_TRAIN_KEYS
+    from trainer.run_config import RETIRED_TRAIN_KEYS
+
+    assert set(MOVED_TRAIN_KEYS) == set(RETIRED_TRAIN_KEYS)
+
+
+def test_run_flags_for_rung_scoring_and_the_old_way_of_setting_them(tmp_path):
+    from search.cli import build_parser, settings_from_args
+
+    for path in ("space.yaml", "tok.model"):
+        (tmp_path / path).write_text("")
+    base = ["run", "--name", "s1", "--space", str(tmp_path / "space.yaml"), "--data", str(tmp_path),
+            "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path)]
+    plain = settings_from_args(build_parser().parse_args(base))
+    assert (plain.rung_roundtrip, plain.rung_cooldown_fraction) == (False, 0.0)
+    flags = settings_from_args(build_parser().parse_args(
+        base + ["--rung-roundtrip", "--rung-cooldown-fraction", "0.1"]))
+    old_way = settings_from_args(build_parser().parse_args(
+        base + ["--set", "train.rung_roundtrip=true", "--set", "train.rung_cooldown_fraction=0.1"]))
+    assert flags == old_way and (flags.rung_roundtrip, flags.rung_cooldown_fraction) == (True, 0.1)
+    assert old_way.overrides == ()
+
+
 def test_early_stopping_none_stops_nothing_and_keeps_the_rungs(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -152,7 +200,7 @@ def test_early_stopping_none_stops_nothing_and_keeps_the_rungs(tmp_path):
     assert asha.early_stopping == "asha" and isinstance(make_scheduler(asha), ASHAScheduler)
     assert none.early_stopping == "none" and type(make_scheduler(none)) is FIFOScheduler
     # Trials still report (and checkpoint) at the rungs: the fidelity table is what the setting is for.
-    assert prepare_config(from_dict({}), none).train.report_at_s == asha.asha_milestones_s == (60,)
+    assert RungPlan.from_settings(none).at_s == asha.asha_milestones_s == (60,)
     assert SearchSettings.from_json(none.to_json()).early_stopping == "none"
     old = json.loads(asha.to_json())
     del old["early_stopping"]  # written before the setting existed: ASHA, as then

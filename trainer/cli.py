@@ -75,7 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        summary = {k: metrics[k] for k in ("val_bpb", "val_bpb_prequant", "artifact_bytes", "over_limit", "steps", "train_s")}
+        keys = ("val_bpb", "val_bpb_prequant", "artifact_bytes", "over_limit", "steps", "train_s")
+        summary = {k: getattr(metrics, k) for k in keys}
         print(json.dumps(summary, indent=2))
     return 0
 

@@ -16,10 +16,12 @@ import torch
 from trainer import artifact
 from trainer.bpb import byte_table, load_sentencepiece
 from trainer.model_config import ConfigError
-from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
+from trainer.components import WEIGHTS_FILE
 from trainer.data.shards import load_val_tokens
 from trainer.evaluate import evaluate
-from trainer.train import WEIGHTS_FILE, build_model
+from trainer.metrics import METRICS_FILE, RunMetrics
+from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
+from trainer.trainer import build_model
 
 EXPORTS_DIR = "exports"
 
@@ -45,13 +47,13 @@ def export_name(overrides: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "__".join(parts))
 
 
-def run_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, dict]:
+def run_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunMetrics]:
     """The run's config (from its metrics.json) with export overrides applied, and those metrics."""
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path}: not a finished run; pass the --out folder of a `trainer train` run")
-    metrics = json.loads(metrics_path.read_text())
-    data = apply_overrides(metrics["config"], export_overrides(overrides))
+    metrics = RunMetrics.read(metrics_path)
+    data = apply_overrides(metrics.config, export_overrides(overrides))
     return from_dict(data, where=f"{metrics_path} with {overrides}"), metrics
 
 
@@ -84,9 +86,9 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
         "artifact": str(out_path),
         "val_bpb": post.val_bpb,
         "val_loss": post.val_loss,
-        "val_bpb_prequant": trained["val_bpb_prequant"],
-        "roundtrip_cost_bpb": post.val_bpb - trained["val_bpb_prequant"],
-        "trained_val_bpb": trained["val_bpb"],
+        "val_bpb_prequant": trained.val_bpb_prequant,
+        "roundtrip_cost_bpb": post.val_bpb - trained.val_bpb_prequant,
+        "trained_val_bpb": trained.val_bpb,
         "artifact_bytes": info.artifact_bytes,
         "model_bytes": info.model_bytes,
         "code_bytes": info.code_bytes,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,8 @@ class TrainConfig:
 
     seq_len: int = 1024
     batch_tokens: int = 524_288
-    # Most tokens one rank runs forward at once (an upper bound; H100 calls 8/9: 131,072 ran 4% faster than 65,536).
+    # Most tokens one rank runs forward at once (an upper bound; on an H100 131,072 ran 4% faster than 65,536,
+    # BENCHMARKS.md "Micro-batch size").
     micro_batch_tokens: int = 131_072
     max_steps: int = 20_000
     budget_s: float = 600.0
@@ -46,8 +46,9 @@ class TrainConfig:
     seed: int = 1337
     compile: bool = True
     # "model": the whole forward as one graph. "layers": regional compilation, one graph per virtual-layer
-    # variant shared by every block. On an H100 (call 11) layers compiled in 7.3 s warm instead of ~14 s but
-    # stepped 11-13% slower (306 vs 270 ms for 9x512), a bad trade for any trial longer than a minute.
+    # variant shared by every block. On an H100 layers compiled in 7.3 s warm instead of ~14 s but stepped 11-13%
+    # slower (306 vs 270 ms for 9x512), a bad trade for any trial longer than a minute (BENCHMARKS.md
+    # "Regional compilation vs whole-model compilation").
     compile_scope: str = "model"
     compile_optimizer: bool = True  # torch.compile the Muon Newton-Schulz iteration on CUDA
     compile_eval: bool = False  # evaluate with the compiled model (pays a second compile for the eval graph)
@@ -55,20 +56,7 @@ class TrainConfig:
     # Residual stream dtype on the GPU; blocks compute in bf16 either way. bfloat16 saves memory traffic and
     # matched float32's val_bpb at equal steps on an H100 (1.3930 vs 1.3946 at 490 steps; BENCHMARKS.md).
     residual_dtype: str = "bfloat16"
-    report_every_s: float = 0.0  # 0: no periodic intermediate reports
-    # Training seconds of extra one-off reports (a search's ASHA rungs); a report happens at the next time of
-    # either schedule, so each report costs an evaluation and a checkpoint only where someone reads it.
-    report_at_s: tuple[float, ...] = ()
     val_prefix_tokens: int = 262_144  # val tokens scored for intermediate reports
-    # Score each report on the weights after the artifact's quantization round trip, so ASHA ranks what the
-    # export will score (call 14: rungs vs final val_bpb +0.48 at 5 s, vs the pre-quant final +0.95: the export
-    # reordered the int5 trials). The pre-quant value is reported too, as val_bpb_prequant.
-    rung_roundtrip: bool = False
-    # Score each report after a short learning-rate cooldown, then rewind it: this many of the steps trained so
-    # far, LR decaying linearly to 0 from where it is. A rung mid-schedule ranks configs before their decay, which
-    # the final val_bpb comes after (calls 63 and 72: at 180 s a 60 s rung ranked at Spearman +0.19, n = 10), so
-    # this probes what each would score if it stopped there. The cooldown is evaluation time, never budget.
-    rung_cooldown_fraction: float = 0.0
     val_batch_tokens: int = 524_288
     final_val_tokens: int = 0  # 0: score the whole val split at the end (the challenge's figure)
     log_every_steps: int = 50
@@ -89,15 +77,6 @@ class TrainConfig:
         _require(self.budget_s > 0, "train.budget_s", "must be positive seconds")
         _require(self.max_steps > 0, "train.max_steps", "must be positive")
         _require(self.val_prefix_tokens >= self.seq_len, "train.val_prefix_tokens", "must hold one sequence")
-        _require(self.report_every_s >= 0, "train.report_every_s", "must be 0 (none) or positive seconds")
-        _require(0.0 <= self.rung_cooldown_fraction <= 0.5, "train.rung_cooldown_fraction",
-                 f"{self.rung_cooldown_fraction} must be 0 (off) to 0.5 (a cooldown of half the steps trained)")
-        _require(
-            all(t > 0 for t in self.report_at_s)
-            and all(a < b for a, b in zip(self.report_at_s, self.report_at_s[1:])),
-            "train.report_at_s",
-            f"{list(self.report_at_s)} must be positive seconds in increasing order",
-        )
         _require(
             self.residual_dtype in ("float32", "bfloat16"),
             "train.residual_dtype",
@@ -113,13 +92,6 @@ class TrainConfig:
             "train.attention",
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
-
-    def next_report_s(self, train_s: float) -> float | None:
-        """The first report time after train_s on either schedule (report_at_s, multiples of report_every_s)."""
-        times = [t for t in self.report_at_s if t > train_s]
-        if self.report_every_s > 0:
-            times.append((math.floor(train_s / self.report_every_s) + 1) * self.report_every_s)
-        return min(times, default=None)
 
     def split_batch(self, world_size: int) -> tuple[int, int]:
         """(tokens per micro-batch on one rank, micro-batches per step) for a step of batch_tokens over world_size ranks.
@@ -178,6 +150,10 @@ def smoke_version(cfg: RunConfig) -> RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
+# Train keys that configs recorded before they became settings of whoever asks for intermediate reports (the
+# search: its report times and how it scores a report). They never changed what training does, so a config
+# that holds them (a run's metrics.json, a saved rerun config) reads without them.
+RETIRED_TRAIN_KEYS = ("report_every_s", "report_at_s", "rung_roundtrip", "rung_cooldown_fraction")
 
 
 def from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
@@ -192,6 +168,8 @@ def from_dict(data: dict[str, Any], where: str = "config") -> RunConfig:
         section = data.get(name) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"{where}: section '{name}' must be a mapping")
+        if name == "train":
+            section = {k: v for k, v in section.items() if k not in RETIRED_TRAIN_KEYS}
         parts[name] = build_section(cls, section, f"{where}:{name}")
     cfg = RunConfig(**parts)
     try:

@@ -26,14 +26,15 @@ def check_poolable(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> N
     if len(set(budgets.values())) > 1:
         raise SettingsError(f"fidelity: the searches train to different budgets {budgets}; a rung's rank only "
                             f"predicts the final val_bpb of its own budget, so pass searches of one --budget-s")
-    scoring = {s.name: rungs_after_roundtrip(study) for s, study in searches}
+    scoring = {s.name: rungs_after_roundtrip(study, s) for s, study in searches}
     if len(set(scoring.values())) > 1:
         raise SettingsError(f"fidelity: the searches score rungs differently (after the quantization round trip: "
-                            f"{scoring}); pass searches that all set train.rung_roundtrip the same way")
-    cooldown = {s.name: rung_cooldown_fraction(study) for s, study in searches}
+                            f"{scoring}); pass searches that all set --rung-roundtrip the same way")
+    cooldown = {s.name: rung_cooldown_fraction(study, s) for s, study in searches}
     if len(set(cooldown.values())) > 1:
         raise SettingsError(f"fidelity: the searches cool their rungs down differently "
-                            f"(train.rung_cooldown_fraction: {cooldown}); pass searches that all set it the same way")
+                            f"(rung_cooldown_fraction: {cooldown}); pass searches that all set "
+                            "--rung-cooldown-fraction the same way")
     devices = {s.name: trained_on(study) for s, study in searches}
     if len(set().union(*devices.values())) > 1:
         # In one budget an H200 trained 12% more steps than an H100 (BENCHMARKS.md, "Chip differences"), so the
@@ -89,7 +90,8 @@ def write_pooled(searches: Sequence[tuple[SearchSettings, optuna.Study]], table:
     lines = [f"# Rung fidelity of {names} (budget {searches[0][0].budget_s:g} s)", "",
              "Spearman of each rung's val_bpb against the final val_bpb over completed trials, per search and "
              "pooled (every completed trial of every search ranked together).", "",
-             RUNG_NOTES[rungs_after_roundtrip(searches[0][1])], "", P_POSITIVE_NOTE, "", CUT_NOTE, "",
+             RUNG_NOTES[rungs_after_roundtrip(searches[0][1], searches[0][0])], "", P_POSITIVE_NOTE, "",
+             CUT_NOTE, "",
              markdown_table(table), ""]
     paths["markdown"].write_text("\n".join(lines))
     return paths

@@ -138,7 +138,7 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
 
 def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[dict, dict, dict, dict]:
     """A search's rung values per milestone, its completed trials' final and pre-quantization val_bpb, and the
-    rung values before their cooldown (train.rung_cooldown_fraction; empty without)."""
+    rung values before their cooldown (--rung-cooldown-fraction; empty without)."""
     trials = study.get_trials(deepcopy=False)
     at = milestone_values({t.number: trial_rungs(t) for t in trials}, settings.report_every_s,
                           settings.asha_milestones_s)
@@ -229,9 +229,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 RUNG_NOTES = {
     False: "Rungs are scored before quantization; `spearman_prequant` ranks against the final pre-quantization "
            "val_bpb, so the gap between the two columns is what the export (quant bits) reorders.",
-    True: "Rungs are scored after the quantization round trip (train.rung_roundtrip), as the final val_bpb is; "
+    True: "Rungs are scored after the quantization round trip (--rung-roundtrip), as the final val_bpb is; "
           "`spearman_prequant` ranks them against the final pre-quantization val_bpb.",
-    None: "How rungs were scored differs between trials (train.rung_roundtrip); read each trial's config.",
+    None: "How rungs were scored differs between trials (--rung-roundtrip); read each trial's config.",
 }
 
 
@@ -245,23 +245,26 @@ P_POSITIVE_NOTE = ("`p_positive` is the one-sided permutation p-value of spearma
                    "below 1/24).")
 
 
-def trials_train_setting(study: optuna.Study, key: str, default):
-    """One train setting as the study's trials ran it: its value if they agree (the default, where a trial's config
-    predates the key or no trial ran), None if they differ."""
-    values = {t.user_attrs["run_config"].get("train", {}).get(key, default)
+def trials_train_setting(study: optuna.Study, key: str, default, settings: SearchSettings | None = None):
+    """How the study's trials scored their rungs (rung_roundtrip, rung_cooldown_fraction): the value if they agree
+    (the default where no trial ran), None if they differ. Trials from before the setting moved to the search's
+    settings recorded it in their run config's train section; the others ran the search's setting (the default
+    without settings)."""
+    current = default if settings is None else getattr(settings, key)
+    values = {t.user_attrs["run_config"].get("train", {}).get(key, current)
               for t in study.get_trials(deepcopy=False) if "run_config" in t.user_attrs}
     return values.pop() if len(values) == 1 else (default if not values else None)
 
 
-def rung_cooldown_fraction(study: optuna.Study) -> float | None:
-    """The trials' train.rung_cooldown_fraction (0 for trials from before it; None: it differs between them)."""
-    value = trials_train_setting(study, "rung_cooldown_fraction", 0.0)
+def rung_cooldown_fraction(study: optuna.Study, settings: SearchSettings | None = None) -> float | None:
+    """The trials' rung cooldown fraction (0 for trials from before it; None: it differs between them)."""
+    value = trials_train_setting(study, "rung_cooldown_fraction", 0.0, settings)
     return None if value is None else float(value)
 
 
-def rungs_after_roundtrip(study: optuna.Study) -> bool | None:
+def rungs_after_roundtrip(study: optuna.Study, settings: SearchSettings | None = None) -> bool | None:
     """Whether the trials scored their rungs after the quantization round trip (False where none ran; None: mixed)."""
-    value = trials_train_setting(study, "rung_roundtrip", False)
+    value = trials_train_setting(study, "rung_roundtrip", False, settings)
     return None if value is None else bool(value)
 
 
@@ -363,7 +366,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     info = summary(df, settings)
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
-    info["rungs_after_roundtrip"] = rungs_after_roundtrip(study)
+    info["rungs_after_roundtrip"] = rungs_after_roundtrip(study, settings)
     rows = device_rows(settings)
     devices = pd.DataFrame(rows, columns=DEVICE_COLUMNS)
     info["devices"] = device_use.totals(rows)

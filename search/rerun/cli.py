@@ -237,7 +237,7 @@ def run_rerun_command(args: argparse.Namespace) -> int:
 def train_differences(cfg: RunConfig) -> str:
     """The train settings that differ from the trainer's defaults, as key=value (seed and budget are per run)."""
     default, own = TrainConfig().__dict__, cfg.train.__dict__
-    per_run = ("seed", "budget_s", "report_every_s", "report_at_s")
+    per_run = ("seed", "budget_s")
     changed = [f"{k}={v}" for k, v in own.items() if v != default[k] and k not in per_run]
     return ", ".join(changed) or "the trainer's defaults"
 

@@ -19,12 +19,13 @@ from datetime import date
 from pathlib import Path
 
 from search.rerun.stats import ALPHA, MIN_GAIN_NATS, RecordVerdict, SeedSummary, record_criterion, summarize
+from trainer.metrics import METRICS_FILE, MetricsError, RunMetrics
 from trainer.model_config import ConfigError
 from trainer.run_config import from_dict
 
-RUN_FILES = ("metrics.json", "train.log")
+RUN_FILES = (METRICS_FILE, "train.log")
 # One seed's artifact goes into the submission, so a run may lack its own (runs carried between machines
-# without it, calls 49-50); the artifact seed must have one.
+# without it); the artifact seed must have one.
 ARTIFACT_FILE = "model.ptz"
 
 
@@ -34,18 +35,15 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class RunResult:
-    """The numbers of one finished training run that a submission reports."""
+    """A finished training run's folder: its metrics, and whether its artifact is still there."""
 
     run_dir: Path
-    seed: int
-    val_bpb: float
-    val_loss: float
-    artifact_bytes: int
-    model_bytes: int
-    code_bytes: int
-    limit_bytes: int
-    config: dict = field(default_factory=dict, compare=False)
+    metrics: RunMetrics
     has_artifact: bool = True  # its model.ptz is in run_dir
+
+    @property
+    def seed(self) -> int:
+        return self.metrics.seed
 
 
 @dataclass(frozen=True)
@@ -66,23 +64,16 @@ def load_run(run_dir: Path) -> RunResult:
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise RecordError(f"{run_dir}: missing {missing}; pass directories of finished `trainer train` runs")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     try:
-        config = metrics.get("config", {})
-        seed = metrics["seed"] if "seed" in metrics else config["train"]["seed"]
-        result = RunResult(
-            run_dir=run_dir, seed=int(seed), val_bpb=float(metrics["val_bpb"]), val_loss=float(metrics["val_loss"]),
-            artifact_bytes=int(metrics["artifact_bytes"]), model_bytes=int(metrics["model_bytes"]),
-            code_bytes=int(metrics["code_bytes"]), limit_bytes=int(metrics.get("limit_bytes", 16_000_000)),
-            config=config, has_artifact=(run_dir / ARTIFACT_FILE).is_file(),
-        )
-    except KeyError as exc:
-        raise RecordError(f"{run_dir}/metrics.json lacks {exc}; it was not written by `trainer train`") from None
+        metrics = RunMetrics.read(run_dir / METRICS_FILE)
+    except MetricsError as exc:
+        raise RecordError(str(exc)) from None
+    result = RunResult(run_dir, metrics, has_artifact=(run_dir / ARTIFACT_FILE).is_file())
     if not result.has_artifact:
         return result
     on_disk = (run_dir / ARTIFACT_FILE).stat().st_size
-    if on_disk != result.model_bytes:
-        raise RecordError(f"{run_dir}: model.ptz is {on_disk:,} bytes but metrics.json says {result.model_bytes:,}; "
+    if on_disk != metrics.model_bytes:
+        raise RecordError(f"{run_dir}: model.ptz is {on_disk:,} bytes but metrics.json says {metrics.model_bytes:,}; "
                           "the directory mixes files of different runs")
     return result
 
@@ -103,9 +94,9 @@ def check_same_config(runs: list[RunResult]) -> None:
     seeds = [r.seed for r in runs]
     if len(set(seeds)) != len(seeds):
         raise RecordError(f"seeds {seeds} repeat; each run must use its own seed")
-    reference = _without_seed(runs[0].config)
+    reference = _without_seed(runs[0].metrics.config)
     for run in runs[1:]:
-        if _without_seed(run.config) != reference:
+        if _without_seed(run.metrics.config) != reference:
             raise RecordError(f"{run.run_dir} trained another config than {runs[0].run_dir}; "
                               "a submission reports seeds of one config")
 
@@ -119,26 +110,31 @@ class RecordStats:
     verdict: RecordVerdict | None
 
 
-def compute_stats(runs: list[RunResult], baseline_val_loss: list[float] | None = None) -> RecordStats:
-    """Summaries over seeds, plus the record criterion if baseline per-seed val_loss (nats) is given."""
-    losses = [r.val_loss for r in runs]
-    verdict = record_criterion(losses, baseline_val_loss) if baseline_val_loss else None
-    return RecordStats(summarize([r.val_bpb for r in runs]), summarize(losses), verdict)
+def compute_stats(runs: list[RunResult], baseline_val_loss: list[float] | None = None,
+                  verdict: RecordVerdict | None = None) -> RecordStats:
+    """Summaries over seeds, plus the record criterion: `verdict` where the caller has tested it already, else
+    tested here if baseline per-seed val_loss (nats) is given."""
+    losses = [r.metrics.val_loss for r in runs]
+    if verdict is None and baseline_val_loss:
+        verdict = record_criterion(losses, baseline_val_loss)
+    return RecordStats(summarize([r.metrics.val_bpb for r in runs]), summarize(losses), verdict)
 
 
 def submission_json(runs: list[RunResult], stats: RecordStats, info: SubmissionInfo, artifact_seed: int) -> dict:
     """The submission.json content."""
-    bytes_total = max(r.artifact_bytes for r in runs)
+    bytes_total = max(r.metrics.artifact_bytes for r in runs)
+    limit_bytes = runs[0].metrics.limit_bytes
     data = {
         "name": info.name, "author": info.author, "github_id": info.github_id, "date": info.date,
         "track": info.track, "blurb": info.blurb,
         "val_bpb": stats.val_bpb.mean, "val_bpb_std": stats.val_bpb.std,
         "val_loss": stats.val_loss.mean, "val_loss_std": stats.val_loss.std,
         "seeds": [r.seed for r in runs],
-        "seed_results": {str(r.seed): {"val_bpb": r.val_bpb, "val_loss": r.val_loss, "artifact_bytes": r.artifact_bytes,
-                                       "model_bytes": r.model_bytes, "code_bytes": r.code_bytes} for r in runs},
+        "seed_results": {str(r.seed): {"val_bpb": r.metrics.val_bpb, "val_loss": r.metrics.val_loss,
+                                       "artifact_bytes": r.metrics.artifact_bytes, "model_bytes": r.metrics.model_bytes,
+                                       "code_bytes": r.metrics.code_bytes} for r in runs},
         # The largest seed's artifact is the figure that must fit: any seed could be the one reproduced.
-        "bytes_total": bytes_total, "limit_bytes": runs[0].limit_bytes, "under_limit": bytes_total <= runs[0].limit_bytes,
+        "bytes_total": bytes_total, "limit_bytes": limit_bytes, "under_limit": bytes_total <= limit_bytes,
         "artifact_file": "model.ptz", "artifact_seed": artifact_seed,
         "significance": None,
     }
@@ -155,21 +151,21 @@ def submission_json(runs: list[RunResult], stats: RecordStats, info: SubmissionI
 
 def readme_text(runs: list[RunResult], stats: RecordStats, info: SubmissionInfo, artifact_seed: int) -> str:
     """The README.md content: the numbers, and marked places for the write-up."""
-    rows = "\n".join(f"| {r.seed} | {r.val_bpb:.4f} | {r.val_loss:.4f} | {r.artifact_bytes:,} | train_seed{r.seed}.log |"
-                     for r in runs)
+    rows = "\n".join(f"| {r.seed} | {r.metrics.val_bpb:.4f} | {r.metrics.val_loss:.4f} | {r.metrics.artifact_bytes:,} "
+                     f"| train_seed{r.seed}.log |" for r in runs)
     if stats.verdict is None:
         significance = ("No baseline was given, so no significance test was run. A record needs a gain of at least "
                         f"{MIN_GAIN_NATS} nats over the current record at p < {ALPHA}.")
     else:
         significance = stats.verdict.explain() + "."
-    bytes_total = max(r.artifact_bytes for r in runs)
+    bytes_total = max(r.metrics.artifact_bytes for r in runs)
     return f"""# {info.name}
 
 {info.blurb or "TODO: one paragraph on the approach (depth recurrence configuration, what changed and why)."}
 
 **val_bpb {stats.val_bpb.mean:.4f} ± {stats.val_bpb.std:.4f}** (mean ± sample std over {stats.val_bpb.n} seeds);
 val_loss {stats.val_loss.mean:.4f} ± {stats.val_loss.std:.4f} nats.
-Largest artifact: {bytes_total:,} bytes of the {runs[0].limit_bytes:,}-byte limit (model + code).
+Largest artifact: {bytes_total:,} bytes of the {runs[0].metrics.limit_bytes:,}-byte limit (model + code).
 
 | seed | val_bpb | val_loss (nats) | artifact bytes | log |
 |---:|---:|---:|---:|---|
@@ -191,8 +187,9 @@ Author: {info.author} (@{info.github_id}), {info.date}.
 
 def write_record(run_dirs: list[Path], out_dir: Path, info: SubmissionInfo,
                  baseline_val_loss: list[float] | None = None, artifact_seed: int | None = None,
-                 overwrite: bool = False) -> Path:
-    """Write the submission folder for these runs to out_dir (artifact: artifact_seed's, else the first found)."""
+                 overwrite: bool = False, verdict: RecordVerdict | None = None) -> Path:
+    """Write the submission folder for these runs to out_dir (artifact: artifact_seed's, else the first found);
+    the record criterion is `verdict` if given (the caller's test), else tested against baseline_val_loss."""
     if not run_dirs:
         raise RecordError("no run directories given; pass the seeds' `trainer train --out` folders")
     runs = [load_run(d) for d in run_dirs]
@@ -213,7 +210,7 @@ def write_record(run_dirs: list[Path], out_dir: Path, info: SubmissionInfo,
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RecordError(f"{out_dir} is not empty; choose another folder or pass overwrite=True")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats = compute_stats(runs, baseline_val_loss)
+    stats = compute_stats(runs, baseline_val_loss, verdict)
     for run in runs:
         shutil.copyfile(run.run_dir / "train.log", out_dir / f"train_seed{run.seed}.log")
     source = next(r for r in runs if r.seed == artifact_seed)

@@ -30,6 +30,7 @@ import yaml
 
 from search.rerun.records import RecordError, SubmissionInfo, write_record
 from search.rerun.stats import RecordVerdict, SeedSummary, WelchResult, record_criterion, summarize, welch_one_sided
+from trainer.metrics import METRICS_FILE, MetricsError, RunMetrics
 from trainer.run_config import RunConfig, from_dict, smoke_version
 
 CANDIDATE, BASELINE = "candidate", "baseline"
@@ -65,24 +66,19 @@ class Launch:
 
 @dataclass(frozen=True)
 class SeedRun:
-    """The numbers of one finished run, read from its metrics.json."""
+    """One finished (config, seed) run: its metrics, and how this call got it."""
 
     label: str
-    seed: int
     run_dir: Path
-    val_bpb: float
-    val_loss: float
-    artifact_bytes: int
-    steps: int
-    step_ms: float
-    train_s: float
-    tokens_per_s: float
-    world_size: int
-    device: str
+    metrics: RunMetrics
     trained_now: bool  # False when kept from an earlier call
     slot: str = ""  # CUDA_VISIBLE_DEVICES it trained on ("" = all, or the CPU)
     started_at: str = ""  # UTC times of this call's launch (empty for kept runs)
     finished_at: str = ""
+
+    @property
+    def seed(self) -> int:
+        return self.metrics.seed
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ class ConfigResult:
 
     @property
     def artifact_bytes_max(self) -> int:
-        return max(r.artifact_bytes for r in self.runs)
+        return max(r.metrics.artifact_bytes for r in self.runs)
 
 
 @dataclass(frozen=True)
@@ -139,8 +135,8 @@ class RerunResult:
 
 
 def seed_config(cfg: RunConfig, seed: int, budget_s: float, smoke: bool = False) -> RunConfig:
-    """The config one seed trains: its seed and the shared budget; no rung reports (those are ASHA's)."""
-    train = dataclasses.replace(cfg.train, seed=seed, budget_s=float(budget_s), report_every_s=0.0, report_at_s=())
+    """The config one seed trains: its seed and the shared budget."""
+    train = dataclasses.replace(cfg.train, seed=seed, budget_s=float(budget_s))
     out = dataclasses.replace(cfg, train=train)
     # smoke_version is applied here rather than by `trainer train --smoke` so metrics.json holds
     # exactly the written config, which is what the resume check compares.
@@ -234,27 +230,23 @@ def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO
                     proc.kill()
 
 
-def read_run(label: str, run_dir: Path, trained_now: bool) -> SeedRun:
-    """A SeedRun from a finished run's metrics.json."""
-    m = json.loads((run_dir / "metrics.json").read_text())
-    return SeedRun(
-        label=label, seed=int(m["config"]["train"]["seed"]), run_dir=run_dir, val_bpb=float(m["val_bpb"]),
-        val_loss=float(m["val_loss"]), artifact_bytes=int(m["artifact_bytes"]), steps=int(m["steps"]),
-        step_ms=float(m["step_ms"]), train_s=float(m["train_s"]), tokens_per_s=float(m["tokens_per_s"]),
-        world_size=int(m["world_size"]), device=str(m.get("device", "")), trained_now=trained_now,
-    )
+def read_metrics(label: str, seed: int, run_dir: Path) -> RunMetrics:
+    """A finished run's metrics; RerunError naming the run and the fix if its metrics.json cannot be read."""
+    try:
+        return RunMetrics.read(run_dir / METRICS_FILE)
+    except MetricsError as exc:
+        raise RerunError(f"{label} seed {seed}: {exc}. Delete {run_dir} to train it again") from None
 
 
-def _check_kept_run(label: str, run_dir: Path, cfg: RunConfig, launch: Launch) -> None:
+def _check_kept_run(label: str, run_dir: Path, metrics: RunMetrics, cfg: RunConfig, launch: Launch) -> None:
     """A kept run must be this config on this many ranks, or the seeds would not be comparable."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    if from_dict(metrics["config"], where=str(run_dir / "metrics.json")) != cfg:
+    if from_dict(metrics.config, where=str(run_dir / METRICS_FILE)) != cfg:
         raise RerunError(
             f"{label} seed {cfg.train.seed}: {run_dir} holds a finished run of another config (or budget); "
             "pass another --out, or delete that folder to retrain it")
-    if int(metrics["world_size"]) != launch.nproc:
+    if metrics.world_size != launch.nproc:
         raise RerunError(
-            f"{label} seed {cfg.train.seed}: {run_dir} was trained on {metrics['world_size']} rank(s), this call "
+            f"{label} seed {cfg.train.seed}: {run_dir} was trained on {metrics.world_size} rank(s), this call "
             f"launches {launch.nproc}; rerun with the same --gpus/--cpu-procs, or pass another --out")
 
 
@@ -266,10 +258,11 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
                terminal: TextIO | None = sys.stdout, slot: str = "") -> SeedRun:
     """Train one (config, seed) run into run_dir (on the GPUs of `slot`), or keep it if its metrics.json exists."""
     seed = cfg.train.seed
-    if (run_dir / "metrics.json").is_file():
-        _check_kept_run(label, run_dir, cfg, launch)
+    if (run_dir / METRICS_FILE).is_file():
+        metrics = read_metrics(label, seed, run_dir)
+        _check_kept_run(label, run_dir, metrics, cfg, launch)
         _say(terminal, f"{label} seed {seed}: finished earlier, kept ({run_dir})")
-        return read_run(label, run_dir, trained_now=False)
+        return SeedRun(label, run_dir, metrics, trained_now=False)
     if run_dir.exists():  # leftovers of a run that died: start it clean (train.log would otherwise append)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -281,14 +274,14 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
     started_at = _now()
     outcome = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
                              f"[{label} {seed}]", terminal, slot)
-    if outcome.exit_code != 0 or not (run_dir / "metrics.json").is_file():
+    if outcome.exit_code != 0 or not (run_dir / METRICS_FILE).is_file():
         last = "\n".join("    " + line for line in outcome.tail)
         raise RerunError(
             f"{label} seed {seed} failed (exit code {outcome.exit_code}): {outcome.cause or 'see the log'}\n"
             f"  full output: {log_path}\n  finished runs are kept: fix the cause and run the same command again "
             f"to continue from this run\n  last lines:\n{last}")
-    return dataclasses.replace(read_run(label, run_dir, trained_now=True), slot=slot, started_at=started_at,
-                               finished_at=_now())
+    return SeedRun(label, run_dir, read_metrics(label, seed, run_dir), trained_now=True, slot=slot,
+                   started_at=started_at, finished_at=_now())
 
 
 def train_all(jobs: list[tuple[str, RunConfig, Path]], data: Path, tokenizer: Path, launch: Launch,
@@ -328,20 +321,20 @@ def _say(terminal: TextIO | None, message: str) -> None:
 
 def config_result(label: str, cfg: RunConfig, runs: list[SeedRun]) -> ConfigResult:
     """Seed summaries of one config's runs."""
-    return ConfigResult(label, cfg, tuple(runs), summarize([r.val_bpb for r in runs]),
-                        summarize([r.val_loss for r in runs]))
+    return ConfigResult(label, cfg, tuple(runs), summarize([r.metrics.val_bpb for r in runs]),
+                        summarize([r.metrics.val_loss for r in runs]))
 
 
 def step_times(results: list[ConfigResult]) -> tuple[StepTime, ...]:
     """Mean step time per (config, world size, device): the throughput each GPU count actually got."""
     rows = []
     for res in results:
-        for world, device in sorted({(r.world_size, r.device) for r in res.runs}):
-            runs = [r for r in res.runs if (r.world_size, r.device) == (world, device)]
-            ms = [r.step_ms for r in runs]
+        for world, device in sorted({(r.metrics.world_size, r.metrics.device) for r in res.runs}):
+            runs = [r.metrics for r in res.runs if (r.metrics.world_size, r.metrics.device) == (world, device)]
+            ms = [m.step_ms for m in runs]
             rows.append(StepTime(res.label, world, device, len(runs), statistics.fmean(ms),
                                  statistics.stdev(ms) if len(ms) > 1 else 0.0,
-                                 statistics.fmean(r.tokens_per_s for r in runs)))
+                                 statistics.fmean(m.tokens_per_s for m in runs)))
     return tuple(rows)
 
 
@@ -350,12 +343,13 @@ def mixed_devices_note(results: list[ConfigResult]) -> str | None:
     runs_by_device: dict[str, list[str]] = {}
     for res in results:
         for r in res.runs:
-            runs_by_device.setdefault(r.device or "unknown device", []).append(f"{res.label} seed {r.seed}")
+            runs_by_device.setdefault(r.metrics.device or "unknown device", []).append(f"{res.label} seed {r.seed}")
     if len(runs_by_device) < 2:
         return None
     where = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items()))
-    # Call 85: in the same 180 s an H200 trained 11-13% more steps than an H100 and both configs' val_bpb moved
-    # by 0.0025, a fifth of the lead being measured; a test across chips would measure the chips too.
+    # In the same 180 s an H200 trained 11-13% more steps than an H100 and both configs' val_bpb moved by 0.0025,
+    # a fifth of the lead being measured (BENCHMARKS.md, "The 3-seed winner and the baseline side by side on an
+    # H200"); a test across chips would measure the chips too.
     return (f"the runs trained on {len(runs_by_device)} kinds of device ({where}): in one wallclock budget a faster "
             "device trains more steps, so their val_bpb are not comparable and no significance was computed. "
             "Train the runs of one device again on the other: move their seed folders away (or pass another --out) "
@@ -364,10 +358,11 @@ def mixed_devices_note(results: list[ConfigResult]) -> str | None:
 
 def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
     """One-sided Welch tests (candidate lower is better) and the record criterion; needs >= 2 seeds a side."""
-    c_loss, b_loss = [r.val_loss for r in candidate.runs], [r.val_loss for r in baseline.runs]
+    c_loss, b_loss = [r.metrics.val_loss for r in candidate.runs], [r.metrics.val_loss for r in baseline.runs]
+    c_bpb, b_bpb = [r.metrics.val_bpb for r in candidate.runs], [r.metrics.val_bpb for r in baseline.runs]
     return Comparison(
         val_loss=welch_one_sided(c_loss, b_loss),
-        val_bpb=welch_one_sided([r.val_bpb for r in candidate.runs], [r.val_bpb for r in baseline.runs]),
+        val_bpb=welch_one_sided(c_bpb, b_bpb),
         record=record_criterion(c_loss, b_loss),
     )
 
@@ -381,18 +376,20 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
     for label, cfg in configs:
         widest = widest_fitting_bits(cfg)
         if widest is not None and widest > cfg.export.quant_bits:
-            # Calls 53-57: at int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared
-            # with 0.016; most of the loop's lead was that, and the baseline was predicted to fit at int8.
+            # At int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared with 0.016;
+            # most of the loop's lead was that, and the baseline was predicted to fit at int8 (BENCHMARKS.md,
+            # "Item 3 at 180 s: loop45_11x512 beats the int6 baseline").
             notes.append(f"the {label} exports at int{cfg.export.quant_bits}, but the size model predicts int{widest} "
                          "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
                          "to compare both configs at the widest bits that fit")
             continue
         widest_embedding, current = widest_fitting_embedding_bits(cfg), embedding_bits(cfg.export)
         if widest_embedding > current:
-            # Call 58: the int6 embedding was most of the round trip's cost (baseline shape 0.027, loop 0.018).
+            # The int6 embedding was most of the round trip's cost (baseline shape 0.027, loop 0.018; BENCHMARKS.md,
+            # "The tied embedding is most of the int6 round trip's cost").
             notes.append(f"the {label} exports its embedding at {width_name(current)}, but the size model predicts "
                          f"{width_name(widest_embedding)} fits: the embedding is also the output head, and its "
-                         "rounding cost most of the round trip in call 58; pass --widest-bits, or set "
+                         "rounding cost most of the round trip at int6 on an H100; pass --widest-bits, or set "
                          "export.embedding_bits")
     return notes
 
@@ -451,7 +448,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         shutil.rmtree(record_dir)
     try:
         write_record([r.run_dir for r in cand.runs], record_dir, info or SubmissionInfo(name=name),
-                     baseline_val_loss=[r.val_loss for r in base.runs] if comparison else None)
+                     verdict=comparison.record if comparison else None)
     except RecordError as exc:
         # Kept runs copied from another machine may all lack model.ptz: the comparison still stands, so write it.
         shutil.rmtree(record_dir, ignore_errors=True)
@@ -488,11 +485,11 @@ def _config_dict(res: ConfigResult) -> dict:
     return {
         "val_bpb": _summary_dict(res.val_bpb), "val_loss": _summary_dict(res.val_loss),
         "artifact_bytes_max": res.artifact_bytes_max,
-        "runs": [{"seed": r.seed, "run_dir": str(r.run_dir), "val_bpb": r.val_bpb, "val_loss": r.val_loss,
-                  "artifact_bytes": r.artifact_bytes, "steps": r.steps, "step_ms": r.step_ms, "train_s": r.train_s,
-                  "tokens_per_s": r.tokens_per_s, "world_size": r.world_size, "device": r.device,
-                  "trained_now": r.trained_now, "slot": r.slot, "started_at": r.started_at,
-                  "finished_at": r.finished_at} for r in res.runs],
+        "runs": [{"seed": r.seed, "run_dir": str(r.run_dir), "val_bpb": r.metrics.val_bpb,
+                  "val_loss": r.metrics.val_loss, "artifact_bytes": r.metrics.artifact_bytes, "steps": r.metrics.steps,
+                  "step_ms": r.metrics.step_ms, "train_s": r.metrics.train_s, "tokens_per_s": r.metrics.tokens_per_s,
+                  "world_size": r.metrics.world_size, "device": r.metrics.device, "trained_now": r.trained_now,
+                  "slot": r.slot, "started_at": r.started_at, "finished_at": r.finished_at} for r in res.runs],
         "config": config,
     }
 
@@ -532,8 +529,9 @@ def verdict_line(result: RerunResult) -> str:
 def result_markdown(result: RerunResult, settings: dict) -> str:
     """The rerun.md content: per-seed table, summaries, step times, tests and verdict."""
     configs = [r for r in (result.candidate, result.baseline) if r is not None]
-    seed_rows = [f"| {res.label} | {r.seed} | {r.val_bpb:.4f} | {r.val_loss:.4f} | {r.artifact_bytes:,} | {r.steps:,} "
-                 f"| {r.step_ms:.1f} | {r.world_size} | {'yes' if r.trained_now else 'kept'} |"
+    seed_rows = [f"| {res.label} | {r.seed} | {r.metrics.val_bpb:.4f} | {r.metrics.val_loss:.4f} "
+                 f"| {r.metrics.artifact_bytes:,} | {r.metrics.steps:,} | {r.metrics.step_ms:.1f} "
+                 f"| {r.metrics.world_size} | {'yes' if r.trained_now else 'kept'} |"
                  for res in configs for r in res.runs]
     summary_rows = [f"| {res.label} | {res.val_bpb.n} | {res.val_bpb.mean:.4f} ± {res.val_bpb.std:.4f} "
                     f"| {res.val_loss.mean:.4f} ± {res.val_loss.std:.4f} | {res.artifact_bytes_max:,} |"

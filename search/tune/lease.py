@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from trainer.train import StopRequested
+from trainer.hooks import StopRequested
 
 LEASE_FOLDER = Path(tempfile.gettempdir()) / "recurrence_search_leases"
 

@@ -104,12 +104,9 @@ def open_study(settings: SearchSettings, create: bool = True) -> optuna.Study:
 
 
 def prepare_config(cfg: RunConfig, settings: SearchSettings) -> RunConfig:
-    """Apply the search's overrides, its budget and report times, and the hard byte limit."""
+    """Apply the search's overrides, its budget and the hard byte limit (report times: search.tune.rungs)."""
     data = apply_overrides(cfg.to_dict(), list(settings.overrides))
     data["train"]["budget_s"] = settings.budget_s
-    # Reports where ASHA decides, plus the optional periodic ones: each costs an evaluation and a checkpoint.
-    data["train"]["report_at_s"] = list(settings.asha_milestones_s)
-    data["train"]["report_every_s"] = settings.report_every_s
     # The limit is the challenge's, not the space's: a space or override cannot raise it.
     data["export"]["limit_bytes"] = settings.limit_bytes
     return from_dict(data, where="suggested config")
@@ -170,6 +167,14 @@ class SpaceDefineByRun:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return {"run": attrs["run_config"], "summary": attrs["summary"], "fits": bool(pred.fits)}
+
+
+def _as_read_now(run: dict | None) -> dict | None:
+    """A stored run config as this version writes it (an older trial's may hold keys that moved out of it)."""
+    try:
+        return from_dict(run).to_dict() if run is not None else None
+    except ConfigError:
+        return run
 
 
 class RecurrenceSearcher(OptunaSearch):
@@ -255,8 +260,8 @@ class RecurrenceSearcher(OptunaSearch):
                 continue
             twin = self._launched_twin(out["run"], ot_trial.number)
             if twin is not None:
-                # TPE re-proposes its best point (call 63 trained one config three times in 17 launches, all at
-                # the same seed). Told as PRUNED, so the sampler moves on instead of drawing it again.
+                # TPE re-proposes its best point (a 180 s search trained one config three times in 17 launches, all
+                # at the same seed). Told as PRUNED, so the sampler moves on instead of drawing it again.
                 self.repeats += 1
                 self._finish(ot_trial, TrialState.PRUNED, None, REPEAT,
                              f"same run config as trial {twin}; never launched")
@@ -276,7 +281,7 @@ class RecurrenceSearcher(OptunaSearch):
         run = json.loads(json.dumps(run))  # as the study stores it (tuples become lists)
         for t in self._ot_study.get_trials(deepcopy=False):
             if (t.number != number and t.user_attrs.get(STATUS) in LAUNCHED_STATUSES
-                    and t.user_attrs.get("run_config") == run):
+                    and _as_read_now(t.user_attrs.get("run_config")) == run):
                 return t.number
         return None
 

@@ -28,15 +28,16 @@ from search.analysis import device_use
 
 from search import store
 from search.tune.lease import DeviceLease, device_key
+from search.tune.rungs import RungPlan, TrialHooks
 from search.tune.searcher import import_object
 from search.vocabulary import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL
 from search.settings import SearchSettings, is_uri
-from trainer.train import StopRequested
+from trainer.hooks import SaveCheckpoint, StopRequested
 
 # Final-report keys renamed so ASHA (time_attr=train_s) never mistakes the final full-val result for a rung.
 FINAL_RENAMES = {"train_s": "final_train_s"}
-# Final metrics that go to Tune (the run config is already in the trial's config).
-DROP_FINAL = {"config"}
+# Final metrics that do not go to Tune (the run config is already in the trial's config).
+DROP_FINAL = {"config", "metrics_version"}
 # Every report names the Ray node it came from, so a trial retried after a lost node shows where each rung ran.
 NODE_KEY = "node_id"
 
@@ -85,31 +86,28 @@ def run_training(
     before_training: Callable[[], None] | None = None,
 ) -> None:
     """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn;
-    before_training runs just before the timed training (once compiled, where train_fn allows)."""
+    before_training runs just before the timed training (once compiled, where train_fn takes hooks)."""
     from trainer.run_config import from_dict
 
     number = config[NUMBER_KEY]
     try:
         cfg = from_dict(config["run"], where=f"trial {number}")
         train_fn = import_object(settings.train_fn)
-        kwargs: dict[str, Any] = {}
-        params = inspect.signature(train_fn).parameters
-        if "echo" in params:
-            kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
-        if should_stop is not None and "should_stop" in params:
-            kwargs["should_stop"] = should_stop
-        if before_training is not None and "before_training" in params:
-            kwargs["before_training"] = before_training
-        elif before_training is not None:  # a train_fn without the hook: take the turn before it starts at all
-            before_training()
 
-        def on_rung(metrics: dict, save_checkpoint: Callable[[Path], None]) -> None:
+        def send(metrics: dict, save_checkpoint: SaveCheckpoint) -> None:
             with tempfile.TemporaryDirectory(prefix="rung_") as d:
                 save_checkpoint(Path(d))  # every rank writes its own state file
                 report_fn({**_clean(metrics), NUMBER_KEY: number, NODE_KEY: node_id()}, Path(d) if is_main else None)
 
-        final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir,
-                         report=on_rung, resume_from=resume_dir, **kwargs)
+        params = inspect.signature(train_fn).parameters
+        kwargs: dict[str, Any] = {"resume_from": resume_dir}
+        if "echo" in params:
+            kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
+        if "hooks" in params:
+            kwargs["hooks"] = TrialHooks(RungPlan.from_settings(settings), send, should_stop, before_training)
+        elif before_training is not None:  # a train_fn without hooks: take the turn before it starts at all
+            before_training()
+        final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir, **kwargs)
     except StopRequested:  # Tune ended the trial (ASHA): it already knows; nothing to report
         return
     except Exception as exc:  # a failed trial is a result, not a crash of the search
@@ -119,7 +117,7 @@ def run_training(
             (out_dir / "failure.txt").write_text(reason + "\n\n" + traceback.format_exc())
         report_fn({FAILED_KEY: True, FAIL_REASON_KEY: reason, NUMBER_KEY: number}, None)
         return
-    final = {FINAL_RENAMES.get(k, k): v for k, v in _clean(final).items()}
+    final = {FINAL_RENAMES.get(k, k): v for k, v in _clean(final.to_dict()).items()}
     report_fn({**final, FINAL_KEY: True, NUMBER_KEY: number, NODE_KEY: node_id()}, None)
 
 
@@ -186,7 +184,7 @@ def frames_released_on_exit():
     # ASHA's stop reaches a trial as SystemExit raised inside tune.report, in the middle of the training loop.
     # While that exception is in flight its traceback keeps the trainer's frames, and with them the model,
     # optimizer state and the rung's copies, alive: the `finally` below could not free their GPU memory before
-    # handing the turn on (call 51: a pruned trial still held 48.5 GiB and the next trial's warm-up ran out).
+    # handing the turn on (on an H100 a pruned trial still held 48.5 GiB, and the next trial's warm-up ran out).
     try:
         yield
     except BaseException as exc:
@@ -212,14 +210,14 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
         if clock["acquired_at"] is not None:
             # Up to this report, in case the process dies before `finally` (Tune tears down the last pruned
-            # trial's worker as the search ends: the last trial of call 44's search lost its entry that way).
+            # trial's worker as the search ends: a search's last trial lost its entry that way).
             record_device_time(provisional=True)
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
     shares_gpu = lease is not None and torch.cuda.is_available()
     if shares_gpu:
         # Until its turn a trial may use 1/N of the GPU's memory (a warm-up past it waits for the turn and warms
-        # up again, trainer.train), so the trial that holds the GPU keeps the rest.
+        # up again, TrialHooks.warm_up_failed), so the trial that holds the GPU keeps the rest.
         torch.cuda.set_per_process_memory_fraction(1 / settings.trials_per_gpu)
 
     def before_training() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer import artifact
+from trainer.metrics import MetricsError, read_record
 from trainer.model_config import ConfigError
 from trainer.run_config import RunConfig, TrainConfig, from_dict
 
@@ -22,8 +23,8 @@ SAFETY_FACTOR = 1.5
 MIN_MARGIN_FRACTION = 0.002
 # Train settings that only schedule reports, evaluation and logging (and the seed): a search trial and a rerun of
 # one config differ only in these, and their weights come from the same training, so they are one config.
-NOT_CONFIG_TRAIN_FIELDS = ("seed", "report_every_s", "report_at_s", "rung_roundtrip", "val_prefix_tokens",
-                           "val_batch_tokens", "final_val_tokens", "log_every_steps", "compile_eval")
+NOT_CONFIG_TRAIN_FIELDS = ("seed", "val_prefix_tokens", "val_batch_tokens", "final_val_tokens", "log_every_steps",
+                           "compile_eval")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
     metrics_path, model_path = run_dir / "metrics.json", run_dir / "model.ptz"
     if not metrics_path.is_file():
         raise ConfigError(f"{run_dir}: missing metrics.json; pass a finished run directory (metrics.json, ideally + model.ptz)")
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = read_record(metrics_path)  # a trained run's, a synthetic one's or one rebuilt from its log
+    except MetricsError as exc:
+        raise ConfigError(str(exc)) from None
     for key in ("model_bytes", "payload_bytes", "config"):
         if key not in metrics:
             raise ConfigError(f"{metrics_path}: no '{key}' key; this run predates the size report, re-run it")
