@@ -30,7 +30,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # so the artifact is the smaller of the two.
 FAST_ZSTD_LEVEL = 1
 # Source files a user needs to rebuild the model from the artifact and run it.
-CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "model.py", "quant.py", "artifact.py")
+CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "embeddings.py", "model.py", "quant.py",
+              "artifact.py")
 
 
 class ArtifactError(ValueError):
