@@ -390,6 +390,16 @@ def test_every_technique_together_survives_the_artifact_round_trip():
     assert (rebuilt.logits(x) - model.logits(x)).abs().max() < 0.05
 
 
+def test_artifact_headers_store_technique_fields_only_where_set():
+    from trainer.model_config import TECHNIQUE_FIELDS
+
+    plain, smeared = from_dict({"model": BASE}), from_dict({"model": {**BASE, "smear": True}})
+    assert not set(TECHNIQUE_FIELDS) & set(artifact.stored_config(plain)["model"])  # headers as before the fields
+    assert set(TECHNIQUE_FIELDS) & set(artifact.stored_config(smeared)["model"]) == {"smear"}
+    cfg, _ = artifact.unpack(artifact.pack(GPT(smeared.model).state_dict(), smeared))
+    assert cfg.model == smeared.model
+
+
 def test_every_parameter_is_in_exactly_one_optimizer_group():
     from trainer.optim import build_optimizers
     from trainer.run_config import TrainConfig
@@ -470,7 +480,8 @@ def test_technique_fields_reject_bad_values_naming_key_and_fix():
         ({"rope_dims": 5}, r"model.rope_dims: 5 must be an even number of dims in 0..head_dim=8"),
         ({"xsa_last": 3}, r"model.xsa_last: must be 0 \(off\) to 2"),
         ({"bigram_buckets": 1}, r"model.bigram_buckets: needs at least 2 buckets"),
-        ({"value_embed_dim": 8}, r"model.value_embed_layers: .*set both or neither"),
+        ({"value_embed_layers": [1]}, r"model.value_embed_dim: 0 with value_embed_layers \[1\]"),
+        ({"value_embed_dim": 8}, r"model.value_embed_dim: 8 with value_embed_layers \[\]: set both .* or neither"),
         ({"value_embed_dim": 8, "value_embed_layers": [2]}, r"model.value_embed_layers: \[2\] must be distinct depths in 0..1"),
         ({"attention_off_blocks": [2]}, r"model.attention_off_blocks: \[2\] must be distinct blocks in 0..1"),
         ({"parallel_from_block": 2}, r"model.parallel_from_block: 2 must be -1 \(off\) or a block in 0..1"),

@@ -77,8 +77,7 @@ def _tensor_table(cfg: ArtifactConfig) -> list[dict]:
 
 def stored_config(cfg: ArtifactConfig) -> dict:
     """The config sections an artifact keeps: model and export."""
-    full = cfg.to_dict()
-    return {"model": full["model"], "export": full["export"]}
+    return {"model": cfg.model.header_fields(), "export": cfg.to_dict()["export"]}
 
 
 def header_bytes(cfg: ArtifactConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:
