@@ -36,12 +36,12 @@ def test_attention_is_causal():
 def test_repeats_run_the_same_weights_and_both_positions_train_them():
     model = randomize(make(unique_blocks=2, virtual_layers=[0, 1, 0, 1]))
     calls = []
-    hook = model.attns[0].register_forward_hook(lambda *a: calls.append(1))
+    hook = model.attns["0"].register_forward_hook(lambda *a: calls.append(1))
     x = torch.randint(0, 64, (2, 8))
     model(x, x).backward()
     hook.remove()
     assert len(calls) == 2  # block 0 ran at positions 0 and 2
-    assert model.attns[0].c_q.weight.grad.abs().sum() > 0
+    assert model.attns["0"].c_q.weight.grad.abs().sum() > 0
     assert all(layer.attn_scale.grad is not None for layer in model.layers)  # scalars are per virtual layer
 
 
@@ -234,3 +234,67 @@ def test_unknown_weight_init_is_rejected_with_the_choices():
 
     with pytest.raises(ConfigError, match=r"model.weight_init.*normal.*uniform"):
         make(weight_init="xavier")
+
+
+# Delayed recurrence: the schedule without its repeats until set_recurrence(True).
+LOOPED = {"unique_blocks": 4, "virtual_layers": [0, 1, 2, 1, 2, 3], "untie_mlp": [3, 4], "ln_scale": True,
+          "xsa_last": 4, "value_embed_dim": 6, "value_embed_layers": [3], "attention_off_blocks": [0],
+          "parallel_from_block": 3, "skip_gates": True, "smear": True, "bigram_buckets": 17, "bigram_dim": 8}
+# The same model written without repeats: XSA from depth 2 either way (6 - 4 = 4 - 2).
+UNLOOPED = {**LOOPED, "virtual_layers": [0, 1, 2, 3], "untie_mlp": "none", "xsa_last": 2}
+
+
+def test_recurrence_off_runs_the_model_without_its_repeats():
+    looped = randomize(make(**LOOPED))
+    unlooped = make(**UNLOOPED)
+    kept = [0, 1, 2, 5]  # configured positions that run while recurrence is off
+    state = {}
+    for name, tensor in looped.state_dict().items():
+        if name.startswith("layers."):
+            _, position, rest = name.split(".", 2)
+            if int(position) in kept:
+                state[f"layers.{kept.index(int(position))}.{rest}"] = tensor
+        elif name in ("skip_weights", "skip_gates"):
+            state[name] = tensor[:2]  # 4 running layers use the first 2 of the 3 skips
+        elif not name.startswith(("mlps.4.", "mlps.5.")):  # the repeats' own MLPs do not run
+            state[name] = tensor
+    unlooped.load_state_dict(state)
+    x = torch.randint(0, 64, (2, 12))
+    assert looped.has_repeats and not unlooped.has_repeats
+    looped.set_recurrence(False)
+    assert [s.position for s in looped.steps] == kept and [s.depth for s in looped.steps] == [0, 1, 2, 3]
+    assert torch.equal(looped.logits(x), unlooped.logits(x))
+    looped.set_recurrence(True)
+    assert len(looped.steps) == 6 and not torch.allclose(looped.logits(x), unlooped.logits(x))
+
+
+def test_switching_recurrence_on_copies_the_repeats_mlps_once_and_keeps_every_scalar():
+    model = randomize(make(**LOOPED))
+    scalars = {p: [id(t) for t in model.layers[p].parameters()] for p in range(6)}
+    model.set_recurrence(False)
+    with torch.no_grad():  # training while off moves the block MLPs; the repeats' own MLPs (4, 5) do not run
+        for p in model.mlps[1].parameters():
+            p.add_(1.0)
+    x = torch.randint(0, 64, (2, 8))
+    model(x, x).backward()
+    assert all(p.grad is None for m in (4, 5) for p in model.mlps[m].parameters())
+    model.set_recurrence(True)
+    for own, block in ((4, 1), (5, 2)):  # positions 3, 4 repeat blocks 1, 2
+        for a, b in zip(model.mlps[own].parameters(), model.mlps[block].parameters()):
+            assert torch.equal(a, b) and a is not b
+    with torch.no_grad():
+        model.mlps[4].fc.weight.mul_(2.0)
+    trained = model.mlps[4].fc.weight.clone()
+    model.set_recurrence(True)  # already on: nothing is copied again
+    model(x, x)
+    assert torch.equal(model.mlps[4].fc.weight, trained)
+    assert not torch.equal(model.mlps[4].fc.weight, model.mlps[1].fc.weight)
+    assert {p: [id(t) for t in model.layers[p].parameters()] for p in range(6)} == scalars
+
+
+def test_a_schedule_without_repeats_ignores_set_recurrence():
+    model = randomize(make(unique_blocks=3))
+    x = torch.randint(0, 64, (1, 8))
+    before = model.logits(x)
+    model.set_recurrence(False)
+    assert not model.has_repeats and torch.equal(model.logits(x), before)

@@ -12,6 +12,7 @@ from trainer.sizing.synthetic import write_run
 from trainer import artifact
 from trainer.run_config import from_dict, load
 from trainer.quant import is_quantized, qmax
+from trainer.model_config import TECHNIQUE_FIELDS
 from trainer.schedule import unique_params
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
@@ -344,6 +345,8 @@ def test_runs_recorded_before_weight_init_existed_are_read_as_uniform(tmp_path):
     (d / "model.ptz").unlink()
     metrics = json.loads((d / "metrics.json").read_text())
     del metrics["config"]["model"]["weight_init"]  # as a run of before 2026-11-24 wrote it
+    for key in TECHNIQUE_FIELDS:  # nor had it the fields added since
+        del metrics["config"]["model"][key]
     cfg = from_dict(metrics["config"])
     metrics["payload_bytes"] = artifact.payload_bytes(cfg, recorded=metrics["config"])  # its format-2 header
     assert metrics["payload_bytes"] < artifact.payload_bytes(cfg)  # the header lacked the field

@@ -30,7 +30,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # so the artifact is the smaller of the two.
 FAST_ZSTD_LEVEL = 1
 # Source files a user needs to rebuild the model from the artifact and run it.
-CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "model.py", "quant.py", "artifact.py")
+CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "embeddings.py", "model.py", "quant.py",
+              "artifact.py")
 
 
 class ArtifactError(ValueError):
@@ -76,8 +77,7 @@ def _tensor_table(cfg: ArtifactConfig) -> list[dict]:
 
 def stored_config(cfg: ArtifactConfig) -> dict:
     """The config sections an artifact keeps: model and export."""
-    full = cfg.to_dict()
-    return {"model": full["model"], "export": full["export"]}
+    return {"model": cfg.model.header_fields(), "export": cfg.to_dict()["export"]}
 
 
 def header_bytes(cfg: ArtifactConfig, recorded: dict | None = None, format_version: int = FORMAT_VERSION) -> bytes:

@@ -18,7 +18,10 @@ UNTIE_MLP_POLICIES = ("none", "full")
 DEPTH_SIGNALS = ("none", "learned", "sinusoidal")
 ACTIVATIONS = ("relu2", "leaky_relu2")
 # How the non-zero block matrices (q, k, v, MLP fc) start; output projections start at zero either way.
-WEIGHT_INITS = ("normal", "uniform")
+WEIGHT_INITS = ("normal", "uniform", "orthogonal")
+# Stored in an artifact header only where set, so a model without them keeps the header (and size) it had before.
+TECHNIQUE_FIELDS = ("rope_dims", "ln_scale", "xsa_last", "bigram_buckets", "bigram_dim", "value_embed_dim",
+                    "value_embed_layers", "attention_off_blocks", "parallel_from_block", "skip_gates", "smear")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,24 @@ class ModelConfig:
     # codes are incompressible until training has moved the weights, so a briefly trained uniform model
     # compresses 3-8% worse than a long-trained one; Gaussian codes start near where training ends, which
     # is what lets the size model predict the artifact before training (issue #3).
+    # "orthogonal": gain 1, entry std 1/sqrt(max(rows, cols)).
     weight_init: str = "normal"
+    # Techniques, off by default. Depth: index in the schedule that runs (GPT.set_recurrence).
+    rope_dims: int = 0  # rotary on the first rope_dims dims of each head; 0: all
+    ln_scale: bool = False  # per virtual layer: block inputs x 1/sqrt(depth + 1)
+    # Per virtual layer: XSA (head output minus its part along its own value) on the last xsa_last configured depths.
+    xsa_last: int = 0
+    # Per model: a table over hashed (previous, token) pairs, added to the token embedding; 0: off.
+    bigram_buckets: int = 0
+    bigram_dim: int = 128
+    # Per virtual layer: a token table projected to the KV width, added to v at these depths x a scale each.
+    value_embed_dim: int = 0
+    value_embed_layers: tuple[int, ...] = ()
+    attention_off_blocks: tuple[int, ...] = ()  # per physical block: no attention, the MLP only
+    # Per physical block: layers of blocks >= this run two residual lanes (weights per virtual layer); -1: off.
+    parallel_from_block: int = -1
+    skip_gates: bool = False  # U-Net skips as lerp(w * skip, x, sigmoid(g))
+    smear: bool = False  # per model: x <- lerp(x, x_prev, sigmoid(g)) after the embedding norm
 
     @property
     def schedule_order(self) -> tuple[int, ...]:
@@ -62,6 +82,11 @@ class ModelConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(round(self.mlp_mult * self.model_dim))
+
+    def header_fields(self) -> dict[str, Any]:
+        """The fields as an artifact header stores them (JSON values): TECHNIQUE_FIELDS only where not default."""
+        values, default = (json.loads(json.dumps(dataclasses.asdict(c))) for c in (self, ModelConfig()))
+        return {k: v for k, v in values.items() if k not in TECHNIQUE_FIELDS or v != default[k]}
 
     def validate(self) -> None:
         """Raise ConfigError on an impossible shape or schedule."""
@@ -104,6 +129,31 @@ class ModelConfig:
         _require(self.depth_signal in DEPTH_SIGNALS, "model.depth_signal", f"must be one of {DEPTH_SIGNALS}")
         _require(self.activation in ACTIVATIONS, "model.activation", f"must be one of {ACTIVATIONS}")
         _require(self.weight_init in WEIGHT_INITS, "model.weight_init", f"must be one of {WEIGHT_INITS}")
+        self._validate_techniques()
+
+    def _validate_techniques(self) -> None:
+        order, depth, blocks = self.schedule_order, len(self.schedule_order), self.unique_blocks
+        _require(0 <= self.rope_dims <= self.head_dim and self.rope_dims % 2 == 0, "model.rope_dims",
+                 f"{self.rope_dims} must be an even number of dims in 0..head_dim={self.head_dim} (0: all)")
+        _require(0 <= self.xsa_last <= depth, "model.xsa_last", f"must be 0 (off) to {depth}, the virtual layers")
+        _require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "model.bigram_buckets",
+                 "needs at least 2 buckets (bucket 0 is the first position's); 0 turns it off")
+        _require(self.bigram_dim > 0, "model.bigram_dim", "must be positive")
+        ve = self.value_embed_layers
+        _require(self.value_embed_dim >= 0 and bool(self.value_embed_dim) == bool(ve), "model.value_embed_dim",
+                 f"{self.value_embed_dim} with value_embed_layers {list(ve)}: set both (e.g. 128, [9, 10]) or neither")
+        _require(all(0 <= p < depth for p in ve) and len(set(ve)) == len(ve), "model.value_embed_layers",
+                 f"{list(ve)} must be distinct depths in 0..{depth - 1}")
+        off = self.attention_off_blocks
+        _require(all(0 <= b < blocks for b in off) and len(set(off)) == len(off), "model.attention_off_blocks",
+                 f"{list(off)} must be distinct blocks in 0..{blocks - 1}")
+        k = self.parallel_from_block
+        _require(-1 <= k < blocks, "model.parallel_from_block", f"{k} must be -1 (off) or a block in 0..{blocks - 1}")
+        first = next((p for p, b in enumerate(order) if 0 <= k <= b), depth)
+        late = [p for p in range(first, depth) if order[p] < k]
+        _require(not late, "model.parallel_from_block", f"the two lanes cannot merge back: positions {late} run "
+                 f"blocks below {k} after position {first}; raise it or reorder virtual_layers")
+        _require(not self.skip_gates or self.unet_skips, "model.skip_gates", "gates U-Net skips: needs unet_skips: true")
 
 
 # The export widths the artifact supports: integer grids for the block matrices, and for the embedding also 0 (the

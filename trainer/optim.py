@@ -6,6 +6,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trainer.run_config import TrainConfig
+from trainer.schedule import tensor_layout
 
 # Quintic Newton-Schulz coefficients tuned to push singular values toward 1 in few steps.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -79,18 +80,30 @@ class Muon(torch.optim.Optimizer):
                 p.add_(u.view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Adam for the embedding and scalars, Muon for the block matrices; each group remembers its base LR."""
-    matrices, scalars = [], []
+def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
+    """(embeddings, block matrices, scalars): the token tables (the layout's role "embedding") go to the
+    embedding's Adam, the attention and MLP matrices to Muon, everything else (projections of the extra
+    embeddings, control scalars) to the scalar Adam."""
+    table_names = {s.name for s in tensor_layout(model.cfg) if s.role == "embedding"}
+    embeddings, matrices, scalars = [], [], []
     for name, p in model.named_parameters():
-        if name == "tok_emb.weight":
-            continue
-        (matrices if p.ndim == 2 and name.startswith(("attns.", "mlps.")) else scalars).append(p)
+        if name in table_names:
+            embeddings.append(p)
+        elif p.ndim == 2 and name.startswith(("attns.", "mlps.")):
+            matrices.append(p)
+        else:
+            scalars.append(p)
+    return embeddings, matrices, scalars
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Adam for the embeddings and scalars, Muon for the block matrices; each group remembers its base LR."""
+    embeddings, matrices, scalars = parameter_groups(model)
     fused = next(model.parameters()).is_cuda
     compiled = fused and cfg.compile and cfg.compile_optimizer
     adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
     optimizers = [
-        torch.optim.Adam([{"params": [model.tok_emb.weight], "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
+        torch.optim.Adam([{"params": embeddings, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
         Muon(
             matrices,
             lr=cfg.matrix_lr,
