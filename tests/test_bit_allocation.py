@@ -158,4 +158,5 @@ def test_each_tensor_is_priced_at_the_bits_it_is_exported_at(init):
         assert upgraded["uniform_code_bytes"] - base["uniform_code_bytes"] == numel * (6 - 5) / 8
     assert {k: v for k, v in upgraded.items() if k not in ("code_bits", "uniform_code_bytes")} == \
            {k: v for k, v in base.items() if k not in ("code_bits", "uniform_code_bytes")}
-    assert size_model.predict(cfg, bits=one).predicted_model_bytes > size_model.predict(cfg, bits={}).predicted_model_bytes
+    wider, plain = size_model.predict(cfg, bits=one), size_model.predict(cfg, bits={})
+    assert wider.predicted_model_bytes > plain.predicted_model_bytes

@@ -192,8 +192,7 @@ def test_a_config_asking_for_brotli_where_it_is_not_installed_says_how_to_instal
 
 
 def test_export_config_rejects_unknown_compressors_and_calibrations():
-    for bad, key in (("export.compressor=gzip", "export.compressor"), ("export.gptq_calibration=val", "export.gptq_calibration"),
-                     ("export.upgrade=some", "export.upgrade"), ("export.upgrade_bits=7", "export.upgrade_bits"),
-                     ("export.gptq_damp=1.5", "export.gptq_damp")):
-        with pytest.raises(ConfigError, match=key):
+    for bad in ("export.compressor=gzip", "export.gptq_calibration=val", "export.upgrade=some",
+                "export.upgrade_bits=7", "export.gptq_damp=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
             config.load(None, [bad])

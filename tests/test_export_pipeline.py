@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from trainer import artifact
+from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.data.shards import TokenStream
 from trainer.export_pipeline import export_artifact, export_payload
@@ -60,7 +60,8 @@ def test_export_artifact_with_gptq_mixed_widths_and_best_compressor(tiny_corpus,
     model.load_state_dict(restored)  # strict: every tensor is there
 
     # GPTQ's point, end to end: the layers' outputs on the calibration data move less than with round-to-nearest.
-    batches = calibration_batches(TokenStream(tiny_corpus["data"], tiny_corpus["vocab_size"]), 3, 256, cfg.train.seq_len)
+    fresh = TokenStream(tiny_corpus["data"], tiny_corpus["vocab_size"])  # the tokens the export calibrated on
+    batches = calibration_batches(fresh, 3, 256, cfg.train.seq_len)
     hessians = collect_hessians(_with_state(cfg, state), batches)
     rtn_cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, gptq=False))
     rtn = artifact.unpack(artifact.pack(state, rtn_cfg, hessians))[1]
@@ -94,3 +95,21 @@ def test_gptq_needs_hessians_and_training_calibration_needs_a_stream(tiny_config
     with pytest.raises(artifact.ArtifactError, match="export.gptq needs the Hessians"):
         artifact.pack(model.state_dict(), cfg)
     assert not (tmp_path / "model.ptz").exists()
+
+
+def test_trainer_export_runs_gptq_on_a_finished_runs_weights(tiny_corpus, tiny_config_dict, tmp_path, capsys):
+    from trainer.cli import main
+    from trainer.train import train
+
+    tiny_config_dict["train"].update(max_steps=20)
+    tiny_config_dict["export"].update(quant_bits=5, keep_float_max_numel=1024)
+    run_dir = tmp_path / "run"
+    train(config.from_dict(tiny_config_dict), tiny_corpus["data"], tiny_corpus["tokenizer"], run_dir, device="cpu",
+          echo=False, save_weights=True)
+    out = tmp_path / "gptq.ptz"
+    assert main(["export", str(run_dir), "--set", "export.gptq=true", "--set", "export.gptq_calibration_batches=2",
+                 "--set", "export.compressor=lzma", "--data", str(tiny_corpus["data"]),
+                 "--tokenizer", str(tiny_corpus["tokenizer"]), "--device", "cpu", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    cfg, _ = artifact.load(out)
+    assert cfg.export.gptq and cfg.export.compressor == "lzma" and compress.codec_of(out.read_bytes()) == "lzma"

@@ -30,17 +30,10 @@ FORMAT_3_FIELDS = ("gptq", "gptq_calibration", "gptq_calibration_batches", "gptq
                    "gptq_temperature", "gptq_damp", "gptq_block_size", "upgrade_bits", "upgrade", "compressor",
                    "byte_shuffle")
 PACKAGE_DIR = Path(__file__).resolve().parent
-# zstd-22's optimal parser buys short matches that cost more than the literals they replace in low-bit codes:
-# on a trained 9x512 payload re-quantized to int5, level 1 gave 9,247,056 bytes against 10,006,685 at level 22
-# (-7.6%, in 0.02 s instead of 24 s; BENCHMARKS.md). Level 22 still wins by up to 0.2% on some int8 payloads,
-# so a zstd artifact is the smaller of the two.
-FAST_ZSTD_LEVEL = codec.FAST_ZSTD_LEVEL
 # Source files a user needs to rebuild the model from the artifact and run it.
 CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "model.py", "quant.py", "artifact.py",
               "compress.py")
 DAMAGED_FIX = "re-export it with `python -m trainer export`"
-
-
 _DEFAULT_EXPORT = ExportConfig()
 
 

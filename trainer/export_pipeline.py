@@ -40,8 +40,8 @@ class ExportInfo:
         sizes = "payload not written" if self.artifact is None else (
             f"artifact {self.artifact.artifact_bytes:,} bytes (model {self.artifact.model_bytes:,} "
             f"{self.artifact.compressor} + code {self.artifact.code_bytes:,})")
-        return (f"{sizes}; quantized tensors: {mixed}; calibration {self.calibration_tokens:,} tokens {self.calibration_s:.1f} s, "
-                f"pack {self.pack_s:.1f} s, write {self.write_s:.1f} s")
+        return (f"{sizes}; quantized tensors: {mixed}; calibration {self.calibration_tokens:,} tokens "
+                f"{self.calibration_s:.1f} s, pack {self.pack_s:.1f} s, write {self.write_s:.1f} s")
 
 
 def check_export(cfg: RunConfig) -> None:

@@ -150,7 +150,10 @@ def quantize_gptq(weight: torch.Tensor, hessian: torch.Tensor, bits: int, damp: 
     # Every candidate clip at once: rows are independent, so stack the candidates as extra rows.
     scales = torch.cat([row_scales(w, bits, q) for q in clip_quantiles])
     stacked = w.repeat(len(clip_quantiles), 1)
-    codes = gptq_rows(stacked, scales, upper, bits, block_size) if upper is not None else round_rows(stacked, scales, bits)
+    if upper is None:
+        codes = round_rows(stacked, scales, bits)
+    else:
+        codes = gptq_rows(stacked, scales, upper, bits, block_size)
     errors = output_error_rows(stacked, codes, scales, usable).view(len(clip_quantiles), -1)
     best = errors.argmin(dim=0)
     rows = torch.arange(w.shape[0], device=w.device)

@@ -149,7 +149,8 @@ class ExportConfig:
                  "must be 5, 6, 8, 16 (float16) or 0 (same as quant_bits)")
         _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
         _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
-        _require(self.gptq_calibration in GPTQ_CALIBRATIONS, "export.gptq_calibration", f"must be one of {GPTQ_CALIBRATIONS}")
+        _require(self.gptq_calibration in GPTQ_CALIBRATIONS, "export.gptq_calibration",
+                 f"must be one of {GPTQ_CALIBRATIONS}")
         _require(self.gptq_calibration_batches >= 1, "export.gptq_calibration_batches", "must be at least 1")
         _require(self.gptq_calibration_batch_tokens >= 1, "export.gptq_calibration_batch_tokens", "must be positive")
         _require(self.gptq_temperature > 0, "export.gptq_temperature", "must be positive")

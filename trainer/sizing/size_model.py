@@ -295,7 +295,8 @@ def worst_case_upgrades(cfg: RunConfig, calibration: Calibration | None = None,
 
     def allocation(total: int) -> dict[str, int]:
         counts = reach[total]
-        return {name: cfg.export.upgrade_bits for (numel, names), k in zip(classes.items(), counts) for name in names[:k]}
+        names = [name for group, k in zip(classes.values(), counts) for name in group[:k]]
+        return dict.fromkeys(names, cfg.export.upgrade_bits)
 
     def fits(total: int) -> bool:
         return _predict(cfg, calibration, code, tuple(sorted(allocation(total).items()))).fits
