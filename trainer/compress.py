@@ -1,8 +1,6 @@
-"""The artifact file: a checksummed header, then the payload compressed by zstd, brotli or lzma.
-
-File: MAGIC | version u8 | codec id u8 | shuffled u8 | shuffle start u64 | payload length u64 | sha256 of the
-payload | compressed bytes (integers little-endian). Shuffled: from `start` on, the 2-byte lanes are split into a
-plane of first bytes and one of second bytes before compressing.
+"""The artifact file: MAGIC | version u8 | codec id u8 | shuffled u8 | shuffle start u64 | payload length u64 |
+sha256 of the payload | the payload compressed by zstd, brotli or lzma (integers little-endian). Shuffled: from
+`start` on, the 2-byte lanes were split into a plane of first bytes and one of second bytes before compressing.
 """
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ BROTLI_WINDOW_BITS = 24
 
 
 class DamagedError(ValueError):
-    """The bytes do not decode to the payload they were written from."""
+    """The bytes do not decode to the payload written."""
 
 
 def _brotli():
@@ -48,7 +46,7 @@ def available() -> tuple[str, ...]:
 
 
 def shuffle(data: bytes, start: int, inverse: bool = False) -> bytes:
-    """Split data[start:] into 2 byte planes (or join them back): float16 low bytes, then high bytes."""
+    """Split data[start:] into planes of first and second bytes of each 2-byte lane (inverse: join them)."""
     n = (len(data) - start) // 2 * 2
     lanes = np.frombuffer(data, np.uint8, n, start)
     lanes = lanes.reshape(2, -1) if inverse else lanes.reshape(-1, 2)
@@ -85,7 +83,7 @@ def decompress(blob: bytes, codec: str, size: int) -> bytes:
 
 
 def encode(payload: bytes, codec: str, zstd_level: int = 22, shuffle_from: int | None = None) -> bytes:
-    """The file bytes: header with the payload's length and sha256, then the (shuffled) payload compressed."""
+    """The file bytes: the header, then the (shuffled) payload compressed."""
     data = payload if shuffle_from is None else shuffle(payload, shuffle_from)
     head = HEAD.pack(MAGIC, VERSION, CODECS.index(codec) + 1, shuffle_from is not None, shuffle_from or 0,
                      len(payload), hashlib.sha256(payload).digest())
@@ -98,7 +96,7 @@ def codec_of(blob: bytes) -> str:
 
 
 def decode(blob: bytes) -> bytes:
-    """The payload a container holds, checked against its length and sha256; DamagedError otherwise."""
+    """The payload a file holds, checked against its length and sha256; DamagedError otherwise."""
     if len(blob) < HEAD.size:
         raise DamagedError(f"truncated: {len(blob)} bytes, shorter than the {HEAD.size}-byte header")
     magic, version, codec_id, shuffled, start, size, digest = HEAD.unpack_from(blob)
