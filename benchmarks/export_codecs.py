@@ -6,7 +6,7 @@
 RUN_DIR: a finished run with weights.pt and metrics.json (`trainer train --save-weights`). --synthetic draws
 heavy-tailed weights for a config file's shape instead (trainer/sizing/synthetic.py). Each payload is packed at
 each width and written by each codec: without shuffle, with the fp16 part split into byte planes (what
-export.byte_shuffle does), and with the whole payload split (every 2 bytes, codes included).
+export.byte_shuffle does), and with the whole payload split (every 2 bytes, codes included; --shuffles).
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ import torch
 from trainer import artifact, compress
 from trainer.run_config import from_dict, load
 from trainer.sizing.synthetic import DISTRIBUTIONS, synthetic_state
+
+# plain: as packed; fp16: the fp16 part in byte planes (export.byte_shuffle); all: the whole payload in planes.
+SHUFFLES = ("plain", "fp16", "all")
 
 
 def sources(args: argparse.Namespace):
@@ -41,15 +44,17 @@ def main() -> None:
     parser.add_argument("--distribution", default="student_t5", choices=DISTRIBUTIONS)
     parser.add_argument("--bits", nargs="+", type=int, default=[5, 6, 8])
     parser.add_argument("--codecs", nargs="+", default=list(compress.available()), choices=compress.CODECS)
+    parser.add_argument("--shuffles", nargs="+", default=list(SHUFFLES), choices=SHUFFLES)
     args = parser.parse_args()
     for name, cfg, state in sources(args):
         for bits in args.bits:
             export = dataclasses.replace(cfg.export, quant_bits=bits, embedding_bits=0)
             payload = artifact.pack(state, dataclasses.replace(cfg, export=export))
-            shuffles = {"plain": None, "fp16 planes": artifact.fp16_start(payload), "all planes": 0}
+            starts = {"plain": None, "fp16": artifact.fp16_start(payload), "all": 0}
             for codec in args.codecs:
                 cells = []
-                for label, start in shuffles.items():
+                for label in args.shuffles:
+                    start = starts[label]
                     began = time.perf_counter()
                     size = len(compress.encode(payload, codec, export.zstd_level, start))
                     cells.append(f"{label} {size:,} B {time.perf_counter() - began:.1f} s")
