@@ -46,7 +46,7 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="--out folder of a finished `trainer train --save-weights` run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="export.KEY=VALUE",
                    help="change one export setting, e.g. --set export.embedding_bits=8 (repeatable)")
-    add_data_arguments(p, "folder with the run's fineweb_val_*.bin")
+    add_data_arguments(p, "folder with the run's fineweb_val_*.bin (and fineweb_train_*.bin for export.gptq)")
     p.add_argument("--out", type=Path, help="artifact path (default: RUN_DIR/exports/<settings>.ptz)")
 
 

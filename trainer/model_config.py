@@ -160,6 +160,8 @@ class ModelConfig:
 # matrices' bits) and 16 (kept float16). The size model and the search spaces offer these same sets.
 QUANT_BITS = (5, 6, 8)
 EMBEDDING_BITS = (0, 5, 6, 8, 16)
+COMPRESSORS = ("zstd", "brotli", "lzma", "best")
+GPTQ_CALIBRATIONS = ("train", "generated")
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,21 @@ class ExportConfig:
     keep_float_max_numel: int = 65_536
     zstd_level: int = 22
     limit_bytes: int = 16_000_000
+    # GPTQ rounding of the block matrices, with H from calibration batches of train.seq_len sequences:
+    # training tokens ("train") or text the model samples itself ("generated").
+    gptq: bool = False
+    gptq_calibration: str = "train"
+    gptq_calibration_batches: int = 16
+    gptq_calibration_batch_tokens: int = 16_384
+    gptq_temperature: float = 0.8
+    gptq_damp: float = 0.01  # added to H's diagonal, times its mean
+    gptq_block_size: int = 128
+    # Mixed widths: the most sensitive block matrices go from quant_bits to upgrade_bits (0 or not wider: off)
+    # while the size model predicts a fit; "fill": as many as fit, a number: at most that many.
+    upgrade_bits: int = 0
+    upgrade: Union[int, str] = "fill"
+    compressor: str = "zstd"  # "best": the smallest of zstd, brotli and lzma
+    byte_shuffle: bool = False  # store the fp16 bytes as two planes (low bytes, high bytes)
 
     def validate(self) -> None:
         """Raise ConfigError on unsupported quantization settings."""
@@ -182,6 +199,17 @@ class ExportConfig:
                  "must be 5, 6, 8, 16 (float16) or 0 (same as quant_bits)")
         _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
         _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
+        _require(self.gptq_calibration in GPTQ_CALIBRATIONS, "export.gptq_calibration",
+                 f"must be one of {GPTQ_CALIBRATIONS}")
+        _require(self.gptq_calibration_batches >= 1, "export.gptq_calibration_batches", "must be at least 1")
+        _require(self.gptq_calibration_batch_tokens >= 1, "export.gptq_calibration_batch_tokens", "must be positive")
+        _require(self.gptq_temperature > 0, "export.gptq_temperature", "must be positive")
+        _require(0 <= self.gptq_damp < 1, "export.gptq_damp", "must be in [0, 1) (0.01 is usual)")
+        _require(self.gptq_block_size >= 1, "export.gptq_block_size", "must be at least 1")
+        _require(self.upgrade_bits in (0, *QUANT_BITS), "export.upgrade_bits", "must be 0 (off), 5, 6 or 8")
+        _require(self.upgrade == "fill" or (isinstance(self.upgrade, int) and self.upgrade >= 0), "export.upgrade",
+                 f"must be fill or a number of matrices, not {self.upgrade!r}")
+        _require(self.compressor in COMPRESSORS, "export.compressor", f"must be one of {COMPRESSORS}")
 
 
 @dataclass(frozen=True)

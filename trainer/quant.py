@@ -59,17 +59,24 @@ def row_clip(weight: torch.Tensor, clip_quantile: float) -> torch.Tensor:
     return torch.quantile(absw, clip_quantile, dim=1)
 
 
+def row_scales(weight: torch.Tensor, bits: int, clip_quantile: float) -> torch.Tensor:
+    """Per-row fp16 scales that put each row's clip threshold on the grid's largest code."""
+    return (row_clip(weight, clip_quantile).clamp_min(1e-8) / qmax(bits)).to(SCALE_DTYPE)
+
+
+def round_rows(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes of each row rounded to the nearest step of its (stored fp16) scale, clamped to the grid."""
+    s = scale.float().clamp_min(torch.finfo(SCALE_DTYPE).tiny)[:, None]
+    return torch.clamp(torch.round(weight.float() / s), -qmax(bits), qmax(bits)).to(torch.int8)
+
+
 def quantize_rows(weight: torch.Tensor, bits: int, clip_quantile: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a 2-D float tensor per row; returns (int8 codes, fp16 scales)."""
     if weight.ndim != 2:
         raise ValueError(f"quantize_rows needs a 2-D tensor, got shape {tuple(weight.shape)}")
     w = weight.detach().float()
-    clip = row_clip(w, clip_quantile).clamp_min(1e-8)
-    scale = (clip / qmax(bits)).to(SCALE_DTYPE)
-    # Quantize against the fp16 scale actually stored, so dequantization is exact to it.
-    s = scale.float().clamp_min(torch.finfo(SCALE_DTYPE).tiny)[:, None]
-    codes = torch.clamp(torch.round(w / s), -qmax(bits), qmax(bits)).to(torch.int8)
-    return codes.contiguous(), scale.contiguous()
+    scale = row_scales(w, bits, clip_quantile)
+    return round_rows(w, scale, bits).contiguous(), scale.contiguous()
 
 
 def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

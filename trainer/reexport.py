@@ -17,8 +17,9 @@ from trainer import artifact
 from trainer.bpb import byte_table, load_sentencepiece
 from trainer.model_config import ConfigError
 from trainer.components import WEIGHTS_FILE
-from trainer.data.shards import load_val_tokens
+from trainer.data.shards import TokenStream, load_val_tokens
 from trainer.evaluate import evaluate
+from trainer.export_pipeline import export_artifact
 from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
 from trainer.trainer import build_model
@@ -71,9 +72,12 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
 
-    payload = artifact.pack(torch.load(weights_path, map_location="cpu", weights_only=True), cfg)
-    info = artifact.write(payload, cfg, out_path)
     model = build_model(cfg, dev)
+    model.load_state_dict(torch.load(weights_path, map_location=dev, weights_only=True))
+    train_tokens = cfg.export.gptq and cfg.export.gptq_calibration == "train"  # what GPTQ measures H on
+    calibration = TokenStream(data_dir, cfg.model.vocab_size) if train_tokens else None
+    payload, exported = export_artifact(model, cfg, calibration, out_path)
+    info = exported.artifact
     model.load_state_dict(artifact.unpack(payload)[1])
     table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
     val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)

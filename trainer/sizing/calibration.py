@@ -61,7 +61,7 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
         source = "model.ptz"
     expected = artifact.payload_bytes(cfg)
     # Older runs' headers hold their config as they wrote it (format 1: with the train section too).
-    as_recorded = {artifact.payload_bytes(cfg, recorded, version) for version in (1, artifact.FORMAT_VERSION)}
+    as_recorded = {artifact.payload_bytes(cfg, recorded, version) for version in artifact.READABLE_FORMATS}
     if metrics["payload_bytes"] not in {expected, *as_recorded}:
         raise ConfigError(
             f"{metrics_path}: payload_bytes {metrics['payload_bytes']} != {expected} computed now; "

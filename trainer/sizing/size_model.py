@@ -20,6 +20,12 @@ from -2 to -0.4 bits fits them about equally), so a uniform config, which keeps 
 arbitrary split (the 2026-11-25 refit put it at the -2-bit bound and under-predicted the 180 s uniform run by
 5.2%). Coefficients and the safety margin live in size_calibration.json, written by `python -m spaces
 calibrate` (see calibration.py).
+
+Each tensor is priced at the bits it is exported at. A mixed-width export (export.upgrade_bits) widens the
+block matrices its trained weights rank most sensitive, each only while the prediction still fits; which ones
+is known only after training, so a config is priced at the worst case its rule allows: the most upgraded codes
+of any allocation that fits (worst_case_upgrades). The file adds a fixed container header (CONTAINER_BYTES) to
+the compressed bytes. The fit is on zstd; export.compressor "best" is never larger than zstd.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer import artifact
-from trainer.model_config import QUANT_BITS, ConfigError
+from trainer.compress import CONTAINER_BYTES
+from trainer.model_config import QUANT_BITS, ConfigError, ExportConfig
 from trainer.run_config import RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout, unique_params
@@ -141,20 +148,24 @@ def priced_at_full_width(spec: TensorSpec, cfg: RunConfig) -> bool:
     return cfg.model.weight_init == "uniform" and spec.role == "matrix"
 
 
-def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, float]:
-    """Values of each feature for a config (the regression inputs; code_* are centred, so may be negative)."""
+def features(cfg: RunConfig, payload_bytes: int | None = None, bits: dict[str, int] | None = None) -> dict[str, float]:
+    """Values of each feature for a config (the regression inputs; code_* are centred, so may be negative).
+
+    bits: widths of quantized tensors exported off their config width (a mixed allocation).
+    """
     values = dict.fromkeys(FEATURES, 0.0)
     data_bytes = 0
     for spec in tensor_layout(cfg.model):
         data_bytes += stored_bytes(spec, cfg.export)
         if is_quantized(spec, cfg.export):
+            width = (bits or {}).get(spec.name) or bits_for(spec, cfg.export)
             values["scales_fp16"] += spec.shape[0]
             if priced_at_full_width(spec, cfg):
-                values["uniform_code_bytes"] += spec.numel * bits_for(spec, cfg.export) / 8
+                values["uniform_code_bytes"] += spec.numel * width / 8
                 continue
             log2_fanin = math.log2(spec.shape[1] / REFERENCE_FANIN)
             values["codes"] += spec.numel
-            values["code_bits"] += spec.numel * code_bits(bits_for(spec, cfg.export))
+            values["code_bits"] += spec.numel * code_bits(width)
             values["code_log2_fanin"] += spec.numel * log2_fanin
             if spec.starts_at_zero:  # holds only what training wrote: its own offset and row-length slope
                 values["zero_init_codes"] += spec.numel
@@ -164,16 +175,16 @@ def features(cfg: RunConfig, payload_bytes: int | None = None) -> dict[str, floa
         else:
             values["floats_fp16"] += spec.numel  # a weight matrix small enough to stay float16
     # Header = whatever the exact payload holds beyond the tensor data (magic, length, JSON).
-    payload = artifact.payload_bytes(cfg) if payload_bytes is None else payload_bytes
+    payload = artifact.payload_bytes(cfg, bits=bits) if payload_bytes is None else payload_bytes
     values["header_bytes"] = payload - data_bytes
     values["frame"] = 1
     return values
 
 
 def zstd_bound_bytes(payload_bytes: int) -> int:
-    """zstd's worst-case compressed size (ZSTD_COMPRESSBOUND): a compressed model can never exceed this."""
+    """The largest file a payload can make: zstd's worst case (ZSTD_COMPRESSBOUND) plus the container header."""
     small = (128 * 1024 - payload_bytes) >> 11 if payload_bytes < 128 * 1024 else 0
-    return payload_bytes + (payload_bytes >> 8) + small
+    return payload_bytes + (payload_bytes >> 8) + small + CONTAINER_BYTES
 
 
 def predict_model_bytes(values: dict[str, float], calibration: Calibration) -> float:
@@ -193,30 +204,37 @@ def current_code_bytes() -> int:
     return artifact.code_bytes()
 
 
-def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None) -> SizePrediction:
-    """Predict whether a config's artifact fits the limit, with exact counts and a calibrated compressed size."""
+def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: int | None = None,
+            bits: dict[str, int] | None = None) -> SizePrediction:
+    """Predict whether a config's artifact fits the limit, with exact counts and a calibrated compressed size.
+
+    bits: a mixed allocation to price; without it, a config with upgrades is priced at worst_case_upgrades.
+    """
     calibration = calibration or load_calibration()
     code = current_code_bytes() if code_bytes is None else code_bytes
-    return _predict(cfg, calibration, code)
+    if bits is None and upgrades_on(cfg.export):
+        bits = worst_case_upgrades(cfg, calibration, code)
+    return _predict(cfg, calibration, code, tuple(sorted((bits or {}).items())))
 
 
 @functools.lru_cache(maxsize=65536)
-def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, margins: tuple, code: int) -> SizePrediction:
+def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, margins: tuple, code: int,
+                    bits: tuple) -> SizePrediction:
     calibration = Calibration(dict(coefficients), fraction, {}, dict(margins))
-    return _predict_uncached(cfg, calibration, code)
+    return _predict_uncached(cfg, calibration, code, dict(bits))
 
 
-def _predict(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
+def _predict(cfg: RunConfig, calibration: Calibration, code: int, bits: tuple = ()) -> SizePrediction:
     key = tuple(sorted(calibration.coefficients.items()))
     margins = tuple(sorted(calibration.feature_margins.items()))
-    return _predict_cached(cfg, key, calibration.safety_margin_fraction, margins, code)
+    return _predict_cached(cfg, key, calibration.safety_margin_fraction, margins, code, bits)
 
 
-def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int) -> SizePrediction:
-    payload = artifact.payload_bytes(cfg)
+def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int, bits: dict[str, int]) -> SizePrediction:
+    payload = artifact.payload_bytes(cfg, bits=bits)
     bound = zstd_bound_bytes(payload)
-    values = features(cfg, payload)
-    model = min(math.ceil(predict_model_bytes(values, calibration)), bound)
+    values = features(cfg, payload, bits)
+    model = min(math.ceil(predict_model_bytes(values, calibration)) + CONTAINER_BYTES, bound)
     # The margin covers the fit's error, but never beyond zstd's hard bound (measured can't exceed it).
     safety = min(math.ceil(safety_margin_bytes(values, model, calibration)), bound - model)
     total = model + code
@@ -232,6 +250,65 @@ def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int) -> Si
         fits=total + safety <= limit,
         margin_bytes=limit - total - safety,
     )
+
+
+def upgrades_on(export: ExportConfig) -> bool:
+    """Whether an export widens some block matrices (export.upgrade_bits above quant_bits)."""
+    return export.upgrade_bits > export.quant_bits and export.upgrade != 0
+
+
+def upgrade_candidates(cfg: RunConfig) -> list[TensorSpec]:
+    """The tensors an upgrade may widen: the quantized block matrices (the embedding has its own width)."""
+    return [s for s in tensor_layout(cfg.model) if s.role == "matrix" and is_quantized(s, cfg.export)]
+
+
+def upgrade_cap(cfg: RunConfig) -> int:
+    """The most matrices an export may upgrade: all candidates for "fill", else export.upgrade of them."""
+    count = len(upgrade_candidates(cfg))
+    return count if cfg.export.upgrade == "fill" else min(int(cfg.export.upgrade), count)
+
+
+def worst_case_upgrades(cfg: RunConfig, calibration: Calibration | None = None,
+                        code_bytes: int | None = None) -> dict[str, int]:
+    """The allocation pricing a mixed-width config before training: of all sets of at most upgrade_cap
+    candidates whose upgrade is predicted to fit, one with the most upgraded codes (an upper bound on what the
+    trained weights' ranking can upgrade). {} when the config does not fit even without upgrades.
+
+    Only the number of upgraded codes moves the prediction, and the priced bytes are convex in it, so the
+    totals that fit are a prefix of the reachable ones: a binary search over them finds the largest.
+    """
+    calibration = calibration or load_calibration()
+    code = current_code_bytes() if code_bytes is None else code_bytes
+    classes: dict[int, list[str]] = {}
+    for spec in upgrade_candidates(cfg):
+        classes.setdefault(spec.numel, []).append(spec.name)
+    cap = upgrade_cap(cfg)
+    reach: dict[int, tuple[int, ...]] = {0: ()}  # upgraded codes -> matrices taken of each class (fewest)
+    for numel, names in classes.items():
+        grown: dict[int, tuple[int, ...]] = {}
+        for total, counts in reach.items():
+            for k in range(min(len(names), cap - sum(counts)) + 1):
+                key, taken = total + k * numel, counts + (k,)
+                if key not in grown or sum(taken) < sum(grown[key]):
+                    grown[key] = taken
+        reach = grown
+
+    def allocation(total: int) -> dict[str, int]:
+        counts = reach[total]
+        names = [name for group, k in zip(classes.values(), counts) for name in group[:k]]
+        return dict.fromkeys(names, cfg.export.upgrade_bits)
+
+    def fits(total: int) -> bool:
+        return _predict(cfg, calibration, code, tuple(sorted(allocation(total).items()))).fits
+
+    totals = sorted(reach)
+    if not fits(totals[0]):
+        return {}
+    low, high = 0, len(totals) - 1  # totals[low] fits; find the last that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(totals[middle]) else (low, middle - 1)
+    return allocation(totals[low])
 
 
 def widest_fitting_bits(cfg: RunConfig, calibration: Calibration | None = None) -> int | None:

@@ -1,0 +1,102 @@
+"""The export at the end of training: calibration batches and GPTQ Hessians when asked for, then pack and write.
+
+The training loop calls export_artifact(model, cfg, stream, path) once; everything the export section asks for
+(GPTQ, mixed widths, the compressor) happens here or in what it calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer import artifact, compress
+from trainer.data.shards import TokenStream
+from trainer.gptq import calibration_batches, collect_hessians, generate_calibration
+from trainer.model import GPT
+from trainer.model_config import ConfigError, artifact_config_from_dict
+from trainer.quant import bits_for
+from trainer.run_config import RunConfig
+from trainer.schedule import tensor_layout
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an export wrote: the artifact's sizes, the width of each quantized tensor, and where the time went."""
+
+    artifact: artifact.ArtifactInfo | None  # None until written
+    bits: dict[str, int]
+    calibration_tokens: int
+    calibration_s: float
+    pack_s: float
+    write_s: float
+
+    def describe(self) -> str:
+        """One line: bytes, compressor, widths and seconds."""
+        widths = sorted(set(self.bits.values()))
+        mixed = ", ".join(f"{sum(b == w for b in self.bits.values())} at int{w}" for w in widths)
+        sizes = "payload not written" if self.artifact is None else (
+            f"artifact {self.artifact.artifact_bytes:,} bytes (model {self.artifact.model_bytes:,} "
+            f"{self.artifact.compressor} + code {self.artifact.code_bytes:,})")
+        return (f"{sizes}; quantized tensors: {mixed}; calibration {self.calibration_tokens:,} tokens "
+                f"{self.calibration_s:.1f} s, pack {self.pack_s:.1f} s, write {self.write_s:.1f} s")
+
+
+def check_export(cfg: RunConfig) -> None:
+    """Raise ConfigError now for an export this machine cannot write (run it before training, not after)."""
+    if cfg.export.compressor not in ("best", *compress.available()):
+        raise ConfigError(f"export.compressor: {cfg.export.compressor} is not installed here; "
+                          f"pip install {cfg.export.compressor} (or pip install '.[brotli]'), or use zstd or best")
+
+
+def calibration(model: GPT, cfg: RunConfig, stream: TokenStream | None) -> list[torch.Tensor]:
+    """The batches GPTQ measures its Hessians on: training tokens from the stream, or the model's own text."""
+    export, seq_len = cfg.export, cfg.train.seq_len
+    if export.gptq_calibration == "generated":
+        return generate_calibration(model, export.gptq_calibration_batches, export.gptq_calibration_batch_tokens,
+                                    seq_len, export.gptq_temperature, seed=cfg.train.seed)
+    if stream is None:
+        raise ConfigError("export.gptq_calibration: train needs a stream of training tokens; pass one, "
+                          "or set export.gptq_calibration=generated")
+    return calibration_batches(stream, export.gptq_calibration_batches, export.gptq_calibration_batch_tokens, seq_len)
+
+
+def export_payload(model: GPT, cfg: RunConfig, calibration_stream: TokenStream | None) -> tuple[bytes, ExportInfo]:
+    """The quantized payload of the model's weights as cfg.export says, unwritten (every rank of a distributed run
+    gets the same bytes from the same weights and calibration tokens; one of them writes it)."""
+    check_export(cfg)
+    start = time.perf_counter()
+    hessians, tokens = None, 0
+    if cfg.export.gptq:
+        batches = calibration(model, cfg, calibration_stream)
+        tokens = sum(batch.numel() for batch in batches)
+        hessians = collect_hessians(model, batches)
+    calibrated = time.perf_counter()
+    payload = artifact.pack(model.state_dict(), cfg, hessians)
+    info = ExportInfo(artifact=None, bits=tensor_bits(payload), calibration_tokens=tokens,
+                      calibration_s=calibrated - start, pack_s=time.perf_counter() - calibrated, write_s=0.0)
+    return payload, info
+
+
+def export_artifact(model: GPT, cfg: RunConfig, calibration_stream: TokenStream | None,
+                    path: Path) -> tuple[bytes, ExportInfo]:
+    """Quantize the model's weights as cfg.export says and write the artifact to path; return the payload (what
+    the round-trip evaluation should load) and what was written.
+
+    calibration_stream: training tokens for GPTQ (read on from where it is; unused without export.gptq).
+    """
+    payload, info = export_payload(model, cfg, calibration_stream)
+    start = time.perf_counter()
+    written = artifact.write(payload, cfg, path)
+    return payload, dataclasses.replace(info, artifact=written, write_s=time.perf_counter() - start)
+
+
+def tensor_bits(payload: bytes) -> dict[str, int]:
+    """The width of each quantized tensor in a payload (a format-2 header implies them from its config)."""
+    header = artifact.header_of(payload)
+    cfg = artifact_config_from_dict(header["config"], where="payload")
+    specs = {spec.name: spec for spec in tensor_layout(cfg.model)}
+    return {e["name"]: e.get("bits") or bits_for(specs[e["name"]], cfg.export)
+            for e in header["tensors"] if e["kind"] == "q"}
