@@ -23,7 +23,7 @@ from trainer.data.shards import TokenStream, load_val_tokens
 from trainer.evaluate import evaluate
 from trainer.gptq import calibration_batches, collect_hessians
 from trainer.run_config import from_dict
-from trainer.train import build_model
+from trainer.trainer import build_model
 
 
 def output_error(state: dict, restored: dict, hessians: dict) -> float:

@@ -11,7 +11,7 @@ from trainer.export_pipeline import export_artifact, export_payload
 from trainer.gptq import calibration_batches, collect_hessians
 from trainer.model_config import ConfigError
 from trainer.sizing import size_model
-from trainer.train import build_model
+from trainer.trainer import build_model
 
 
 def tiny_run(tiny_config_dict, **export):

@@ -8,7 +8,7 @@ from trainer.gptq import (CLIP_QUANTILES, calibration_batches, collect_hessians,
                           output_error_rows, quantize_gptq)
 from trainer.model import CastedLinear
 from trainer.quant import dequantize_rows, qmax, quantize_rows, round_rows, row_scales
-from trainer.train import build_model
+from trainer.trainer import build_model
 
 
 def correlated_layer(rows=48, cols=96, samples=4096, seed=0):
