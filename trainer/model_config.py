@@ -132,6 +132,7 @@ class ExportConfig:
                  "must be 5, 6, 8, 16 (float16) or 0 (same as quant_bits)")
         _require(0.5 < self.clip_quantile <= 1.0, "export.clip_quantile", "must be in (0.5, 1]")
         _require(1 <= self.zstd_level <= 22, "export.zstd_level", "must be 1..22")
+        _require(self.limit_bytes > 0, "export.limit_bytes", "must be a positive byte count")
 
 
 @dataclass(frozen=True)
