@@ -75,7 +75,8 @@ def cap_cpu_concurrency(settings: SearchSettings, largest: RunConfig | None) -> 
     biggest = max(n.memory_bytes for n in nodes)
     t = largest.train
     if fits < 1:
-        smaller = "" if settings.extra.get("smoke") else "pass --smoke, or "
+        smaller = "" if settings.extra.get("smoke") else "pass --smoke (or, on a cluster whose GPU nodes are not up " \
+            "yet, --gpus-per-trial 1), or "
         raise SettingsError(
             f"a CPU trial of this space may need up to {capacity.gib(per_trial)} (micro-batches of "
             f"{t.split_batch(1)[0]:,} tokens, eval batches of {t.val_batch_tokens:,}) but the largest Ray node has "
@@ -92,13 +93,17 @@ def cap_cpu_concurrency(settings: SearchSettings, largest: RunConfig | None) -> 
 
 
 def resolve_gpus(settings: SearchSettings, requested: float | None) -> SearchSettings:
-    """Default --gpus-per-trial: 1 when the cluster has GPUs, else 0 (CPU trials)."""
+    """Default --gpus-per-trial: 1 when the cluster has GPUs, else 0 (CPU trials). GPUs asked of a joined cluster
+    with none up yet are waited for (an autoscaler starts GPU nodes on demand); a local Ray without GPUs refuses."""
     if requested is not None:
         gpus = requested
     else:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if gpus > 0 and ray.cluster_resources().get("GPU", 0) == 0:
-        raise SettingsError(f"--gpus-per-trial {gpus:g}: this Ray cluster has no GPUs; pass --gpus-per-trial 0")
+        if not joined_cluster():
+            raise SettingsError(f"--gpus-per-trial {gpus:g}: this Ray cluster has no GPUs; pass --gpus-per-trial 0")
+        print(f"[search] --gpus-per-trial {gpus:g}: no GPU node of this cluster is up yet; trials wait for one "
+              "(the autoscaler starts GPU nodes on demand)", flush=True)
     return dataclasses.replace(settings, gpus_per_trial=float(gpus)).validate()
 
 
