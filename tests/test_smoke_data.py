@@ -91,3 +91,30 @@ def test_default_cache_follows_xdg_cache_home(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert smoke.default_cache_dir() == Path(tmp_path / "home" / ".cache" / "recurrence-search" / "smoke")
+
+
+def test_trainer_train_smoke_without_data_uses_the_built_in_corpus(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import TINY_MODEL
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {**TINY_MODEL, "vocab_size": 1024}, "export": {"zstd_level": 1}}))
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    env.pop("XDG_CACHE_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--smoke", "--config", str(config),
+                           "--out", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["steps"] >= 1 and metrics["val_bpb"] > 0
+    assert (tmp_path / "home" / ".cache" / "recurrence-search" / "smoke" / "v1" / smoke.MANIFEST_NAME).is_file()
+    half = subprocess.run([sys.executable, "-m", "trainer", "train", "--smoke", "--config", str(config),
+                           "--data", str(tmp_path), "--out", str(tmp_path / "out2")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert half.returncode == 2 and half.stderr.startswith("error: train: pass both --data and --tokenizer")
