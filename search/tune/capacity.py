@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from trainer.run_config import RunConfig
 from trainer.schedule import unique_params
 
-PROCESS_BYTES = 400 << 20  # python + torch + a Ray worker, measured ~360 MB
+PROCESS_BYTES = 512 << 20  # python + torch (+ a Ray worker): 360-500 MB measured
 PARAM_BYTES = 24  # fp32 weights, grads and optimizer state (19 measured), plus warm-up/checkpoint copies
 LOGIT_BYTES_PER_VOCAB = 20  # per training token: logits, softcap, log-softmax and their grads (~5 floats)
 EVAL_BYTES_PER_VOCAB = 9  # per evaluated token (no grads)
