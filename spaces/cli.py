@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import sys
+import time
 from pathlib import Path
 
 from trainer.model_config import ConfigError
@@ -36,22 +39,56 @@ def cmd_show(args: argparse.Namespace) -> int:
         if getattr(space, axis):
             print(f"  {axis}: {list(getattr(space, axis))}")
     if space.widths:
-        print(f"  width: {[w.label for w in space.widths]}")
-    total, fitting, sizes = 0, 0, []
-    for _, cfg in space.configs():
-        prediction = space.predict(cfg)
+        print(f"  width: {[w.label for w in space.widths]}", flush=True)
+    size = space.size()
+    workers = max(1, min(os.cpu_count() or 1, size // 2000))
+    progress(f"predicting the size of {size:,} configs on {workers} process(es)")
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.starmap(_predict_share, [(space, k, workers, size) for k in range(workers)])
+    total, fitting = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    low, high = min(p[2] for p in parts), max(p[3] for p in parts)
+    limit = int((space.base.get("export") or {}).get("limit_bytes", 16_000_000))
+    print(f"size: {total:,} configs; {fitting:,} predicted to fit under {limit:,} bytes (with safety margin)")
+    print(f"predicted artifact bytes: {low:,} .. {high:,}")
+    return 0
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (stdout keeps only the result)."""
+    print(f"[spaces] {message}", file=sys.stderr, flush=True)
+
+
+PROGRESS_EVERY_S = 15.0
+
+
+def _predict_share(space, k: int, workers: int, size: int) -> tuple[int, int, int, int]:
+    """(configs, fitting, smallest and largest predicted bytes) over every workers-th point from the k-th;
+    the first share says how far it got every PROGRESS_EVERY_S (the others keep pace)."""
+    total = fitting = 0
+    low, high = None, None
+    last = time.monotonic()
+    for i, assignment in enumerate(space.assignments()):
+        if i % workers != k:
+            continue
+        prediction = space.predict(space.build(assignment))
         total += 1
         fitting += prediction.fits
-        sizes.append(prediction.predicted_artifact_bytes)
-    print(f"size: {total:,} configs; {fitting:,} predicted to fit under {cfg.export.limit_bytes:,} bytes (with safety margin)")
-    print(f"predicted artifact bytes: {min(sizes):,} .. {max(sizes):,}")
-    return 0
+        size_bytes = prediction.predicted_artifact_bytes
+        low = size_bytes if low is None else min(low, size_bytes)
+        high = size_bytes if high is None else max(high, size_bytes)
+        if k == 0 and time.monotonic() - last > PROGRESS_EVERY_S:
+            last = time.monotonic()
+            done = min(total * workers, size)
+            progress(f"~{done:,} of {size:,} configs predicted ({100 * done / size:.0f}%)")
+    return total, fitting, low if low is not None else 0, high if high is not None else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from spaces.space import load_space
 
+    progress(f"checking {args.file}: every pattern branch, and that some config fits")
     space = load_space(args.file, code_bytes=args.code_bytes)
+    progress("counting its points")
     print(f"{space.path}: OK ({space.size():,} configs)")
     return 0
 

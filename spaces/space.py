@@ -279,6 +279,10 @@ class SearchSpace:
         for a in self.assignments():
             yield a, self.build(a)
 
+    def orders(self) -> set[tuple[int, tuple[int, ...]]]:
+        """Every distinct (unique_blocks, virtual-layer order) of the space's points."""
+        return {self._order(a) for a in self.assignments()}
+
     def size(self) -> int:
         """Number of points in the space."""
         return sum(1 for _ in self.assignments())

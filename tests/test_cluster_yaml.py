@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import jsonschema
@@ -76,3 +78,37 @@ def test_ray_runs_from_the_environment_the_package_is_installed_in(cloud: str):
     starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
     assert len(starts) == 2
     assert all("~/rs-venv/bin/ray start" in c for c in starts)
+
+
+def _flag(command: str, flag: str) -> str:
+    words = shlex.split(command)
+    return words[words.index(flag) + 1]
+
+
+def test_the_readme_cluster_commands_read_the_data_where_the_workers_put_it(cloud: str):
+    """The data folder and tokenizer the README's cluster commands pass are where every GPU node downloads them."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme[readme.index("## Quickstart"):readme.index("\n## ", readme.index("## Quickstart") + 3)]
+    jobs = [" ".join(line.replace("\\\n", " ").split()) for line in
+            re.findall(r"^ray job submit .*?(?<!\\)$", quickstart.replace("\\\n", " "), re.M)]
+    runs = [j for j in jobs if " -m search run " in j]
+    assert runs and all("--no-wait" in j.split(" -- ")[0] for j in jobs)  # jobs outlive the SSH session
+    config = prepare_config(load(cloud))
+    downloads = [c for c in config["worker_setup_commands"] if " data download " in c]
+    head_downloads = [c for c in config.get("head_setup_commands", []) if " data download " in c]
+    assert len(downloads) == 1 and not head_downloads  # only GPU nodes hold the data
+    out = _flag(downloads[0], "--out")
+    variant = _flag(downloads[0], "--variant")
+    for job in runs:
+        data, tokenizer = _flag(job, "--data"), _flag(job, "--tokenizer")
+        assert data == out
+        assert Path(tokenizer).parent == Path(out)
+        assert Path(tokenizer).name == f"fineweb_{variant.removeprefix('sp')}_bpe.model"
+    # The GPU node type declares the resource a rerun asks for.
+    from search.rerun.remote import NODE_RESOURCE
+
+    gpu = [t for t in config["available_node_types"].values() if t["resources"].get("GPU", 0) > 0]
+    assert all(t["resources"].get(NODE_RESOURCE) == 1 for t in gpu)
+    # The file's own usage lines say the same.
+    text = CONFIGS[cloud].read_text()
+    assert f"--data {out} --tokenizer {Path(out) / Path(tokenizer).name}" in text

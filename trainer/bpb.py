@@ -29,16 +29,30 @@ class ByteTable:
         return ByteTable(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
 
 
+class TokenizerError(ValueError):
+    """The tokenizer file is missing or is not a SentencePiece model; the message names the file and the fix."""
+
+
 def load_sentencepiece(path: Path):
-    """Open a SentencePiece model file with a clear error if it is missing."""
+    """Open a SentencePiece model file, with one clear error if it is missing or not a SentencePiece model."""
     import sentencepiece as spm
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TokenizerError(
             f"{path}: tokenizer not found; pass --tokenizer pointing at the sp1024 .model file "
             "(python -m trainer data download fetches it)"
         )
-    return spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as exc:  # sentencepiece raises RuntimeError("... could not parse ModelProto ...")
+        raise TokenizerError(
+            f"{path}: not a SentencePiece model ({str(exc).strip()}); pass --tokenizer the .model file the shards "
+            "were made with (e.g. fineweb_1024_bpe.model from `python -m trainer data download`)"
+        ) from None
+    if sp.vocab_size() == 0:
+        raise TokenizerError(f"{path}: a SentencePiece model with no pieces; pass the .model file the shards were made with")
+    return sp
 
 
 def byte_table(sp, vocab_size: int) -> ByteTable:

@@ -9,10 +9,10 @@ from pathlib import Path
 from trainer import run_config as config_mod
 
 
-def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+def add_data_arguments(p: argparse.ArgumentParser, data_help: str, required: bool = True) -> None:
     """--data, --tokenizer and --device, as every command that reads the shards takes them."""
-    p.add_argument("--data", type=Path, required=True, help=data_help)
-    p.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece .model the shards were made with")
+    p.add_argument("--data", type=Path, required=required, help=data_help)
+    p.add_argument("--tokenizer", type=Path, required=required, help="SentencePiece .model the shards were made with")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
@@ -26,10 +26,12 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML or TOML run config (sections model/train/export)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.budget_s=180 (repeatable)")
-    add_data_arguments(p, "folder with fineweb_train_*.bin and fineweb_val_*.bin")
+    add_data_arguments(p, "folder with fineweb_train_*.bin and fineweb_val_*.bin (with --smoke, optional: the "
+                       "built-in smoke corpus)", required=False)
     p.add_argument("--out", type=Path, required=True, help="output folder for metrics.json, model.ptz, train.log")
     p.add_argument("--smoke", action="store_true",
-                   help="same code path, tiny training on the CPU (seconds): checks any config without a GPU")
+                   help="same code path, tiny training on the CPU (seconds): checks any config without a GPU; "
+                   "without --data/--tokenizer it trains on a small corpus built here on first use (no network)")
     p.add_argument("--save-weights", action="store_true",
                    help="also write the trained float weights (weights.pt) to --out, for `trainer export`")
 
@@ -64,10 +66,19 @@ def run_train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, args.overrides)
     device = args.device
+    data, tokenizer = args.data, args.tokenizer
     if args.smoke:
         cfg = config_mod.smoke_version(cfg)
         device = device or "cpu"
-    metrics = train(cfg, args.data, args.tokenizer, args.out, device=device, save_weights=args.save_weights)
+        if data is None and tokenizer is None:
+            from trainer.data.smoke import smoke_data
+
+            found = smoke_data()
+            data, tokenizer = found.data_dir, found.tokenizer
+    if data is None or tokenizer is None:
+        raise config_mod.ConfigError("train: pass both --data and --tokenizer (or --smoke alone, for the built-in "
+                                     "smoke corpus)")
+    metrics = train(cfg, data, tokenizer, args.out, device=device, save_weights=args.save_weights)
     rank = 0
     if dist.is_initialized():
         # Leave the group together: a rank exiting with the group alive can abort at interpreter shutdown.

@@ -210,6 +210,7 @@ class ExportConfig:
         _require(self.upgrade == "fill" or (isinstance(self.upgrade, int) and self.upgrade >= 0), "export.upgrade",
                  f"must be fill or a number of matrices, not {self.upgrade!r}")
         _require(self.compressor in COMPRESSORS, "export.compressor", f"must be one of {COMPRESSORS}")
+        _require(self.limit_bytes > 0, "export.limit_bytes", "must be a positive byte count")
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,27 @@ def outside_pct(in_use_s: float, train_s: float) -> float | None:
     return 100.0 * (1 - train_s / in_use_s) if in_use_s > 0 else None
 
 
+def occupied_s(intervals: Iterable[tuple[float, float]], take_turns: bool) -> float:
+    """Seconds a device was occupied: the union of its trials' intervals when they take turns on it (one trains
+    at a time), else their sum: trials that do not take turns each hold their own share of it (CPU trials run
+    side by side on their own cores), and a union would count their concurrent training more than once."""
+    intervals = list(intervals)
+    return union_s(intervals) if take_turns else sum(end - start for start, end in intervals)
+
+
+def takes_turns(trials: list[Mapping]) -> bool:
+    """Whether a device's trials took turns on it (--trials-per-gpu above 1, search.tune.lease); entries written
+    before they recorded trials_per_gpu count as taking turns, as they were read then."""
+    return not all(t.get("trials_per_gpu") == 1 for t in trials)
+
+
 def before_first_training_s(trials: list[Mapping]) -> float:
     """Seconds a device was in use before any of its trials first trained: start-up and the first compile."""
     # Nothing can overlap these: no trial is training yet. With several trials per GPU every later compile runs
     # beside a trial in training, so this is the part of the outside share that more trials do not grow.
     first = min(float(t["acquired_at"]) for t in trials)
-    return union_s((float(t["started_at"]), min(float(t["released_at"]), first))
-                   for t in trials if float(t["started_at"]) < first)
+    return occupied_s(((float(t["started_at"]), min(float(t["released_at"]), first))
+                       for t in trials if float(t["started_at"]) < first), takes_turns(trials))
 
 
 def device_use(entries: Iterable[Mapping]) -> list[dict]:
@@ -52,7 +66,7 @@ def device_use(entries: Iterable[Mapping]) -> list[dict]:
         by_device.setdefault(str(e["device"]), []).append(e)
     rows = []
     for device, trials in sorted(by_device.items()):
-        in_use_s = union_s((float(t["started_at"]), float(t["released_at"])) for t in trials)
+        in_use_s = occupied_s(((float(t["started_at"]), float(t["released_at"])) for t in trials), takes_turns(trials))
         train_s = sum(float(t["train_s"] or 0.0) for t in trials)
         first_s = before_first_training_s(trials)
         rows.append({

@@ -12,8 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from search import store
+from search import smoke, store
 from search.rerun.records import RecordError
+from search.rerun.remote import NODE_RESOURCE
 from search.rerun.run import RerunError, rerun
 from search.settings import NAME_RE, SearchSettings, SettingsError, is_uri
 from trainer.model_config import ConfigError
@@ -153,7 +154,16 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
                    help=f"folder holding searches (default: ${store.STORAGE_ENV} or {store.DEFAULT_STORAGE})")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <storage>/NAME/rerun_trial<N>, or <storage>/NAME/rerun for --config)")
-    p.add_argument("--smoke", action="store_true", help="tiny training of the same configs (seconds, CPU check)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny training of the same configs (seconds, CPU check); without --data/--tokenizer (and no "
+                   "search data) the built-in smoke corpus. A rerun of a --smoke search is one too")
+    p.add_argument("--ray-address", default=None,
+                   help="train each run on a GPU node of this Ray cluster ('auto': the running one) instead of here. "
+                   "Default: here when this machine has the GPUs (or for --smoke / --gpus 0), else a running cluster "
+                   "if one answers; without either a full-scale run is refused")
+    p.add_argument("--node-resource", default=NODE_RESOURCE, metavar="NAME",
+                   help=f"custom Ray resource of the GPU node type that runs one after another take whole (default "
+                   f"{NODE_RESOURCE}, as cluster.yaml declares)")
     p.set_defaults(func=run_rerun_command)
 
 
@@ -219,19 +229,65 @@ def run_rerun_command(args: argparse.Namespace) -> int:
             print(f"[rerun] the candidate trains with: {train_differences(candidate)}", flush=True)
             if baseline is not None:
                 print(f"[rerun] the baseline trains with: {train_differences(baseline)}", flush=True)
-        data = args.data or (search.data_dir if search else DEFAULT_DATA)
-        tokenizer = args.tokenizer or (search.tokenizer if search else DEFAULT_TOKENIZER)
+        smoke_run = args.smoke or bool(search and search.extra.get("smoke"))
+        if smoke_run and not args.smoke:
+            print(f"[rerun] search {args.name} was a --smoke search: this rerun is one too", flush=True)
+        if smoke_run:  # a CPU export at zstd level 22 takes longer than the smoke training itself
+            candidate = _with_overrides(candidate, list(smoke.EXPORT_OVERRIDES), "--smoke")
+            baseline = baseline and _with_overrides(baseline, list(smoke.EXPORT_OVERRIDES), "--smoke")
+        data, tokenizer = _data_paths(args, search, smoke_run)
         out = args.out or _default_out(args, search, subfolder)
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        gpus = args.gpus if args.gpus is not None else default_gpus(available, args.parallel)
+        cpu_ok = smoke_run or args.gpus == 0
+        node, gpus = None, args.gpus
+        if args.ray_address or (not cpu_ok and available < (args.gpus or 1) * args.parallel):
+            node, gpus = _cluster_placement(args)
+        if node is None:
+            gpus = args.gpus if args.gpus is not None else default_gpus(available, args.parallel)
         result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
                        Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
-                       parallel=args.parallel, smoke=args.smoke, source=source)
+                       parallel=args.parallel, smoke=smoke_run, source=source, cpu_ok=cpu_ok, node=node)
     except (RerunError, ConfigError, SettingsError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.md_path.read_text())
     return 0
+
+
+def _data_paths(args: argparse.Namespace, search: SearchSettings | None, smoke_run: bool) -> tuple[str, str]:
+    """--data/--tokenizer, else the search's, else (with --smoke) the built-in smoke corpus, else the defaults."""
+    if args.data or args.tokenizer:
+        return args.data or DEFAULT_DATA, args.tokenizer or DEFAULT_TOKENIZER
+    if search is not None:
+        return search.data_dir, search.tokenizer
+    if smoke_run:
+        return smoke.embedded_data(progress=lambda line: print(f"[rerun] {line}", flush=True))
+    return DEFAULT_DATA, DEFAULT_TOKENIZER
+
+
+def _cluster_placement(args: argparse.Namespace):
+    """(NodePlacement, GPUs per run) on the Ray cluster at --ray-address (or a running one), or (None, --gpus) when
+    no address was given and no cluster answers."""
+    import logging
+    import os
+
+    import ray
+
+    from search.rerun.remote import placement
+
+    target = args.ray_address or os.environ.get("RAY_ADDRESS") or "auto"
+    if target == "local":  # as for `search run`: this machine only, no cluster
+        return None, args.gpus
+    if not ray.is_initialized():
+        try:
+            ray.init(address=target, log_to_driver=True, logging_level=logging.WARNING)
+        except ConnectionError:
+            if args.ray_address:
+                raise RerunError(f"--ray-address {target}: no Ray cluster answers there; start it (`ray up "
+                                 "cluster.yaml`), or leave the flag out to train here") from None
+            return None, args.gpus
+    print(f"[rerun] connected to the Ray cluster at {target}", flush=True)
+    return placement(args.gpus, args.parallel, args.node_resource)
 
 
 def train_differences(cfg: RunConfig) -> str:

@@ -57,6 +57,11 @@ class Launch:
     note: str = ""
     # One entry per run that may train at once: the CUDA_VISIBLE_DEVICES it gets ("" = inherit, on the CPU).
     slots: tuple[str, ...] = ("",)
+    # Why no run may train with this launch (a full-scale run asked for GPUs on a machine without them); kept
+    # runs are still read, so only a run that needs training raises it.
+    refusal: str = ""
+    where: str = ""  # the Ray node the runs train on, when not this machine
+    cpu_threads: int = 0  # OMP_NUM_THREADS of each CPU rank (0: torch's default); see plan_launch
 
     @property
     def describe(self) -> str:
@@ -143,8 +148,23 @@ def seed_config(cfg: RunConfig, seed: int, budget_s: float, smoke: bool = False)
     return smoke_version(out) if smoke else out.validate()
 
 
-def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1) -> Launch:
-    """DDP over `gpus` GPUs (or `cpu_procs` gloo processes without GPUs), `parallel` runs at once on disjoint GPUs."""
+def cpu_refusal(gpus: int) -> str:
+    """Why a full-scale run will not train on this machine's CPU, and the ways on."""
+    import socket
+
+    asked = f"--gpus {gpus} asks for GPUs" if gpus else "no --gpus was given"
+    return (f"{asked} but {socket.gethostname()} has no CUDA GPU, and a full-scale run on a CPU would take days: "
+            "run it where the GPUs are (a GPU machine, or a Ray cluster's GPU node: --ray-address, "
+            "--node-resource), use --smoke for a CPU check of the same configs, or --gpus 0 to train on the CPU "
+            "anyway")
+
+
+def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1, cpu_ok: bool = True, smoke: bool = False) -> Launch:
+    """DDP over `gpus` GPUs (or `cpu_procs` gloo processes without GPUs), `parallel` runs at once on disjoint GPUs.
+    Without cpu_ok, a launch that would end on the CPU carries a refusal instead (see Launch.refusal).
+
+    CPU ranks share the cores: each gets cores / (ranks x parallel runs) threads, one for smoke runs. More threads
+    than cores made OpenMP spin: on a busy 2-core machine a 256-token smoke step took 27 s with 2 threads."""
     import torch
 
     if gpus < 0 or cpu_procs < 1 or parallel < 1:
@@ -152,11 +172,14 @@ def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1) -> Launch:
                          "cpu-procs and parallel >= 1")
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     cpu_slots = ("",) * parallel
+    threads = 1 if smoke else max(1, (os.cpu_count() or 1) // (cpu_procs * parallel))
+    if (gpus == 0 or available == 0) and not cpu_ok:
+        return Launch(cpu_procs, "cpu", slots=cpu_slots, refusal=cpu_refusal(gpus), cpu_threads=threads)
     if gpus == 0:
-        return Launch(cpu_procs, "cpu", slots=cpu_slots)
+        return Launch(cpu_procs, "cpu", slots=cpu_slots, cpu_threads=threads)
     if available == 0:
         return Launch(cpu_procs, "cpu", note=f"--gpus {gpus} asked but CUDA is not available here: ran on the CPU",
-                      slots=cpu_slots)
+                      slots=cpu_slots, cpu_threads=threads)
     if gpus * parallel > available:
         raise RerunError(f"--gpus {gpus} x --parallel {parallel} needs {gpus * parallel} GPUs; this node has "
                          f"{available}: lower --parallel or --gpus")
@@ -182,10 +205,12 @@ def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path
     return cmd
 
 
-def _child_env(slot: str = "") -> dict[str, str]:
+def _child_env(slot: str = "", cpu_threads: int = 0) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # progress lines arrive as they are printed
     if slot:
         env["CUDA_VISIBLE_DEVICES"] = slot
+    if cpu_threads and "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins
+        env["OMP_NUM_THREADS"] = str(cpu_threads)
     # `-m trainer` must resolve to this checkout even when the driver runs from another directory.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
@@ -201,14 +226,14 @@ class ProcessOutcome:
 
 
 def stream_process(cmd: list[str], log_path: Path, prefix: str, terminal: TextIO | None,
-                   slot: str = "") -> ProcessOutcome:
+                   slot: str = "", cpu_threads: int = 0) -> ProcessOutcome:
     """Run cmd (on the GPUs of `slot`, if given), copying each output line to the log (and prefixed to the terminal)."""
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     cause = ""
     with open(log_path, "w") as log:
         log.write("$ " + (f"CUDA_VISIBLE_DEVICES={slot} " if slot else "") + " ".join(cmd) + "\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=_child_env(slot), cwd=REPO_ROOT)
+                                env=_child_env(slot, cpu_threads), cwd=REPO_ROOT)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -263,6 +288,8 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
         _check_kept_run(label, run_dir, metrics, cfg, launch)
         _say(terminal, f"{label} seed {seed}: finished earlier, kept ({run_dir})")
         return SeedRun(label, run_dir, metrics, trained_now=False)
+    if launch.refusal:
+        raise RerunError(launch.refusal)
     if run_dir.exists():  # leftovers of a run that died: start it clean (train.log would otherwise append)
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -273,7 +300,7 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
     _say(terminal, f"{label} seed {seed}: training on {where}, budget {cfg.train.budget_s:g}s -> {run_dir}")
     started_at = _now()
     outcome = stream_process(launch_command(config_path, run_dir, data, tokenizer, launch), log_path,
-                             f"[{label} {seed}]", terminal, slot)
+                             f"[{label} {seed}]", terminal, slot, launch.cpu_threads)
     if outcome.exit_code != 0 or not (run_dir / METRICS_FILE).is_file():
         last = "\n".join("    " + line for line in outcome.tail)
         raise RerunError(
@@ -285,9 +312,10 @@ def train_seed(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer:
 
 
 def train_all(jobs: list[tuple[str, RunConfig, Path]], data: Path, tokenizer: Path, launch: Launch,
-              terminal: TextIO | None) -> list[SeedRun]:
-    """Train (label, config, run_dir) jobs in order, len(launch.slots) at a time; the first failure is raised
-    once the runs in flight have ended, and no new run starts after it."""
+              terminal: TextIO | None, train_one=train_seed) -> list[SeedRun]:
+    """Train (label, config, run_dir) jobs in order, len(launch.slots) at a time, each with train_one (train_seed's
+    signature; search.rerun.remote's trains on a Ray node); the first failure is raised once the runs in flight
+    have ended, and no new run starts after it."""
     free_slots: list[str] = list(launch.slots)
     lock, failed = threading.Lock(), threading.Event()
 
@@ -297,7 +325,7 @@ def train_all(jobs: list[tuple[str, RunConfig, Path]], data: Path, tokenizer: Pa
         with lock:
             slot = free_slots.pop(0)  # the pool has one thread per slot, so one is always free here
         try:
-            return train_seed(*job, data, tokenizer, launch, terminal, slot)
+            return train_one(*job, data, tokenizer, launch, terminal, slot)
         except BaseException:
             failed.set()
             raise
@@ -397,19 +425,29 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
 def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
           data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
           parallel: int = 1, smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
-          terminal: TextIO | None = sys.stdout) -> RerunResult:
-    """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/."""
+          terminal: TextIO | None = sys.stdout, cpu_ok: bool = True, node=None) -> RerunResult:
+    """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/.
+
+    cpu_ok False refuses to train on a CPU (see plan_launch). node (a search.rerun.remote.NodePlacement): train
+    each run on a Ray node instead of here, where the data and tokenizer are checked."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RerunError(f"seeds {seeds}: pass at least one seed, each once")
     if budget_s <= 0:
         raise RerunError(f"--budget-s {budget_s}: must be positive training seconds")
-    data, tokenizer, out_dir = Path(data).resolve(), Path(tokenizer).resolve(), Path(out_dir).resolve()
-    if not data.is_dir():
-        raise RerunError(f"--data {data}: no such folder; pass the folder with fineweb_train_*.bin/fineweb_val_*.bin")
-    if not tokenizer.is_file():
-        raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
-    launch = plan_launch(gpus, cpu_procs, parallel)
+    out_dir = Path(out_dir).resolve()
+    train_one = train_seed
+    if node is not None:  # paths are the node's: neither resolved nor checked here
+        data, tokenizer = Path(data), Path(tokenizer)
+        launch = node.plan(data, tokenizer, gpus, cpu_procs, parallel, cpu_ok, smoke, terminal)
+        train_one = node.trainer(gpus, cpu_procs, cpu_ok, smoke)
+    else:
+        data, tokenizer = Path(data).resolve(), Path(tokenizer).resolve()
+        if not data.is_dir():
+            raise RerunError(f"--data {data}: no such folder; pass the folder with fineweb_train_*.bin/fineweb_val_*.bin")
+        if not tokenizer.is_file():
+            raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
+        launch = plan_launch(gpus, cpu_procs, parallel, cpu_ok, smoke)
     notes: list[str] = []
     if launch.note:
         _say(terminal, launch.note)
@@ -422,7 +460,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     jobs = [(label, seed_config(cfg, seed, budget_s, smoke), out_dir / label / f"seed{seed}")
             for seed in seeds for label, cfg in configs]
     runs: dict[str, list[SeedRun]] = {label: [] for label, _ in configs}
-    for run in train_all(jobs, data, tokenizer, launch, terminal):
+    for run in train_all(jobs, data, tokenizer, launch, terminal, train_one):
         runs[run.label].append(run)
     results = [config_result(label, seed_config(cfg, seeds[0], budget_s, smoke), runs[label])
                for label, cfg in configs]
@@ -459,6 +497,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,
                 "parallel": len(launch.slots), "slots": list(launch.slots),
                 "device": launch.device or "cuda", "budget_s": float(budget_s), "smoke": smoke,
+                **({"node": launch.where} if launch.where else {}),
                 "data": str(data), "tokenizer": str(tokenizer), "source": source or {}}
     result = RerunResult(name, out_dir, cand, base, step_times(results), comparison, out_dir / RESULT_JSON,
                          out_dir / RESULT_MD, record_dir, tuple(notes))

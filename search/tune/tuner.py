@@ -14,26 +14,34 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import store
+from trainer.run_config import RunConfig
 from search.tune.searcher import (
-    RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted, open_study, requeue_in_flight, space_loader_of, space_points,
+    enqueue_points, fail_orphans, launched_count, mark_interrupted, open_study, requeue_in_flight, space_loader_of, space_points,
 )
 from search.settings import SearchSettings, SettingsError
+from search.tune import capacity, worker_loss
 from search.tune.trainable import make_trainable, reuses_workers
 
 # A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+worker_loss.install()
+
+_embedded = False  # whether this process started its own Ray instance (no cluster joined)
 
 
 def connect(address: str = "") -> str:
     """Join a running Ray cluster (address, $RAY_ADDRESS, or 'auto'), else start Ray here; say which."""
+    global _embedded
     if ray.is_initialized():
         return "already connected"
-    if address == "local":
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
-        return "started a local Ray instance (--ray-address local)"
     target = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if target == "local":
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        _embedded = True
+        return "started a local Ray instance (--ray-address local)"
     try:
         ray.init(address=target, log_to_driver=True)
+        _embedded = False
         return f"connected to the Ray cluster at {target}"
     except ConnectionError:
         if address or os.environ.get("RAY_ADDRESS"):
@@ -42,17 +50,60 @@ def connect(address: str = "") -> str:
                 "or leave both unset to run embedded"
             ) from None
         ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        _embedded = True
         return "no running Ray cluster found; started a local (embedded) Ray instance"
 
 
+def joined_cluster() -> bool:
+    """Whether connect() joined a running cluster (whose other nodes may hold what this machine lacks)."""
+    return ray.is_initialized() and not _embedded
+
+
+def cap_cpu_concurrency(settings: SearchSettings, largest: RunConfig | None) -> tuple[SearchSettings, str]:
+    """For CPU trials: at most as many at once as every node's memory and CPUs hold for the space's most
+    memory-hungry config (largest); returns the settings with max_concurrent set and a line saying why."""
+    if settings.gpus_per_trial > 0:
+        return settings, ""
+    if largest is None:
+        return settings, "CPU trials: this space gives no shapes to size memory from; concurrency as CPUs allow"
+    per_trial = capacity.trial_memory_bytes(largest)
+    nodes = capacity.ray_nodes()
+    if not nodes:  # a cluster scaled to zero: Ray places trials as nodes join
+        return settings, (f"CPU trials: up to {capacity.gib(per_trial)} each; no node with CPUs is up yet, so "
+                          "Ray's resources set how many run at once as nodes join")
+    fits = capacity.trials_that_fit(per_trial, settings.cpus_per_trial, nodes)
+    biggest = max(n.memory_bytes for n in nodes)
+    t = largest.train
+    if fits < 1:
+        smaller = "" if settings.extra.get("smoke") else "pass --smoke (or, on a cluster whose GPU nodes are not up " \
+            "yet, --gpus-per-trial 1), or "
+        raise SettingsError(
+            f"a CPU trial of this space may need up to {capacity.gib(per_trial)} (micro-batches of "
+            f"{t.split_batch(1)[0]:,} tokens, eval batches of {t.val_batch_tokens:,}) but the largest Ray node has "
+            f"{capacity.gib(biggest)} for tasks; {smaller}use smaller batches (e.g. --set "
+            "train.micro_batch_tokens=8192 --set train.batch_tokens=8192 --set train.val_batch_tokens=8192), or "
+            "train on GPUs")
+    chosen = fits if not settings.max_concurrent else min(fits, settings.max_concurrent)
+    where = ", ".join(f"{capacity.gib(n.memory_bytes)} and {n.cpus:g} CPUs" for n in nodes[:4])
+    note = (f"CPU trials: up to {capacity.gib(per_trial)} each (the space's largest shape at these train settings); "
+            f"{chosen} at once (Ray nodes: {where}{', ...' if len(nodes) > 4 else ''})")
+    if settings.max_concurrent > fits:
+        note += f"; --max-concurrent {settings.max_concurrent} lowered to fit the memory"
+    return dataclasses.replace(settings, max_concurrent=chosen).validate(), note
+
+
 def resolve_gpus(settings: SearchSettings, requested: float | None) -> SearchSettings:
-    """Default --gpus-per-trial: 1 when the cluster has GPUs, else 0 (CPU trials)."""
+    """Default --gpus-per-trial: 1 when the cluster has GPUs, else 0 (CPU trials). GPUs asked of a joined cluster
+    with none up yet are waited for (an autoscaler starts GPU nodes on demand); a local Ray without GPUs refuses."""
     if requested is not None:
         gpus = requested
     else:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if gpus > 0 and ray.cluster_resources().get("GPU", 0) == 0:
-        raise SettingsError(f"--gpus-per-trial {gpus:g}: this Ray cluster has no GPUs; pass --gpus-per-trial 0")
+        if not joined_cluster():
+            raise SettingsError(f"--gpus-per-trial {gpus:g}: this Ray cluster has no GPUs; pass --gpus-per-trial 0")
+        print(f"[search] --gpus-per-trial {gpus:g}: no GPU node of this cluster is up yet; trials wait for one "
+              "(the autoscaler starts GPU nodes on demand)", flush=True)
     return dataclasses.replace(settings, gpus_per_trial=float(gpus)).validate()
 
 
@@ -92,8 +143,8 @@ def build_tuner(settings: SearchSettings, num_samples: int | None = None, drain_
     trial count) trainables, none launched after drain_after_s seconds from now (0: no limit)."""
     if drain_after_s < 0:
         raise SettingsError(f"--drain-after-s {drain_after_s:g}: must be 0 (no limit) or a positive number of seconds")
-    searcher = RecurrenceSearcher(settings, space_loader=space_loader_of(settings),
-                                  launch_until=time.time() + drain_after_s if drain_after_s > 0 else None)
+    searcher = worker_loss.NamingSearcher(settings, space_loader=space_loader_of(settings),
+                                          launch_until=time.time() + drain_after_s if drain_after_s > 0 else None)
     return tune.Tuner(
         make_trainable(settings),
         tune_config=tune.TuneConfig(
@@ -221,4 +272,4 @@ def continue_from_study(settings: SearchSettings, stop_after_s: float = 0.0, dra
 
 
 __all__ = ["connect", "build_tuner", "run_search", "resume_search", "continue_from_study", "make_scheduler",
-           "resolve_gpus", "interrupt_after"]
+           "resolve_gpus", "interrupt_after", "joined_cluster", "cap_cpu_concurrency"]

@@ -96,11 +96,12 @@ class ShardWriter:
 
 
 def _load_tokenizer(path: Path):
-    import sentencepiece as spm
+    from trainer.bpb import TokenizerError, load_sentencepiece
 
-    if not Path(path).is_file():
-        raise BuildError(f"{path}: tokenizer not found; pass --tokenizer a SentencePiece .model file")
-    sp = spm.SentencePieceProcessor(model_file=str(path))
+    try:
+        sp = load_sentencepiece(path)
+    except TokenizerError as exc:
+        raise BuildError(str(exc)) from None
     if sp.vocab_size() > 1 << 16:
         raise BuildError(f"{path}: vocab size {sp.vocab_size()} does not fit the uint16 shard format")
     if sp.bos_id() != BOS_ID:

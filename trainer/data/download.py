@@ -40,8 +40,9 @@ CHECKSUMS_NAME = "checksums.json"
 PARTIAL_SUFFIX = ".partial"  # never matches the *.bin shard globs, so readers ignore it
 HASH_CHUNK_BYTES = 8 << 20
 OFFLINE_HINT = (
-    "check the network, set HF_ENDPOINT to a reachable mirror, pass --mirror DIR for a local copy laid "
-    "out like the hub repo, or copy the shards manually into the output folder"
+    "check the network, set HF_ENDPOINT to a reachable mirror, or pass --mirror DIR for a local copy laid out "
+    "like the hub repo; without a network, build shards from local text with `python -m trainer data build`, "
+    "or pass a folder that already holds shards to --data (and its .model file to --tokenizer)"
 )
 
 
@@ -164,7 +165,7 @@ class HubSource:
 
     def fetch(self, remote_path: str, dest: Path) -> None:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         # local_dir staging keeps huggingface_hub's own byte-level resume (its .incomplete files) inside
         # out_dir, on the same filesystem, so the finished file is renamed rather than copied.
@@ -176,8 +177,12 @@ class HubSource:
             raise self._unreachable(f"{remote_path}: {exc}") from None
         except EntryNotFoundError:
             raise DownloadError(f"{self.describe()}: {remote_path} does not exist; check --variant and --revision") from None
-        except (HfHubHTTPError, OSError) as exc:
-            raise DownloadError(f"{self.describe()}: downloading {remote_path} failed ({exc}); rerun to resume") from None
+        except Exception as exc:  # HfHubHTTPError, OSError, and (huggingface_hub 2.x) httpx transport errors
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+            raise DownloadError(
+                f"{self.describe()}: downloading {remote_path} failed ({type(exc).__name__}: {reason}); rerun the "
+                f"same command to resume (finished files are kept), or {OFFLINE_HINT}"
+            ) from None
         os.replace(path, dest)
 
 

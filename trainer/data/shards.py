@@ -87,6 +87,9 @@ def load_val_tokens(data_dir: Path, vocab_size: int, max_tokens: int | None = No
         total += len(arr)
         if max_tokens is not None and total >= max_tokens:
             break
+    if total == 0:
+        raise ShardError(f"{data_dir}: the {VAL_GLOB} shards hold no tokens; rebuild them "
+                         "(`python -m trainer data build`) or download them again")
     return torch.cat(parts)
 
 
@@ -95,6 +98,10 @@ class TokenStream:
 
     def __init__(self, data_dir: Path, vocab_size: int, pattern: str = TRAIN_GLOB):
         self.paths = shard_paths(data_dir, pattern)
+        # Empty shards are skipped when reading; if all are empty take() would loop forever looking for tokens.
+        if not any(read_header(p) for p in self.paths):
+            raise ShardError(f"{data_dir}: the {len(self.paths)} {pattern} shard(s) hold no tokens; rebuild them "
+                             "(`python -m trainer data build`) or download them again")
         self.vocab_size = vocab_size
         self.shard_index = 0
         self.position = 0
