@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from search.rerun.run import LAUNCH_LOG, Launch, RerunError, plan_launch, read_run, train_seed
+from search.rerun.run import LAUNCH_LOG, Launch, RerunError, SeedRun, plan_launch, read_metrics, train_seed
+from trainer.metrics import METRICS_FILE
 from trainer.run_config import RunConfig, from_dict
 
 NODE_RESOURCE = "node_8xh100"  # declared by cluster.yaml's GPU node type: one per 8xH100 node
@@ -102,7 +103,7 @@ class NodePlacement:
 
         def train_one(label: str, cfg: RunConfig, run_dir: Path, data: Path, tokenizer: Path, launch: Launch,
                       terminal: TextIO | None = sys.stdout, slot: str = ""):
-            if (run_dir / "metrics.json").is_file():  # kept: train_seed checks and reads it, launching nothing
+            if (run_dir / METRICS_FILE).is_file():  # kept: train_seed checks and reads it, launching nothing
                 return train_seed(label, cfg, run_dir, data, tokenizer, launch, terminal, slot)
             if terminal is not None:
                 terminal.write(f"[rerun] {label} seed {cfg.train.seed}: training on {launch.where or 'a Ray node'}, "
@@ -122,8 +123,8 @@ class NodePlacement:
             if error:
                 raise RerunError(f"on {launch.where or 'a Ray node'}: {error}"
                                  + (f"\n  its files (launch.log, train.log) are in {run_dir}" if files else ""))
-            return dataclasses.replace(read_run(label, run_dir, trained_now=True), started_at=started_at,
-                                       finished_at=_now())
+            metrics = read_metrics(label, cfg.train.seed, run_dir)
+            return SeedRun(label, run_dir, metrics, trained_now=True, started_at=started_at, finished_at=_now())
 
         return train_one
 
