@@ -105,9 +105,9 @@ def test_unknown_tune_trial_is_reattached_by_optuna_number_and_orphans_fail(sett
 def test_nsga2_tells_both_objectives(settings):
     import dataclasses
 
-    s = dataclasses.replace(settings, name="unit-nsga", sampler="nsga2").validate()
+    s = dataclasses.replace(settings, name="unit-nsga", sampler="nsga2", early_stopping="none").validate()
     searcher = RecurrenceSearcher(s)
-    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    assert isinstance(searcher.study.sampler, optuna.samplers.NSGAIISampler)
     number = searcher.suggest("m")["optuna_number"]
     searcher.on_trial_result("m", {"train_s": 0.5, "val_bpb": 2.0})  # no intermediate values in multi-objective
     searcher.on_trial_complete("m", {"final": True, "val_bpb": 1.45, "artifact_bytes": 41_000})

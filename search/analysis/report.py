@@ -29,8 +29,8 @@ FORMATS = ("md", "csv", "html")
 
 
 def load_study(settings: SearchSettings) -> optuna.Study:
-    """Open the search's study read-mostly (no sampler work happens here)."""
-    return optuna.load_study(study_name=settings.name, storage=store.study_url(settings))
+    """Open the search's study read-mostly (no sampler work happens here); a damaged one fails in one line."""
+    return store.load_study(settings)
 
 
 def trial_rungs(t: optuna.trial.FrozenTrial) -> list[tuple[float, float]]:
