@@ -86,27 +86,30 @@ def check_storage_url(url: str) -> str:
     return url
 
 
-def _sqlite_connection(path: str) -> sqlite3.Connection:
+def _sqlite_connection(path: str, wal: bool) -> sqlite3.Connection:
     # Every suggest/attr is one commit; with the default rollback journal each costs an fsync (~10 ms),
     # which made one size-gated suggestion take a second. WAL + synchronous=NORMAL survives a killed
     # process (only an OS crash can drop the last commits) and lets `status` read while the search writes.
+    # WAL is a property of the file, set when the study is created: opening an existing one writes nothing.
     connection = sqlite3.connect(path, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
+    if wal:
+        connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     return connection
 
 
-def _storage_for(url: str) -> optuna.storages.BaseStorage:
+def _storage_for(url: str, create: bool) -> optuna.storages.BaseStorage:
     if url.startswith(JOURNAL_SCHEME):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(url[len(JOURNAL_SCHEME):]))
+    # Only a new study creates Optuna's tables: a damaged database is read, never written.
+    options = {"skip_table_creation": not create}
     database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite:") else None
     if database and database != ":memory:":
         # The engine's connections come from _sqlite_connection (picklable: Tune pickles the searcher).
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"creator": functools.partial(_sqlite_connection, database)})
-    return optuna.storages.RDBStorage(url)
+        options["engine_kwargs"] = {"creator": functools.partial(_sqlite_connection, database, create)}
+    return optuna.storages.RDBStorage(url, **options)
 
 
 def _unreadable(settings: SearchSettings, problem: str) -> StudyUnreadableError:
@@ -115,12 +118,14 @@ def _unreadable(settings: SearchSettings, problem: str) -> StudyUnreadableError:
         f"that ran it), or pass the --storage/--storage-url it was run with; nothing was changed")
 
 
-def study_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
-    """The storage object for the search's study (SQLite with fast, kill-safe settings by default)."""
+def study_storage(settings: SearchSettings, create: bool = True) -> optuna.storages.BaseStorage:
+    """The storage object for the search's study (SQLite with fast, kill-safe settings by default); create=False
+    opens an existing database without creating Optuna's tables in it."""
     search_dir(settings).mkdir(parents=True, exist_ok=True)
     try:
-        return _storage_for(study_url(settings))
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError, ValueError) as exc:
+        return _storage_for(study_url(settings), create)
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError, OSError,
+            ValueError) as exc:
         raise _unreadable(settings, f"cannot be read as an Optuna study database ({_first_line(exc)})") from None
     except RuntimeError as exc:  # Optuna's schema check names the `optuna storage upgrade` it needs
         raise _unreadable(settings, _first_line(exc)) from None
@@ -130,19 +135,20 @@ def read_trials(settings: SearchSettings, study: optuna.Study) -> optuna.Study:
     """The study after reading all its trials once, so a damaged database fails here with StudyUnreadableError."""
     try:
         study.get_trials(deepcopy=False)
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ValueError, KeyError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError, ValueError,
+            KeyError) as exc:
         raise _unreadable(settings, f"its trials cannot be read ({_first_line(exc)})") from None
     return study
 
 
 def load_study(settings: SearchSettings, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
     """The search's existing study (StudyUnreadableError, one line, if the database is damaged or holds none)."""
-    storage = study_storage(settings)
+    storage = study_storage(settings, create=False)
     try:
         study = optuna.load_study(study_name=settings.name, storage=storage, sampler=sampler)
     except KeyError:
-        raise _unreadable(settings, f"holds no study named {settings.name!r} (emptied or replaced)") from None
-    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, ValueError) as exc:
+        raise _unreadable(settings, f"holds no study named {settings.name!r} (damaged, emptied or replaced)") from None
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, optuna.exceptions.StorageInternalError, ValueError) as exc:
         raise _unreadable(settings, f"cannot be read ({_first_line(exc)})") from None
     return read_trials(settings, study)
 
@@ -199,7 +205,10 @@ def load_settings(name: str, storage: str | None = None) -> SearchSettings:
             f"check the name, or pass --storage (or set ${STORAGE_ENV}) to where it was run"
         )
     try:
-        settings = SearchSettings.from_json(path.read_text(), where=str(path))
+        text = path.read_text()
+        if not isinstance(json.loads(text), dict):
+            raise TypeError("not a JSON object")
+        settings = SearchSettings.from_json(text, where=str(path))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
         raise SettingsError(
             f"{path}: damaged, not the settings of a search ({type(exc).__name__}: {exc}); restore search.json from "

@@ -39,6 +39,7 @@ from search.vocabulary import (
     STATUS, REASON, EXCESS, RUNGS, RUNGS_BEFORE_COOLDOWN, TUNE_ID, COMPLETE, PRUNED, FAILED, INFEASIBLE_PREDICTED,
     INFEASIBLE_MEASURED, RUNNING, INTERRUPTED, REPEAT, STATUSES, LAUNCHED_STATUSES, FINAL_KEY, FAILED_KEY,
     FAIL_REASON_KEY, NUMBER_KEY, WORKER_TRIAL, OBJECTIVES, RUNG_TIME_ATTRS, FINAL_ATTRS, ENQUEUED_FROM, REQUEUED,
+    SAMPLER,
 )
 from trainer.model_config import ConfigError
 from trainer.run_config import RunConfig, apply_overrides, from_dict
@@ -48,7 +49,7 @@ from trainer.quant import export_label
 log = logging.getLogger(__name__)
 
 CONSTRAINT = "excess_bytes"  # the trials' one Optuna constraint: bytes over the limit (> 0 infeasible)
-SAMPLER_ATTR = "sampler"  # study user attr: the sampler and its settings (sampler_settings), and from which trial
+SAMPLER_ATTR = SAMPLER  # study user attr: the sampler and its settings (sampler_settings), and from which trial
 TPE_STARTUP_TRIALS = 10  # finished trials (size-rejected ones count) sampled at random before TPE models them
 
 

@@ -18,6 +18,7 @@ from search.tune.searcher import (
     RecurrenceSearcher, enqueue_points, fail_orphans, launched_count, mark_interrupted, open_study, requeue_in_flight, space_loader_of, space_points,
 )
 from search.settings import SearchSettings, SettingsError
+from search.tune.loggers import logger_callbacks
 from search.tune.trainable import make_trainable, reuses_workers
 
 # A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
@@ -83,6 +84,7 @@ def _run_config(settings: SearchSettings) -> tune.RunConfig:
         storage_path=settings.storage,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=logger_callbacks(settings),  # --logger: W&B or MLflow, else none
         verbose=1,
     )
 
