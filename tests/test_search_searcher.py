@@ -304,3 +304,26 @@ def test_a_logger_whose_package_is_missing_is_refused_in_one_line(settings):
 
             (callback,) = logger_callbacks(dataclasses.replace(settings, logger=name))
             assert type(callback).__name__ == {"wandb": "WandbLoggerCallback", "mlflow": "MLflowLoggerCallback"}[name]
+
+
+def test_run_refuses_nsga2_under_asha_and_a_missing_logger_before_anything_starts(tmp_path, capsys):
+    import importlib.util
+
+    from search.cli import build_parser, main, settings_from_args
+
+    for path in ("space.yaml", "tok.model"):
+        (tmp_path / path).write_text("")
+    base = ["run", "--name", "s1", "--space", str(tmp_path / "space.yaml"), "--data", str(tmp_path),
+            "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path / "runs")]
+    assert main(base + ["--sampler", "nsga2"]) == 2
+    assert "--asha-with-nsga2" in capsys.readouterr().err
+    settings = settings_from_args(build_parser().parse_args(base + ["--sampler", "nsga2", "--asha-with-nsga2"]))
+    assert settings.asha_with_nsga2 and settings.early_stopping == "asha"
+    none = settings_from_args(build_parser().parse_args(base + ["--sampler", "nsga2", "--early-stopping", "none"]))
+    assert not none.asha_with_nsga2
+    missing = [name for name in ("mlflow", "wandb") if importlib.util.find_spec(name) is None]
+    for name in missing:
+        assert main(base + ["--logger", name]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--logger {name}: the {name} package is not installed" in err[0]
+    assert not (tmp_path / "runs").exists()  # refused before a search folder was made
