@@ -327,3 +327,19 @@ def test_run_refuses_nsga2_under_asha_and_a_missing_logger_before_anything_start
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--logger {name}: the {name} package is not installed" in err[0]
     assert not (tmp_path / "runs").exists()  # refused before a search folder was made
+
+
+def test_a_study_from_before_the_record_gets_the_sampler_from_its_next_trial_on(settings):
+    study = optuna.create_study(study_name=settings.name, storage=f"sqlite:///{_study_db(settings)}")
+    study.tell(study.ask(), 1.0)  # one finished trial, made before samplers were recorded
+    assert "sampler" not in study.user_attrs
+    RecurrenceSearcher(settings)
+    recorded = open_study(settings).user_attrs["sampler"]
+    assert recorded["from_trial"] == 1 and recorded["name"] == "TPESampler"
+
+
+def _study_db(settings):
+    from search import store
+
+    store.search_dir(settings).mkdir(parents=True, exist_ok=True)
+    return store.search_dir(settings) / store.STUDY_FILE

@@ -118,3 +118,18 @@ def test_optuna_reads_the_default_study_while_a_search_would_write_it(tmp_path):
     db = url[len("sqlite:///"):]
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert len(optuna.load_study(study_name=settings.name, storage=url).get_trials()) >= 1
+
+
+def test_a_real_search_keeps_its_study_in_a_journal(tmp_path, tiny_corpus):
+    from tests.search_fixtures import run_local_search
+
+    journal = tmp_path / "shared" / "study.log"
+    journal.parent.mkdir()
+    settings = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), "journal-run", trials=3,
+                             early_stopping="none", storage_url=f"journal://{journal}")
+    run_local_search(settings)
+    trials = optuna.load_study(study_name=settings.name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))).get_trials()
+    launched = [t for t in trials if t.user_attrs.get("tune_trial_id")]
+    assert len(launched) == 3 and all(t.state == TrialState.COMPLETE for t in launched)
+    assert not (store.search_dir(settings) / store.STUDY_FILE).exists()
