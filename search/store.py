@@ -107,6 +107,8 @@ def _storage_for(url: str, create: bool) -> optuna.storages.BaseStorage:
     options = {"skip_table_creation": not create}
     database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite:") else None
     if database and database != ":memory:":
+        if not create and not Path(database).is_file():
+            raise FileNotFoundError("the file does not exist")  # SQLite would create an empty one
         # The engine's connections come from _sqlite_connection (picklable: Tune pickles the searcher).
         options["engine_kwargs"] = {"creator": functools.partial(_sqlite_connection, database, create)}
     return optuna.storages.RDBStorage(url, **options)

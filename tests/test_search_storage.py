@@ -133,3 +133,16 @@ def test_a_real_search_keeps_its_study_in_a_journal(tmp_path, tiny_corpus):
     launched = [t for t in trials if t.user_attrs.get("tune_trial_id")]
     assert len(launched) == 3 and all(t.state == TrialState.COMPLETE for t in launched)
     assert not (store.search_dir(settings) / store.STUDY_FILE).exists()
+
+
+def test_a_missing_study_database_is_named_and_not_created(tmp_path, capsys):
+    from search.cli import main
+
+    settings = _search(tmp_path, "gone")
+    db = store.search_dir(settings) / store.STUDY_FILE
+    for path in db.parent.glob("study.db*"):
+        path.unlink()
+    assert main(["status", settings.name, "--storage", settings.storage]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(db) in err[0] and "the file does not exist" in err[0]
+    assert not db.exists()
