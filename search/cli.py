@@ -16,7 +16,8 @@ from typing import Callable
 
 from search import smoke, store
 from search.rerun.cli import PRESETS_DIR, add_rerun_command
-from search.settings import EARLY_STOPPING, SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
+from search.settings import EARLY_STOPPING, LOGGERS, SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
+from search.tune.loggers import check_logger
 
 # The shipped default space, found from any working directory (it is package data of `spaces`).
 DEFAULT_SPACE = str(Path(__file__).resolve().parents[1] / "spaces" / "default.yaml")
@@ -115,6 +116,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local-dir", default="", help="where study.db and reports go when --storage is a cloud URI")
     _stop_after_args(p)
     _storage_arg(p)
+    _study_and_logger_args(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -128,6 +130,21 @@ def _data_paths(args: argparse.Namespace) -> tuple[str, str]:
         raise SettingsError("--smoke: pass both --data and --tokenizer, or neither (the built-in smoke corpus)")
     return (resolve_local(args.data or DEFAULT_DATA, "--data"),
             resolve_local(args.tokenizer or DEFAULT_TOKENIZER, "--tokenizer"))
+
+
+def _study_and_logger_args(p: argparse.ArgumentParser) -> None:
+    """Where the Optuna study lives, Ray's W&B/MLflow loggers, and NSGA-II under ASHA (saved in search.json)."""
+    p.add_argument("--storage-url", default="", metavar="URL",
+                   help="Optuna storage for the study: sqlite:///PATH, a database server URL (postgresql://..., "
+                   "mysql+pymysql://...), or journal:///PATH for a JournalStorage file on storage every machine "
+                   "shares (default: study.db in the search folder); status, report and resume read it from "
+                   "search.json")
+    p.add_argument("--logger", choices=[name for name in LOGGERS if name], default="",
+                   help="also send every trial's results to Weights & Biases or MLflow (Ray's logger callbacks; "
+                   "needs the package: pip install wandb / mlflow)")
+    p.add_argument("--asha-with-nsga2", action="store_true",
+                   help="allow --sampler nsga2 with --early-stopping asha: ASHA then stops trials on val_bpb alone "
+                   "and NSGA-II learns only from the trials that finish")
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
@@ -160,6 +177,9 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         max_failures=args.max_failures,
         local_dir=resolve_local(args.local_dir, "--local-dir") if args.local_dir else "",
         extra={"smoke": True} if smoke_run else {},
+        storage_url=store.check_storage_url(args.storage_url),
+        logger=check_logger(args.logger),
+        asha_with_nsga2=args.asha_with_nsga2,
     ).validate()
     if is_uri(storage) and not args.local_dir:
         settings = dataclasses.replace(settings, local_dir=str(Path(store.DEFAULT_STORAGE).resolve()))

@@ -3,6 +3,9 @@
 Reports, reruns and the tuner all read and write these; nothing here imports Ray or Optuna.
 """
 
+# Study user attr: the sampler and the settings that shape its proposals (search.tune.searcher.sampler_settings).
+SAMPLER = "sampler"
+
 # User-attr keys written on every Optuna trial (the report reads these).
 STATUS = "status"
 REASON = "reason"

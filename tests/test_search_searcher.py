@@ -105,9 +105,9 @@ def test_unknown_tune_trial_is_reattached_by_optuna_number_and_orphans_fail(sett
 def test_nsga2_tells_both_objectives(settings):
     import dataclasses
 
-    s = dataclasses.replace(settings, name="unit-nsga", sampler="nsga2").validate()
+    s = dataclasses.replace(settings, name="unit-nsga", sampler="nsga2", early_stopping="none").validate()
     searcher = RecurrenceSearcher(s)
-    assert isinstance(searcher._ot_study.sampler, optuna.samplers.NSGAIISampler)
+    assert isinstance(searcher.study.sampler, optuna.samplers.NSGAIISampler)
     number = searcher.suggest("m")["optuna_number"]
     searcher.on_trial_result("m", {"train_s": 0.5, "val_bpb": 2.0})  # no intermediate values in multi-objective
     searcher.on_trial_complete("m", {"final": True, "val_bpb": 1.45, "artifact_bytes": 41_000})
@@ -201,3 +201,147 @@ def test_a_repeat_of_a_launched_config_is_never_launched(settings, tmp_path):
     from search.analysis.report import summary, trials_table
 
     assert summary(trials_table(open_study(settings)), settings)["rejected_as_repeats"] == 1
+
+
+# ---- pinned sampler, per-trial constraints, public API only --------------------------------------------------
+def test_the_sampler_is_pinned_and_recorded_in_the_study(settings):
+    import warnings
+
+    with warnings.catch_warnings():  # no deprecated or experimental Optuna argument on the way
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)
+        searcher = RecurrenceSearcher(settings)
+        searcher.suggest("a")
+        searcher.on_trial_complete("a", {"final": True, "val_bpb": 1.4, "artifact_bytes": 10_000})
+    assert isinstance(searcher.study.sampler, optuna.samplers.TPESampler)
+    assert open_study(settings).user_attrs["sampler"] == {
+        "name": "TPESampler", "multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 10,
+        "seed": 3, "optuna": optuna.__version__, "from_trial": 0}
+
+
+def test_the_same_seed_proposes_the_same_configs(tmp_path, tiny_corpus):
+    def proposals(name: str) -> list[dict]:
+        s = tiny_settings(tmp_path / "runs", tiny_corpus, write_space(tmp_path), name, seed=11)
+        searcher = RecurrenceSearcher(s)
+        out = []
+        for i in range(14):  # past the 10 random startup trials, so TPE's own proposals are compared too
+            config = searcher.suggest(f"t{i}")
+            searcher.on_trial_complete(f"t{i}", {"final": True, "val_bpb": 2.0 - 0.01 * i,
+                                                 "artifact_bytes": 10_000 + i})
+            out.append(config["run"])
+        return out
+
+    assert proposals("first") == proposals("second")
+
+
+def test_constraints_are_recorded_per_trial_for_the_states_samplers_learn_from(settings):
+    searcher = RecurrenceSearcher(settings)
+    numbers = {tid: searcher.suggest(tid)["optuna_number"] for tid in ("ok", "over", "cut", "bad")}
+    searcher.on_trial_complete("ok", {"final": True, "val_bpb": 1.5, "artifact_bytes": 15_999_000})
+    searcher.on_trial_complete("over", {"final": True, "val_bpb": 1.4, "artifact_bytes": 16_000_250})
+    searcher.on_trial_complete("cut", {"train_s": 0.5, "val_bpb": 2.5})
+    searcher.on_trial_complete("bad", {"failed": True, "fail_reason": "diverged"})
+    trials = _states(settings)
+    assert trials[numbers["ok"]].constraints == {"excess_bytes": -1_000.0}
+    assert trials[numbers["over"]].constraints == {"excess_bytes": 250.0}
+    predicted = trials[numbers["cut"]].user_attrs["constraint_excess_bytes"]
+    assert predicted < 0 and trials[numbers["cut"]].constraints == {"excess_bytes": float(predicted)}
+    assert trials[numbers["bad"]].constraints == {}  # FAIL: no sampler reads it
+
+
+def test_a_searcher_saved_by_the_earlier_optunasearch_class_restores(settings, tmp_path):
+    from search.tune.searcher import SpaceDefineByRun, space_loader_of
+
+    number = RecurrenceSearcher(settings).suggest("old")["optuna_number"]
+    # What the OptunaSearch-based class's save() wrote: its attributes, trials as numbers, no study.
+    saved = {"_settings": settings, "_space": SpaceDefineByRun(settings, space_loader_of(settings)),
+             "_ot_trials": {"old": number}, "_ot_study": None, "_sampler": None, "_storage": None,
+             "_study_name": settings.name, "_seed": None, "_points_to_evaluate": [], "_evaluated_rewards": [],
+             "_completed_trials": set(), "_rungs": {"old": [[0.5, 2.0]]}, "_metric": "val_bpb", "_mode": "min",
+             "_launch_until": None, "rejected": 2, "repeats": 1}
+    path = tmp_path / "searcher-state.pkl"
+    path.write_bytes(pickle.dumps(saved))
+    fresh = RecurrenceSearcher(settings)
+    fresh.restore(str(path))
+    assert (fresh.rejected, fresh.repeats, fresh.metric, fresh.mode) == (2, 1, "val_bpb", "min")
+    assert fresh.suggest("old")["optuna_number"] == number
+    fresh.on_trial_complete("old", {"train_s": 1.0, "val_bpb": 1.9})
+    t = _states(settings)[number]
+    assert t.state == TrialState.PRUNED and t.user_attrs["rungs"] == [[0.5, 2.0], [1.0, 1.9]]
+
+
+def test_nsga2_under_asha_is_refused_unless_asked_for(settings):
+    import dataclasses
+    import json
+
+    from search.settings import SearchSettings, SettingsError
+
+    with pytest.raises(SettingsError, match=r"--sampler nsga2 with --early-stopping asha: ASHA would stop trials on "
+                                            r"val_bpb alone.*--early-stopping none, or --asha-with-nsga2"):
+        dataclasses.replace(settings, sampler="nsga2").validate()
+    allowed = dataclasses.replace(settings, sampler="nsga2", asha_with_nsga2=True).validate()
+    assert SearchSettings.from_json(allowed.to_json()) == dataclasses.replace(allowed, grace_s=allowed.rung_s)
+    old = json.loads(allowed.to_json())
+    del old["asha_with_nsga2"]  # a search.json from before the check: it ran that way and still loads
+    assert SearchSettings.from_json(json.dumps(old)).asha_with_nsga2 is True
+    old_tpe = json.loads(settings.to_json())
+    del old_tpe["asha_with_nsga2"]
+    assert SearchSettings.from_json(json.dumps(old_tpe)).asha_with_nsga2 is False
+
+
+def test_a_logger_whose_package_is_missing_is_refused_in_one_line(settings):
+    import importlib.util
+
+    from search.settings import SettingsError
+    from search.tune.loggers import check_logger, logger_callbacks
+
+    assert check_logger("") == "" and logger_callbacks(settings) == []
+    for name in ("wandb", "mlflow"):
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(SettingsError, match=rf"--logger {name}: the {name} package is not installed; "
+                                                    rf"`pip install {name}`"):
+                check_logger(name)
+        else:  # installed here: Ray's callback for it, named after the search
+            import dataclasses
+
+            (callback,) = logger_callbacks(dataclasses.replace(settings, logger=name))
+            assert type(callback).__name__ == {"wandb": "WandbLoggerCallback", "mlflow": "MLflowLoggerCallback"}[name]
+
+
+def test_run_refuses_nsga2_under_asha_and_a_missing_logger_before_anything_starts(tmp_path, capsys):
+    import importlib.util
+
+    from search.cli import build_parser, main, settings_from_args
+
+    for path in ("space.yaml", "tok.model"):
+        (tmp_path / path).write_text("")
+    base = ["run", "--name", "s1", "--space", str(tmp_path / "space.yaml"), "--data", str(tmp_path),
+            "--tokenizer", str(tmp_path / "tok.model"), "--storage", str(tmp_path / "runs")]
+    assert main(base + ["--sampler", "nsga2"]) == 2
+    assert "--asha-with-nsga2" in capsys.readouterr().err
+    settings = settings_from_args(build_parser().parse_args(base + ["--sampler", "nsga2", "--asha-with-nsga2"]))
+    assert settings.asha_with_nsga2 and settings.early_stopping == "asha"
+    none = settings_from_args(build_parser().parse_args(base + ["--sampler", "nsga2", "--early-stopping", "none"]))
+    assert not none.asha_with_nsga2
+    missing = [name for name in ("mlflow", "wandb") if importlib.util.find_spec(name) is None]
+    for name in missing:
+        assert main(base + ["--logger", name]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--logger {name}: the {name} package is not installed" in err[0]
+    assert not (tmp_path / "runs").exists()  # refused before a search folder was made
+
+
+def test_a_study_from_before_the_record_gets_the_sampler_from_its_next_trial_on(settings):
+    study = optuna.create_study(study_name=settings.name, storage=f"sqlite:///{_study_db(settings)}")
+    study.tell(study.ask(), 1.0)  # one finished trial, made before samplers were recorded
+    assert "sampler" not in study.user_attrs
+    RecurrenceSearcher(settings)
+    recorded = open_study(settings).user_attrs["sampler"]
+    assert recorded["from_trial"] == 1 and recorded["name"] == "TPESampler"
+
+
+def _study_db(settings):
+    from search import store
+
+    store.search_dir(settings).mkdir(parents=True, exist_ok=True)
+    return store.search_dir(settings) / store.STUDY_FILE

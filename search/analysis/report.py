@@ -1,6 +1,9 @@
 """Tables, frontier, summary, plot and progress of a search, read from its Optuna study database."""
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ from search.analysis.overhead import COLUMNS as TIME_COLUMNS
 from search.analysis.overhead import breakdown, totals
 from search.analysis.pareto import pareto_front
 from search.vocabulary import (
-    COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED, REASON, REPEAT, RUNGS, RUNGS_BEFORE_COOLDOWN, RUNNING, STATUS, STATUSES, TUNE_ID, WORKER_TRIAL,
+    COMPLETE, ENQUEUED_FROM, EXCESS, FAILED, INFEASIBLE_MEASURED, INFEASIBLE_PREDICTED, INTERRUPTED, PRUNED, QUEUED, REASON, REPEAT, RUNGS, RUNGS_BEFORE_COOLDOWN, RUNNING, SAMPLER, STATUS, STATUSES, TUNE_ID, WORKER_TRIAL,
 )
 from search.settings import SearchSettings, is_uri
 
@@ -26,11 +29,14 @@ COLUMNS = [
     "device_s", "gpu_s", "worker_trial", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
 ]
 FORMATS = ("md", "csv", "html")
+# Whole-number columns: pandas holds them as floats once one value is missing; the report writes them as integers.
+INTEGER_COLUMNS = ("number", "unique_params", "virtual_layers", "predicted_artifact_bytes", "artifact_bytes", "rungs",
+                   "steps", "worker_trial", "constraint_excess_bytes", "n", "trials")
 
 
 def load_study(settings: SearchSettings) -> optuna.Study:
-    """Open the search's study read-mostly (no sampler work happens here)."""
-    return optuna.load_study(study_name=settings.name, storage=store.study_url(settings))
+    """Open the search's study read-mostly (no sampler work happens here); a damaged one fails in one line."""
+    return store.load_study(settings)
 
 
 def trial_rungs(t: optuna.trial.FrozenTrial) -> list[tuple[float, float]]:
@@ -210,19 +216,60 @@ def time_text(t: dict) -> str:
             f"{t['export_s']:.1f}, other {t['other_s']:.1f}; non-training share {t['overhead_pct']:.1f}%")
 
 
+def integer_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with the whole-number columns (INTEGER_COLUMNS) as nullable integers: 12, not 12.0."""
+    out = df.copy()
+    for column in INTEGER_COLUMNS:
+        if column in out.columns and out[column].dtype != bool:
+            values = pd.to_numeric(out[column], errors="coerce")
+            if int(values.notna().sum()) == int(out[column].notna().sum()):  # every value is a number
+                out[column] = values.round().astype("Int64")
+    return out
+
+
+def sampler_info(study: optuna.Study, settings: SearchSettings) -> dict:
+    """The sampler recorded in the study (None for a study from before it was recorded) and how many COMPLETE
+    trials there are to learn from."""
+    trials = study.get_trials(deepcopy=False)
+    return {"recorded": study.user_attrs.get(SAMPLER), "sampler": settings.sampler, "trials": len(trials),
+            "complete_trials": sum(1 for t in trials if t.state == optuna.trial.TrialState.COMPLETE)}
+
+
+def sampler_text(info: dict) -> str:
+    """One line: the sampler and its settings, and what it learns from."""
+    recorded = info["recorded"]
+    if recorded:
+        hidden = ("name", "optuna", "from_trial")
+        settings = ", ".join(f"{k}={v}" for k, v in recorded.items() if k not in hidden)
+        since = f", from trial {recorded['from_trial']}" if recorded.get("from_trial") else ""
+        text = f"{recorded['name']}({settings}), optuna {recorded.get('optuna', '?')}{since}"
+    else:
+        text = f"{info['sampler']} (settings not recorded: the study predates the record)"
+    if info["sampler"] == "nsga2":
+        return (f"{text}; NSGA-II learns only from COMPLETE trials: it saw {info['complete_trials']} of "
+                f"{info['trials']} (pruned, size-rejected and failed ones are invisible to it)")
+    return (f"{text}; TPE learns from COMPLETE trials and from PRUNED ones at their last rung value, and keeps "
+            "away from infeasible ones (excess_bytes > 0)")
+
+
+def cell_text(v) -> str:
+    """A table cell as the md and HTML reports print it: missing empty, integers with thousands separators,
+    floats to 4 decimals (whole units from 100 on)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """GitHub markdown table of a frame (pandas' to_markdown needs tabulate, which is not a dependency)."""
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and pd.isna(v)):
-            return ""
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-        if isinstance(v, int) and not isinstance(v, bool):
-            return f"{v:,}"
-        return str(v).replace("|", "\\|")
     head = "| " + " | ".join(df.columns) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.astype(object).itertuples(index=False)]
+    rows = integer_columns(df).astype(object).itertuples(index=False)
+    body = ["| " + " | ".join(cell_text(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return "\n".join([head, rule, *body])
 
 
@@ -268,25 +315,31 @@ def rungs_after_roundtrip(study: optuna.Study, settings: SearchSettings | None =
     return None if value is None else bool(value)
 
 
+def header_lines(info: dict, early_stopping: str) -> list[str]:
+    """The report's summary lines (markdown bullets, HTML list items)."""
+    lines = [f"sampler: {sampler_text(info['sampler'])}" if info.get("sampler") else "",
+             f"trials: {info['optuna_trials']} proposed, {info['launched']} launched "
+             f"(requested {info['trials_requested']})",
+             "status: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v),
+             f"rejected by the size model before launch: {info['rejected_by_size_model']}; "
+             f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
+             f"repeats of a launched config, not launched: {info['rejected_as_repeats']}",
+             f"early stopping: {early_stopping}",
+             f"GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
+             f"time: {time_text(info['time'])}",
+             f"devices: {device_text(info['devices'])}"]
+    if info["best"]:
+        b = info["best"]
+        lines.append(f"best: trial {b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes "
+                     f"({b['summary']})")
+    return [line for line in lines if line]
+
+
 def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity],
               devices: pd.DataFrame, early_stopping: str) -> str:
     cols = [c for c in COLUMNS if c not in ("optuna_state", "constraint_excess_bytes", *TIME_COLUMNS)]
     timed = df[df["wall_s"].notna()]
-    lines = [f"# Search `{info['name']}`", "",
-             f"- trials: {info['optuna_trials']} proposed, {info['launched']} launched "
-             f"(requested {info['trials_requested']})",
-             "- status: " + ", ".join(f"{k} {v}" for k, v in info["counts"].items() if v),
-             f"- rejected by the size model before launch: {info['rejected_by_size_model']}; "
-             f"GPU-seconds spent on them: {info['gpu_s_on_predicted_infeasible']:.1f}",
-             f"- repeats of a launched config, not launched: {info['rejected_as_repeats']}",
-             f"- early stopping: {early_stopping}",
-             f"- GPU-seconds total: {info['gpu_s_total']:.1f} (trial wall-seconds {info['device_s_total']:.1f})",
-             f"- time: {time_text(info['time'])}",
-             f"- devices: {device_text(info['devices'])}"]
-    if info["best"]:
-        b = info["best"]
-        lines.append(f"- best: trial {b['number']} val_bpb {b['val_bpb']:.4f} at {b['artifact_bytes']:,} bytes "
-                     f"({b['summary']})")
+    lines = [f"# Search `{info['name']}`", "", *(f"- {line}" for line in header_lines(info, early_stopping))]
     lines += ["", "## Pareto frontier (val_bpb, artifact_bytes)", "",
               markdown_table(front[cols]) if len(front) else "_no feasible finished trial yet_",
               "", "## All trials", "", markdown_table(df[cols]) if len(df) else "_none_",
@@ -314,31 +367,63 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
     return "\n".join(lines)
 
 
-def plot(df: pd.DataFrame, path: Path, limit_bytes: int = 16_000_000, title: str = "") -> Path:
-    """PNG of all trials (val_bpb vs artifact bytes; rung value for pruned) with the frontier and the limit."""
+# Status -> (colour, marker, legend label) of the plotted trials; a pruned trial has no final val_bpb.
+PLOT_STYLES = {
+    COMPLETE: ("tab:blue", "o", "complete"),
+    INFEASIBLE_MEASURED: ("tab:red", "o", "over the limit (measured)"),
+    PRUNED: ("tab:orange", "v", "pruned: last rung, not final"),
+    FAILED: ("tab:gray", "x", "failed: last rung, not final"),
+}
+
+
+def plot_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The plotted points: number, status, x (MB: measured, else predicted) and y (final val_bpb, else last rung)."""
+    x = df["artifact_bytes"].fillna(df["predicted_artifact_bytes"]).astype(float) / 1e6
+    y = df["val_bpb"].fillna(df["last_rung_val_bpb"]).astype(float)
+    points = pd.DataFrame({"number": df["number"], "status": df["status"], "x": x, "y": y})
+    return points[points["status"].isin(PLOT_STYLES) & points["x"].notna() & points["y"].notna()]
+
+
+def y_top(y: pd.Series, feasible: pd.Series) -> float:
+    """The highest val_bpb the plot shows: every feasible finished trial, and other values up to the upper fence
+    (third quartile + 1.5 interquartile ranges); values above it are outliers (a diverging trial, an early rung)."""
+    if y.empty:
+        return float("nan")
+    q1, q3 = float(y.quantile(0.25)), float(y.quantile(0.75))
+    fence = q3 + 1.5 * (q3 - q1)
+    return max(min(float(y.max()), fence), float(feasible.max()) if len(feasible) else -float("inf"))
+
+
+def frontier_figure(df: pd.DataFrame, limit_bytes: int = 16_000_000, title: str = ""):
+    """Matplotlib figure of all trials (val_bpb vs artifact bytes) with the frontier (points labelled with their
+    trial numbers), pruned trials at their last rung, the limit, and the y-axis kept on the feasible region."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colors = {COMPLETE: "tab:blue", PRUNED: "tab:orange", INFEASIBLE_MEASURED: "tab:red", FAILED: "tab:gray"}
-    for status, color in colors.items():
-        part = df[df["status"] == status]
-        x = part["artifact_bytes"].fillna(part["predicted_artifact_bytes"]).astype(float)
-        y = part["val_bpb"].fillna(part["last_rung_val_bpb"]).astype(float)
-        ok = x.notna() & y.notna()
-        if ok.any():
-            label = status + (" (last rung value)" if status == PRUNED else "")
-            ax.scatter(x[ok] / 1e6, y[ok], s=22, c=color, alpha=0.75, label=label)
-    rejected = int((df["status"] == INFEASIBLE_PREDICTED).sum())
+    points = plot_points(df)
     front = frontier_table(df, limit_bytes)
+    top = y_top(points["y"], front["val_bpb"].astype(float) if len(front) else
+                points.loc[points["status"] == COMPLETE, "y"])
+    above = points[points["y"] > top]
+    for status, (color, marker, label) in PLOT_STYLES.items():
+        part = points[(points["status"] == status) & (points["y"] <= top)]
+        if len(part):
+            ax.scatter(part["x"], part["y"], s=24, c=color, marker=marker, alpha=0.8, label=label)
+    if len(above):  # outliers drawn on the top edge, in their status's colour
+        ax.scatter(above["x"], [top] * len(above), s=30, marker="^", c=[PLOT_STYLES[s][0] for s in above["status"]],
+                   edgecolors="black", linewidths=0.5,
+                   label=f"{len(above)} above {top:.3f} (clipped to the edge; worst {above['y'].max():.3f})")
+    rejected = int((df["status"] == INFEASIBLE_PREDICTED).sum())
     if len(front):
         f = front.sort_values("artifact_bytes")
-        ax.step(f["artifact_bytes"].astype(float) / 1e6, f["val_bpb"].astype(float), where="post",
-                c="black", lw=1.2, label="Pareto frontier")
-        ax.scatter(f["artifact_bytes"].astype(float) / 1e6, f["val_bpb"].astype(float), s=60,
-                   facecolors="none", edgecolors="black")
+        fx, fy = f["artifact_bytes"].astype(float) / 1e6, f["val_bpb"].astype(float)
+        ax.step(fx, fy, where="post", c="black", lw=1.2, label="Pareto frontier (trial numbers)")
+        ax.scatter(fx, fy, s=60, facecolors="none", edgecolors="black")
+        for number, x, y in zip(f["number"], fx, fy):
+            ax.annotate(f"#{int(number)}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     sizes = df["artifact_bytes"].fillna(df["predicted_artifact_bytes"]).astype(float)
     sizes = sizes[df["status"] != INFEASIBLE_PREDICTED]
     if len(sizes.dropna()) and sizes.max() < 0.25 * limit_bytes:
@@ -347,15 +432,62 @@ def plot(df: pd.DataFrame, path: Path, limit_bytes: int = 16_000_000, title: str
                 label=f"limit {limit_bytes / 1e6:g} MB off-scale ({rejected} rejected before launch)")
     else:
         ax.axvline(limit_bytes / 1e6, c="tab:red", ls="--", lw=1, label=f"limit ({rejected} rejected before launch)")
+    if len(points):
+        low = float(points["y"].min())
+        pad = 0.05 * (top - low) or 0.01
+        ax.set_ylim(low - pad, top + pad)
     ax.set_xlabel("artifact size (MB, 10^6 bytes)")
-    ax.set_ylabel("val_bpb")
+    ax.set_ylabel("val_bpb (pruned and failed: last rung)")
     ax.set_title(title or "search trials")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(df: pd.DataFrame, path: Path, limit_bytes: int = 16_000_000, title: str = "") -> Path:
+    """PNG of frontier_figure at path."""
+    import matplotlib.pyplot as plt
+
+    fig = frontier_figure(df, limit_bytes, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_png(df: pd.DataFrame, limit_bytes: int = 16_000_000, title: str = "") -> bytes:
+    """frontier_figure as PNG bytes (embedded in the HTML report)."""
+    import matplotlib.pyplot as plt
+
+    fig = frontier_figure(df, limit_bytes, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def html_table(df: pd.DataFrame) -> str:
+    """HTML table of a frame with the cells of markdown_table (whole numbers as integers, missing empty)."""
+    # Cells are rendered first: pandas' to_html prints a missing value of an object column as "None".
+    return integer_columns(df).astype(object).apply(lambda column: column.map(cell_text)).to_html(index=False)
+
+
+def _html(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[RungFidelity], devices: pd.DataFrame,
+          early_stopping: str, png: bytes) -> str:
+    name = html.escape(info["name"])
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in header_lines(info, early_stopping))
+    image = base64.b64encode(png).decode("ascii")
+    return (
+        f"<html><head><meta charset='utf-8'><title>{name}</title></head><body>"
+        f"<h1>Search {name}</h1><ul>{items}</ul>"
+        f"<h2>Trials and Pareto frontier</h2><img alt='val_bpb vs artifact bytes' src='data:image/png;base64,{image}'>"
+        f"<h2>Pareto frontier</h2>{html_table(front)}<h2>All trials</h2>{html_table(df)}"
+        f"<h2>Rung fidelity</h2><p>{html.escape(P_POSITIVE_NOTE)}</p><p>{html.escape(CUT_NOTE)}</p>"
+        f"{html_table(fidelity_frame(fidelity))}"
+        f"<h2>Device use</h2>{html_table(devices)}"
+        f"<details><summary>summary.json</summary><pre>{html.escape(json.dumps(info, indent=2))}</pre></details>"
+        "</body></html>"
+    )
 
 
 def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | None = None) -> dict[str, Path]:
@@ -364,6 +496,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     df = trials_table(study)
     front = frontier_table(df, settings.limit_bytes)
     info = summary(df, settings)
+    info["sampler"] = sampler_info(study, settings)
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
     info["rungs_after_roundtrip"] = rungs_after_roundtrip(study, settings)
@@ -374,26 +507,21 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     out.mkdir(parents=True, exist_ok=True)
     paths = {"summary": out / "summary.json", "frontier": out / "frontier.csv"}
     paths["summary"].write_text(json.dumps(info, indent=2))
-    front.to_csv(paths["frontier"], index=False)
+    integer_columns(front).to_csv(paths["frontier"], index=False)
+    title = f"search {settings.name}"
     if fmt == "csv":
         paths["table"] = out / "trials.csv"
-        df.to_csv(paths["table"], index=False)
+        integer_columns(df).to_csv(paths["table"], index=False)
     elif fmt == "html":
         paths["table"] = out / "report.html"
-        paths["table"].write_text(
-            f"<html><head><meta charset='utf-8'><title>{settings.name}</title></head><body>"
-            f"<h1>Search {settings.name}</h1><pre>{json.dumps(info, indent=2)}</pre>"
-            f"<h2>Pareto frontier</h2>{front.to_html(index=False)}<h2>All trials</h2>{df.to_html(index=False)}"
-            f"<h2>Rung fidelity</h2>{fidelity_frame(fidelity).to_html(index=False)}"
-            f"<h2>Device use</h2>{devices.to_html(index=False)}"
-            "</body></html>"
-        )
+        png = plot_png(df, settings.limit_bytes, title)
+        paths["table"].write_text(_html(df, front, info, fidelity, devices, settings.early_stopping_text, png))
     else:
         paths["table"] = out / "report.md"
         paths["table"].write_text(_markdown(df, front, info, fidelity, devices, settings.early_stopping_text))
     if plot_path is not None:
         target = plot_path if plot_path.is_absolute() else out / plot_path
-        paths["plot"] = plot(df, target, settings.limit_bytes, title=f"search {settings.name}")
+        paths["plot"] = plot(df, target, settings.limit_bytes, title=title)
     return paths
 
 

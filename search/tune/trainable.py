@@ -137,7 +137,7 @@ def ddp_workers(settings: SearchSettings) -> tuple[int, bool]:
 def tune_stop_requested() -> bool:
     """True once Tune has asked this trial's function to end (ASHA stopped it, or the driver stopped)."""
     # The flag lives only on Ray's internal session object; without it the trial just runs to its next report.
-    from ray.train._internal.session import get_session
+    from search.tune.private_api import get_session
 
     session = get_session()
     return bool(session is not None and getattr(session, "stop_event", None) is not None

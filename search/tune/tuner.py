@@ -20,6 +20,7 @@ from search.tune.searcher import (
 )
 from search.settings import SearchSettings, SettingsError
 from search.tune import capacity, worker_loss
+from search.tune.loggers import logger_callbacks
 from search.tune.trainable import make_trainable, reuses_workers
 
 # A failed trial reports no val_bpb; the searcher records it as FAIL, so Tune's check must not abort the run.
@@ -134,6 +135,7 @@ def _run_config(settings: SearchSettings) -> tune.RunConfig:
         storage_path=settings.storage,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=logger_callbacks(settings),  # --logger: W&B or MLflow, else none
         verbose=1,
     )
 
