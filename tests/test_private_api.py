@@ -126,3 +126,15 @@ def test_no_module_but_the_adapter_uses_a_private_optuna_or_ray_name():
                 if PRIVATE_USE.search(line.split("#")[0]):
                     offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "private Optuna/Ray names outside search/tune/private_api.py:\n" + "\n".join(offenders)
+
+
+def test_the_tune_failure_handlers_the_patch_wraps_are_still_there():
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert callable(getattr(RayActorManager, "_actor_task_failed", None)), (
+        "ray.air.execution._internal.actor_manager.RayActorManager._actor_task_failed moved: "
+        "update search/tune/private_api.py patch_trial_failures")
+    assert callable(getattr(TuneController, "_process_trial_failure", None)), (
+        "ray.tune.execution.tune_controller.TuneController._process_trial_failure moved: "
+        "update search/tune/private_api.py patch_trial_failures")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 
+from search.tune import private_api
 from search.tune.searcher import RecurrenceSearcher
 from search.vocabulary import FAILED, TUNE_ID
 
@@ -45,31 +46,22 @@ def reason_of(error: BaseException | None) -> str | None:
     return None
 
 
+def _as_actor_death(error: BaseException) -> BaseException:
+    """Ray's OutOfMemoryError as the actor death Tune handles; any other error unchanged."""
+    if isinstance(error, OutOfMemoryError) and not isinstance(error, (RayActorError, RayTaskError)):
+        return WorkerOutOfMemory(str(error))
+    return error
+
+
+def _note_lost(trial_id: str, error: BaseException) -> None:
+    reason = reason_of(error)
+    if reason:
+        _lost[trial_id] = reason
+
+
 def install() -> None:
     """Patch Tune (once per process) as the module docstring says."""
-    from ray.air.execution._internal.actor_manager import RayActorManager
-    from ray.tune.execution.tune_controller import TuneController
-
-    task_failed = RayActorManager._actor_task_failed
-    if getattr(task_failed, "_names_lost_workers", False):
-        return
-
-    def actor_task_failed(self, tracked_actor_task, exception):
-        if isinstance(exception, OutOfMemoryError) and not isinstance(exception, (RayActorError, RayTaskError)):
-            exception = WorkerOutOfMemory(str(exception))
-        return task_failed(self, tracked_actor_task, exception)
-
-    trial_failed = TuneController._process_trial_failure
-
-    def process_trial_failure(self, trial, exception):
-        reason = reason_of(exception)
-        if reason:
-            _lost[trial.trial_id] = reason
-        return trial_failed(self, trial, exception)
-
-    actor_task_failed._names_lost_workers = True
-    RayActorManager._actor_task_failed = actor_task_failed
-    TuneController._process_trial_failure = process_trial_failure
+    private_api.patch_trial_failures(_as_actor_death, _note_lost)
 
 
 class NamingSearcher(RecurrenceSearcher):
