@@ -1,0 +1,115 @@
+"""Training curves as TensorBoard event files: each log line's loss, LR scale, tokens/s and training seconds, the
+val_bpb of reports and the final scores, all at the training step, so `tensorboard --logdir` draws them.
+
+tensorboardX writes the files (it comes with ray[tune]) and is imported only when curves are asked for. Its
+writer thread puts what is queued on disk at least every FLUSH_S seconds, so a running job shows its curves.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainer.hooks import NoHooks, StepLog
+
+if TYPE_CHECKING:
+    from trainer.metrics import RunMetrics
+    from trainer.trainer import Trainer
+
+PACKAGE = "tensorboardX"
+FLUSH_S = 1
+# Our event files end so: a folder may also hold another writer's (Ray Tune writes one per trial), and both
+# name their files by the second they were opened.
+FILENAME_SUFFIX = ".training"
+# Scalar tag -> StepLog field, written at every log line.
+STEP_TAGS = {"train/loss": "loss", "train/lr_scale": "lr_scale", "train/tokens_per_s": "tokens_per_s",
+             "train/train_s": "train_s"}
+
+_told_missing = False
+
+
+def missing_package() -> str:
+    """'' where tensorboardX can be imported, else one line saying what is missing and how to install it."""
+    try:
+        importlib.import_module(PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != PACKAGE:  # installed, but something it needs is not
+            return f"{PACKAGE} cannot be imported ({exc}); reinstall it: `pip install -U {PACKAGE}`"
+        return f"the {PACKAGE} package is not installed (`pip install {PACKAGE}`; it comes with ray[tune])"
+    except ImportError as exc:  # e.g. a protobuf it was not built for
+        return f"{PACKAGE} cannot be imported ({exc}); reinstall it: `pip install -U {PACKAGE}`"
+    return ""
+
+
+class TrainingCurves:
+    """One run's curves: an event file in log_dir, which TensorBoard shows as a run named by the folder."""
+
+    def __init__(self, log_dir: Path):
+        from tensorboardX import SummaryWriter
+
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(str(log_dir), flush_secs=FLUSH_S, filename_suffix=FILENAME_SUFFIX)
+
+    @classmethod
+    def open_or_skip(cls, log_dir: Path) -> TrainingCurves | None:
+        """Curves in log_dir; None where tensorboardX is missing, said in one line on stderr once per process."""
+        global _told_missing
+        missing = missing_package()
+        if not missing:
+            return cls(log_dir)
+        if not _told_missing:
+            print(f"no TensorBoard curves: {missing}", file=sys.stderr, flush=True)
+            _told_missing = True
+        return None
+
+    def log_step(self, step: StepLog) -> None:
+        """A log line's figures, at its step."""
+        for tag, field in STEP_TAGS.items():
+            self.writer.add_scalar(tag, getattr(step, field), step.step)
+
+    def log_scores(self, group: str, step: int, scores: dict[str, float]) -> None:
+        """Scores at a step, each tagged group/name (e.g. rung/val_bpb)."""
+        for name, value in scores.items():
+            self.writer.add_scalar(f"{group}/{name}", value, step)
+
+    def log_final(self, metrics: RunMetrics) -> None:
+        """A finished run's val_bpb after the round trip and before quantization, at its last step."""
+        self.log_scores("final", metrics.steps, {"val_bpb": metrics.val_bpb,
+                                                 "val_bpb_prequant": metrics.val_bpb_prequant})
+
+    def close(self) -> None:
+        """Write what is queued and close the file."""
+        self.writer.close()
+
+
+class TensorBoardHooks(NoHooks):
+    """A run on its own (`trainer train --tensorboard DIR`) whose curves go to DIR; rank 0 writes them.
+
+    Use it as a context manager, so the file is closed however the run ends; finished(metrics) adds the final
+    scores.
+    """
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = Path(log_dir)
+        self.curves: TrainingCurves | None = None
+
+    def attach(self, trainer: Trainer) -> None:
+        if trainer.rt.is_main:
+            self.curves = TrainingCurves(self.log_dir)
+
+    def on_log(self, step: StepLog) -> None:
+        if self.curves is not None:
+            self.curves.log_step(step)
+
+    def finished(self, metrics: RunMetrics) -> None:
+        """The run's final scores, at its last step."""
+        if self.curves is not None:
+            self.curves.log_final(metrics)
+
+    def __enter__(self) -> TensorBoardHooks:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.curves is not None:
+            self.curves.close()
