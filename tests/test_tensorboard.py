@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.record_writer import masked_crc32c
 
 from search.analysis.report import load_study
@@ -20,6 +22,7 @@ from tests.search_fixtures import TINY_SPACE, run_local_search, tiny_settings, w
 from trainer import cli, tensorboard_log
 from trainer.hooks import StepLog
 from trainer.tensorboard_log import FILENAME_SUFFIX, TrainingCurves
+from trainer.trainer import STATE_FILE
 
 LOG_LINE = re.compile(r"\] step (\d+) loss (\S+) train_s (\S+) step_ms \S+ tokens_per_s (\S+)$")
 LOSS_TOLERANCE = 5e-5 + 1e-6  # train.log prints 4 decimals; the event file holds a float32
@@ -44,14 +47,24 @@ def read_records(path: Path, live: bool = False) -> list[bytes]:
 
 def read_scalars(path: Path, live: bool = False) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] in the order written, from one event file (live: see read_records)."""
+    return shown_by_tensorboard([path], live)
+
+
+def shown_by_tensorboard(paths: list[Path], live: bool = False) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of a run's event files read in turn, as TensorBoard shows them: a restart (a
+    SessionLog START at step s) hides what the run logged before it at steps >= s."""
     scalars: dict[str, list[tuple[int, float]]] = {}
-    events = [Event.FromString(record) for record in read_records(path, live)]
-    if live and not events:
-        return scalars
-    assert events[0].file_version == "brain.Event:2"
-    for event in events[1:]:
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for path in paths:
+        events = [Event.FromString(record) for record in read_records(path, live)]
+        if live and not events:
+            continue
+        assert events[0].file_version == "brain.Event:2"
+        for event in events[1:]:
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                scalars = {tag: [(step, v) for step, v in points if step < event.step]
+                           for tag, points in scalars.items()}
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     return scalars
 
 
@@ -190,3 +203,37 @@ def test_without_tensorboardx_a_trial_trains_and_reports_all_the_same(curves_sea
     assert json.loads((tmp_path / "t" / "run" / "metrics.json").read_text())["val_bpb"] == reports[-1]["val_bpb"]
     assert not list(tmp_path.rglob("*tfevents*"))
     assert capsys.readouterr().err.count("no TensorBoard curves: the tensorboardX package is not installed") == 1
+
+
+def test_a_resumed_trial_hides_the_figures_it_logs_anew(curves_search, tmp_path):
+    settings = curves_search
+    study = {t.number: t for t in load_study(settings).get_trials(deepcopy=False) if t.user_attrs.get("tune_trial_id")}
+    folder = next(f for f in sorted(Path(settings.storage, settings.name).glob("t[0-9]*_*"))
+                  if study[int(f.name[1:5])].user_attrs["status"] == "complete")
+    trial, checkpoint = study[int(folder.name[1:5])], folder / "checkpoint_000000"  # its first rung
+    resumed_at = torch.load(checkpoint / STATE_FILE.format(rank=0), weights_only=True)["step"]
+    before = read_scalars(curves_file(folder))
+    assert before["train/loss"][-1][0] > resumed_at  # the first run logged past the checkpoint
+    # The trial's folder as the interrupted run left it, then the trial resumed from its first rung.
+    interrupted = tmp_path / folder.name
+    interrupted.mkdir()
+    shutil.copy(curves_file(folder), interrupted)
+    config = {"run": json.loads(json.dumps(trial.user_attrs["run_config"])), "optuna_number": trial.number}
+    reports = []
+    run_training(config, settings, lambda metrics, checkpoint: reports.append(metrics), checkpoint,
+                 interrupted / "run")
+    assert reports[-1]["final"]
+    files = sorted(interrupted.glob(f"events.out.tfevents.*{FILENAME_SUFFIX}"))
+    assert len(files) == 2 and files[0].name == curves_file(folder).name
+    resumed = read_scalars(files[1])
+    [restart] = [Event.FromString(r) for r in read_records(files[1]) if Event.FromString(r).HasField("session_log")]
+    # TensorBoard hides the first file's figures from the resumed run's first step on: its first log line, the
+    # first after the checkpoint, which the interrupted run logged too.
+    assert restart.session_log.status == SessionLog.START
+    assert restart.step == resumed["train/loss"][0][0] == min(s for s, _ in before["train/loss"] if s > resumed_at)
+    assert_matches_log(resumed, log_lines(interrupted / "run" / "train.log"))
+    shown = shown_by_tensorboard(files)
+    for tag in ("train/loss", "rung/val_bpb"):
+        assert shown[tag] == [p for p in before[tag] if p[0] <= resumed_at] + resumed[tag], tag
+    assert shown["final/val_bpb"] == resumed["final/val_bpb"] == [(reports[-1]["steps"], pytest.approx(
+        reports[-1]["val_bpb"], rel=1e-6))]

@@ -43,21 +43,37 @@ def missing_package() -> str:
 
 
 class TrainingCurves:
-    """One run's curves: an event file in log_dir, which TensorBoard shows as a run named by the folder."""
+    """One run's curves: an event file in log_dir, which TensorBoard shows as a run named by the folder; the file
+    opens at the first figure.
 
-    def __init__(self, log_dir: Path):
+    resumed: the run goes on from a checkpoint, and an earlier file in log_dir may hold the interrupted run's
+    figures past it. TensorBoard then hides that file's figures from this run's first step on (its purge_step),
+    so the curves show each step once. Both runs log at the same steps, so only a rung the interrupted run logged
+    but never checkpointed can be left showing.
+    """
+
+    def __init__(self, log_dir: Path, resumed: bool = False):
+        self.log_dir, self.resumed = Path(log_dir), resumed
+        self._writer = None
+
+    def _open(self, first_step: int):
         from tensorboardX import SummaryWriter
 
-        self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(log_dir), flush_secs=FLUSH_S, filename_suffix=FILENAME_SUFFIX)
+        return SummaryWriter(str(self.log_dir), purge_step=first_step if self.resumed else None,
+                             flush_secs=FLUSH_S, filename_suffix=FILENAME_SUFFIX)
+
+    def _add(self, tag: str, value: float, step: int) -> None:
+        if self._writer is None:
+            self._writer = self._open(step)
+        self._writer.add_scalar(tag, value, step)
 
     @classmethod
-    def open_or_skip(cls, log_dir: Path) -> TrainingCurves | None:
+    def open_or_skip(cls, log_dir: Path, resumed: bool = False) -> TrainingCurves | None:
         """Curves in log_dir; None where tensorboardX is missing, said in one line on stderr once per process."""
         global _told_missing
         missing = missing_package()
         if not missing:
-            return cls(log_dir)
+            return cls(log_dir, resumed)
         if not _told_missing:
             print(f"no TensorBoard curves: {missing}", file=sys.stderr, flush=True)
             _told_missing = True
@@ -66,12 +82,12 @@ class TrainingCurves:
     def log_step(self, step: StepLog) -> None:
         """A log line's figures, at its step."""
         for tag, field in STEP_TAGS.items():
-            self.writer.add_scalar(tag, getattr(step, field), step.step)
+            self._add(tag, getattr(step, field), step.step)
 
     def log_scores(self, group: str, step: int, scores: dict[str, float]) -> None:
         """Scores at a step, each tagged group/name (e.g. rung/val_bpb)."""
         for name, value in scores.items():
-            self.writer.add_scalar(f"{group}/{name}", value, step)
+            self._add(f"{group}/{name}", value, step)
 
     def log_final(self, metrics: RunMetrics) -> None:
         """A finished run's val_bpb after the round trip and before quantization, at its last step."""
@@ -79,8 +95,9 @@ class TrainingCurves:
                                                  "val_bpb_prequant": metrics.val_bpb_prequant})
 
     def close(self) -> None:
-        """Write what is queued and close the file."""
-        self.writer.close()
+        """Write what is queued and close the file (if one was opened)."""
+        if self._writer is not None:
+            self._writer.close()
 
 
 class TensorBoardHooks(NoHooks):

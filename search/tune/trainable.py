@@ -94,7 +94,7 @@ def run_training(
     curves: TrainingCurves | None = None
     try:
         # In the trial's folder (run/'s parent), beside Tune's own event file: TensorBoard shows one run per trial.
-        curves = TrainingCurves.open_or_skip(out_dir.parent) if is_main else None
+        curves = TrainingCurves.open_or_skip(out_dir.parent, resumed=resume_dir is not None) if is_main else None
         cfg = from_dict(config["run"], where=f"trial {number}")
         train_fn = import_object(settings.train_fn)
 
