@@ -32,7 +32,8 @@ def test_ema_after_n_known_updates_is_the_closed_form(tiny_corpus, tiny_config_d
         ema.after_step(trainer, k, 1.0)
     for name, w in w0.items():
         w64 = w.double()
-        closed = decay**n * w64 + sum((1 - decay) * decay ** (n - k) * (w64 * (1 + k / 10) + k) for k in range(1, n + 1))
+        closed = decay**n * w64 + sum((1 - decay) * decay ** (n - k) * (w64 * (1 + k / 10) + k)
+                                      for k in range(1, n + 1))
         assert torch.allclose(ema.average[name].double(), closed, rtol=1e-6, atol=1e-5), name
         assert ema.average[name].dtype == torch.float32
 

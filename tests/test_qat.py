@@ -126,3 +126,21 @@ def test_evaluations_during_qat_score_the_float_weights(tiny_corpus, tiny_config
     trainer.components.insert(trainer.components.index(qat) + 1, seen)
     trainer.evaluate()
     assert seen.seen == [False] and bool(qat.fake_quant.on)  # off while scoring, on again after
+
+
+def test_switching_qat_on_recompiles_nothing():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, (x, y) = trained_looking(), batch()
+    fake = FakeQuant(6, torch.device("cpu"))
+    attach(model, fake)
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)  # Dynamo's graph, no C++ compiler needed
+    off = compiled(x, y)
+    fake.on.fill_(True)
+    on = compiled(x, y)
+    assert counters["stats"]["unique_graphs"] == 1  # the switch is a tensor the graph reads, not a guard
+    assert torch.equal(on, model(x, y)) and not torch.equal(on, off)
+    torch._dynamo.reset()

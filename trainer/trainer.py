@@ -101,7 +101,8 @@ class Trainer:
         self.startup.done("data")
         self.step, self.train_s, self.train_tokens = 0, 0.0, 0
         self.train_flops = 0.0  # model FLOPs of the steps taken (fewer per token while recurrence is off)
-        self.flops_per_token = {on: flops_per_token(cfg.model, self.tc.seq_len, recurrence_on=on) for on in (False, True)}
+        self.flops_per_token = {on: flops_per_token(cfg.model, self.tc.seq_len, recurrence_on=on)
+                                for on in (False, True)}
         self.compile_s = self.wait_s = self.eval_s = 0.0
         self.peak_mem_bytes = 0
         compiled = self.tc.compile_scope if self.tc.compile and self.rt.on_gpu else "off"
