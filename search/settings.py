@@ -16,6 +16,9 @@ SAMPLERS = ("tpe", "nsga2")
 # asha: ASHA stops weak trials at its rungs. none: no trial is stopped early, but every trial still reports at the
 # rungs, so the rung fidelity covers all of them (a fidelity study: ASHA lets only its rungs' winners reach the end).
 EARLY_STOPPING = ("asha", "none")
+# The final figure a single-objective search minimizes: the plain round trip's val_bpb, or its sliding-window score
+# (trials need train.eval_stride > 0 for that one; rungs rank by the val prefix either way).
+OBJECTIVE_METRICS = ("val_bpb", "val_bpb_sliding")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_TRAIN_FN = "trainer.train:train"
 
@@ -70,6 +73,7 @@ class SearchSettings:
     limit_bytes: int = 16_000_000
     enqueue: tuple[str, ...] = ()  # run config files whose points of the space are the first trials
     extra: dict[str, Any] = field(default_factory=dict)  # room for later commands (e.g. rerun)
+    objective: str = "val_bpb"  # one of OBJECTIVE_METRICS
 
     @property
     def multi_objective(self) -> bool:
@@ -144,6 +148,8 @@ class SearchSettings:
         _need(self.early_stopping in EARLY_STOPPING, "--early-stopping",
               f"{self.early_stopping!r} is not one of {EARLY_STOPPING}")
         _need(self.sampler in SAMPLERS, "--sampler", f"{self.sampler!r} is not one of {SAMPLERS}")
+        _need(self.objective in OBJECTIVE_METRICS, "--objective",
+              f"{self.objective!r} is not one of {OBJECTIVE_METRICS}")
         _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
         _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")
         for item in self.overrides:
@@ -151,6 +157,8 @@ class SearchSettings:
                 parse_override(item)
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
+        _need(self.objective == "val_bpb" or _sets_eval_stride(self.overrides), "--objective",
+              "val_bpb_sliding needs the trials to score it: add --set train.eval_stride=N (N > 0, e.g. 64)")
         return self
 
     def to_json(self) -> str:
@@ -208,6 +216,15 @@ def _moved_settings(settings: SearchSettings, moved: dict[str, Any]) -> dict[str
               f"{given!r} and --set train.{key}={value} disagree; pass only {flag}")
         changes[name] = value
     return changes
+
+
+def _sets_eval_stride(overrides: tuple[str, ...]) -> bool:
+    """Whether the overrides turn on sliding-window evaluation (train.eval_stride > 0)."""
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        if (section, key) == ("train", "eval_stride"):
+            return isinstance(value, int) and value > 0
+    return False
 
 
 def _need(ok: bool, flag: str, problem: str) -> None:
