@@ -18,6 +18,9 @@ SAMPLERS = ("tpe", "nsga2")
 EARLY_STOPPING = ("asha", "none")
 # Ray Tune logger callbacks a search can send its trials' results to (the package is imported only when asked for).
 LOGGERS = ("", "wandb", "mlflow")
+# The final figure a single-objective search minimizes: the plain round trip's val_bpb, or its sliding-window score
+# (trials need train.eval_stride > 0 for that one; rungs rank by the val prefix either way).
+OBJECTIVE_METRICS = ("val_bpb", "val_bpb_sliding")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_TRAIN_FN = "trainer.train:train"
 
@@ -79,6 +82,7 @@ class SearchSettings:
     # pair is refused unless asked for explicitly.
     asha_with_nsga2: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # room for later commands (e.g. rerun)
+    objective: str = "val_bpb"  # one of OBJECTIVE_METRICS
 
     @property
     def multi_objective(self) -> bool:
@@ -159,6 +163,8 @@ class SearchSettings:
               "(val_bpb, artifact_bytes) frontier, and NSGA-II learns only from trials that finish; pass "
               "--early-stopping none, or --asha-with-nsga2 to accept that")
         _need(self.logger in LOGGERS, "--logger", f"{self.logger!r} is not one of {LOGGERS[1:]}")
+        _need(self.objective in OBJECTIVE_METRICS, "--objective",
+              f"{self.objective!r} is not one of {OBJECTIVE_METRICS}")
         _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
         _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")
         for item in self.overrides:
@@ -166,6 +172,8 @@ class SearchSettings:
                 parse_override(item)
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
+        _need(self.objective == "val_bpb" or _sets_eval_stride(self.overrides), "--objective",
+              "val_bpb_sliding needs the trials to score it: add --set train.eval_stride=N (N > 0, e.g. 64)")
         return self
 
     def to_json(self) -> str:
@@ -226,6 +234,15 @@ def _moved_settings(settings: SearchSettings, moved: dict[str, Any]) -> dict[str
               f"{given!r} and --set train.{key}={value} disagree; pass only {flag}")
         changes[name] = value
     return changes
+
+
+def _sets_eval_stride(overrides: tuple[str, ...]) -> bool:
+    """Whether the overrides turn on sliding-window evaluation (train.eval_stride > 0)."""
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        if (section, key) == ("train", "eval_stride"):
+            return isinstance(value, int) and value > 0
+    return False
 
 
 def _need(ok: bool, flag: str, problem: str) -> None:
