@@ -92,7 +92,8 @@ def assert_matches_log(scalars: dict, lines: list) -> None:
 
 
 def test_trainer_train_writes_the_curves_of_its_log_lines(tiny_corpus, tiny_config_dict, tmp_path, capsys):
-    tiny_config_dict["train"].update(max_steps=12, budget_s=300.0, warmdown_steps=4, log_every_steps=2)
+    tiny_config_dict["train"].update(max_steps=12, budget_s=300.0, warmdown_steps=4, log_every_steps=2,
+                                     eval_stride=8)
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict))
     out, curves = tmp_path / "out", tmp_path / "tb"
@@ -110,11 +111,13 @@ def test_trainer_train_writes_the_curves_of_its_log_lines(tiny_corpus, tiny_conf
     # step 9, then (12 - (k - 1)) / 4.
     assert scalars["train/lr_scale"] == [(k, min(1.0, (12 - (k - 1)) / 4)) for k in (1, 2, 4, 6, 8, 10, 12)]
     metrics = json.loads((out / "metrics.json").read_text())
-    for name in ("val_bpb", "val_bpb_prequant"):
+    finals = ("val_bpb", "val_bpb_sliding", "val_bpb_prequant")  # no train.average: no val_bpb_prequant_raw
+    assert metrics["val_bpb_prequant_raw"] is None
+    for name in finals:
         [(step, value)] = scalars[f"final/{name}"]
         assert step == metrics["steps"] == 12 and value == pytest.approx(metrics[name], rel=1e-6)
     assert set(scalars) == {"train/loss", "train/lr_scale", "train/tokens_per_s", "train/train_s",
-                            "final/val_bpb", "final/val_bpb_prequant"}
+                            *(f"final/{name}" for name in finals)}
 
 
 def test_curves_reach_the_file_while_the_writer_is_open(tmp_path):
@@ -227,13 +230,13 @@ def test_a_resumed_trial_hides_the_figures_it_logs_anew(curves_search, tmp_path)
     assert len(files) == 2 and files[0].name == curves_file(folder).name
     resumed = read_scalars(files[1])
     [restart] = [Event.FromString(r) for r in read_records(files[1]) if Event.FromString(r).HasField("session_log")]
-    # TensorBoard hides the first file's figures from the resumed run's first step on: its first log line, the
-    # first after the checkpoint, which the interrupted run logged too.
+    # TensorBoard hides the first file's figures from the resumed run's first figure on: its first log line (at
+    # the first log step after the checkpoint, or its last step), or a rung it reached sooner.
     assert restart.session_log.status == SessionLog.START
-    assert restart.step == resumed["train/loss"][0][0] == min(s for s, _ in before["train/loss"] if s > resumed_at)
+    assert restart.step == min(points[0][0] for points in resumed.values()) > resumed_at
     assert_matches_log(resumed, log_lines(interrupted / "run" / "train.log"))
     shown = shown_by_tensorboard(files)
-    for tag in ("train/loss", "rung/val_bpb"):
-        assert shown[tag] == [p for p in before[tag] if p[0] <= resumed_at] + resumed[tag], tag
+    for tag in ("train/loss", "rung/val_bpb"):  # the resume may run out of budget before its next rung
+        assert shown[tag] == [p for p in before[tag] if p[0] <= resumed_at] + resumed.get(tag, []), tag
     assert shown["final/val_bpb"] == resumed["final/val_bpb"] == [(reports[-1]["steps"], pytest.approx(
         reports[-1]["val_bpb"], rel=1e-6))]

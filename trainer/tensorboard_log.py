@@ -25,6 +25,9 @@ FILENAME_SUFFIX = ".training"
 # Scalar tag -> StepLog field, written at every log line.
 STEP_TAGS = {"train/loss": "loss", "train/lr_scale": "lr_scale", "train/tokens_per_s": "tokens_per_s",
              "train/train_s": "train_s"}
+# A finished run's figures: after the round trip (whole val, and by sliding windows where train.eval_stride
+# is set), and before quantization (also before averaging, where train.average is set).
+FINAL_SCORES = ("val_bpb", "val_bpb_sliding", "val_bpb_prequant", "val_bpb_prequant_raw")
 
 _told_missing = False
 
@@ -47,9 +50,10 @@ class TrainingCurves:
     opens at the first figure.
 
     resumed: the run goes on from a checkpoint, and an earlier file in log_dir may hold the interrupted run's
-    figures past it. TensorBoard then hides that file's figures from this run's first step on (its purge_step),
-    so the curves show each step once. Both runs log at the same steps, so only a rung the interrupted run logged
-    but never checkpointed can be left showing.
+    figures past it. TensorBoard then hides that file's figures from this run's first one on (its purge_step), so
+    the curves show each step once. That first figure is the log line at the first log step after the checkpoint
+    (which the interrupted run also logged) or a rung before it; only a rung the interrupted run logged but never
+    checkpointed can be left showing.
     """
 
     def __init__(self, log_dir: Path, resumed: bool = False):
@@ -90,9 +94,9 @@ class TrainingCurves:
             self._add(f"{group}/{name}", value, step)
 
     def log_final(self, metrics: RunMetrics) -> None:
-        """A finished run's val_bpb after the round trip and before quantization, at its last step."""
-        self.log_scores("final", metrics.steps, {"val_bpb": metrics.val_bpb,
-                                                 "val_bpb_prequant": metrics.val_bpb_prequant})
+        """A finished run's val_bpb figures (FINAL_SCORES, those it has), at its last step."""
+        scores = {name: getattr(metrics, name) for name in FINAL_SCORES}
+        self.log_scores("final", metrics.steps, {name: v for name, v in scores.items() if v is not None})
 
     def close(self) -> None:
         """Write what is queued and close the file (if one was opened)."""
