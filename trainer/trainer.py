@@ -122,6 +122,8 @@ class Trainer:
     def _compile(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(the module training steps run, the module evaluation runs): compiled and DDP-wrapped as configured."""
         compiled, evaluator = self.model, self.model
+        if self.tc.compile and self.rt.on_gpu:
+            _configure_inductor()
         if self.tc.compile and self.rt.on_gpu and self.tc.compile_scope == "layers":
             self.model.compile_layers(for_eval=self.tc.compile_eval)
         elif self.tc.compile and self.rt.on_gpu:
@@ -441,3 +443,12 @@ def _timed_write(payload: bytes, cfg: RunConfig, path: Path) -> tuple[artifact.A
     start = time.perf_counter()
     info = artifact.write(payload, cfg, path)
     return info, time.perf_counter() - start
+
+
+def _configure_inductor() -> None:
+    """Inductor settings the compiled model needs on every torch version it runs on."""
+    import torch._inductor.config as inductor_config
+    # torch 2.11's mix-order reduction fusion fails an assertion (FusedMixOrderReductions in sub_node_can_fuse)
+    # while compiling the record stack's backward on H100; without the fusion the graph compiles.
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        inductor_config.triton.mix_order_reduction = False
