@@ -30,7 +30,7 @@ class TrainConfig:
     seq_len: int = 1024
     batch_tokens: int = 524_288
     # Most tokens one rank runs forward at once (an upper bound; on an H100 131,072 ran 4% faster than 65,536,
-    # BENCHMARKS.md "Micro-batch size").
+    # BENCHMARKS.md, "Step time against the challenge's trainer").
     micro_batch_tokens: int = 131_072
     max_steps: int = 20_000
     budget_s: float = 600.0
@@ -52,7 +52,7 @@ class TrainConfig:
     # "model": the whole forward as one graph. "layers": regional compilation, one graph per virtual-layer
     # variant shared by every block. On an H100 layers compiled in 7.3 s warm instead of ~14 s but stepped 11-13%
     # slower (306 vs 270 ms for 9x512), a bad trade for any trial longer than a minute (BENCHMARKS.md
-    # "Regional compilation vs whole-model compilation").
+    # "Compile time and scope").
     compile_scope: str = "model"
     compile_optimizer: bool = True  # torch.compile the Muon Newton-Schulz iteration on CUDA
     compile_eval: bool = False  # evaluate with the compiled model (pays a second compile for the eval graph)
