@@ -64,7 +64,7 @@ class TrainConfig:
     val_batch_tokens: int = 524_288
     final_val_tokens: int = 0  # 0: score the whole val split at the end (the challenge's figure)
     log_every_steps: int = 50
-    # The record's recipe (trainer/averaging.py, qat.py, recurrence.py, sliding.py; optim.py for weight decay).
+    # The record's recipe (trainer/averaging.py, qat.py, recurrence.py, evaluate.py; optim.py for weight decay).
     # Weight averaging for the final evaluation and the export: "ema" (every step, float32) or "swa" (the mean
     # of snapshots every swa_every_steps steps once the step's LR scale is below swa_start_lr_scale).
     average: str = "none"

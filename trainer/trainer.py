@@ -37,7 +37,6 @@ from trainer.run_config import RunConfig
 from trainer.runlog import PhaseTimer, RunLog
 from trainer.runtime import setup_runtime
 from trainer.schedule import unique_params
-from trainer.sliding import evaluate_sliding
 
 STATE_FILE = "trainer_state.rank{rank}.pt"
 
@@ -166,11 +165,10 @@ class Trainer:
                             self.rt.device, self.rt.rank, self.rt.world_size)
 
     def evaluate_sliding(self) -> EvalResult:
-        """Score the run's whole val split by windows every train.eval_stride tokens (trainer.sliding)."""
+        """Score the run's whole val split by windows every train.eval_stride tokens."""
         with self._evaluating():
-            return evaluate_sliding(self.evaluator, self.val_tokens, self.table, self.tc.seq_len,
-                                    self.tc.eval_stride, self.tc.val_batch_tokens, self.rt.device, self.rt.rank,
-                                    self.rt.world_size)
+            return evaluate(self.evaluator, self.val_tokens, self.table, self.tc.seq_len, self.tc.val_batch_tokens,
+                            self.rt.device, self.rt.rank, self.rt.world_size, stride=self.tc.eval_stride)
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
