@@ -55,13 +55,13 @@ class SearchSettings:
     report_every_s: float = 0.0
     # Score each report on the weights after the artifact's quantization round trip, so ASHA ranks what the
     # export will score (on two H200s, rungs ranked against the final val_bpb at Spearman +0.48 at 5 s, against
-    # the pre-quant final at +0.95: the export reordered the int5 trials; BENCHMARKS.md "A search over the
-    # default space"). The pre-quant value is reported too, as val_bpb_prequant.
+    # the pre-quant final at +0.95: the export reordered the int5 trials). The pre-quant value is reported too,
+    # as val_bpb_prequant.
     rung_roundtrip: bool = False
     # Score each report after a short learning-rate cooldown, then rewind it: this fraction of the steps trained
     # so far, LR decaying linearly to 0 from where it is. A rung mid-schedule ranks configs before their decay,
     # which the final val_bpb comes after (at 180 s a 60 s rung ranked at Spearman +0.19, n = 10; BENCHMARKS.md
-    # "A 24-trial search at 180 s with one rung at 60 s"), so this probes what each would score if it stopped
+    # "Do early rungs rank like the final val_bpb"), so this probes what each would score if it stopped
     # there. The cooldown is evaluation time, never budget.
     rung_cooldown_fraction: float = 0.0
     sampler: str = "tpe"

@@ -9,9 +9,8 @@ from tests.trainer_runs import run
 from trainer import run_config as config
 from trainer.bpb import bits_per_byte, byte_table, target_bytes
 from trainer.data.shards import load_val_tokens
-from trainer.evaluate import evaluate
+from trainer.evaluate import evaluate, sliding_windows
 from trainer.model import GPT
-from trainer.sliding import evaluate_sliding, sliding_windows
 
 
 @pytest.mark.parametrize("num_tokens, seq_len, stride", [
@@ -40,14 +39,21 @@ def model_and_data(tiny_corpus):
 def test_stride_equal_to_seq_len_is_plain_evaluation(tiny_corpus):
     model, tokens, table = model_and_data(tiny_corpus)
     plain = evaluate(model, tokens, table, 64, 256, torch.device("cpu"))
-    sliding = evaluate_sliding(model, tokens, table, 64, 64, 256, torch.device("cpu"))
-    assert sliding == plain  # the same sums, tokens and bytes, exactly
+    # Consecutive windows by hand: every target once, after the tokens of its own window only.
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, len(tokens) - 1, 64):
+            x, y = tokens[start : start + 64][None], tokens[start + 1 : start + 65][None]
+            x = x[:, : y.shape[1]]
+            nats += model(x, y, reduction="none").double().sum().item()
+    assert evaluate(model, tokens, table, 64, 256, torch.device("cpu"), stride=64) == plain
+    assert plain.tokens == len(tokens) - 1 and plain.sum_nats == pytest.approx(nats, rel=1e-9)
 
 
 def test_a_smaller_stride_scores_each_token_once_with_its_window_s_context(tiny_corpus):
     model, tokens, table = model_and_data(tiny_corpus)
     seq_len, stride = 64, 16
-    sliding = evaluate_sliding(model, tokens, table, seq_len, stride, 256, torch.device("cpu"))
+    sliding = evaluate(model, tokens, table, seq_len, 256, torch.device("cpu"), stride=stride)
     # Each target alone: the model over its window, the nats at its own position.
     nats, nbytes = 0.0, 0
     with torch.no_grad():
@@ -67,7 +73,7 @@ def test_the_trainer_reports_the_sliding_score_after_the_round_trip(tiny_corpus,
     tiny_config_dict["train"].update(eval_stride=8, max_steps=4)
     trainer, metrics, _ = run(tiny_corpus, tiny_config_dict, tmp_path)
     # The model holds the round trip's weights now: score them again by hand.
-    again = evaluate_sliding(trainer.model, trainer.val_tokens, trainer.table, 32, 8, 1024, torch.device("cpu"))
+    again = evaluate(trainer.model, trainer.val_tokens, trainer.table, 32, 1024, torch.device("cpu"), stride=8)
     assert metrics.val_bpb_sliding == again.val_bpb and metrics.val_loss_sliding == again.val_loss
     assert metrics.val_bpb_sliding != metrics.val_bpb
     assert "val_bpb_sliding" in (tmp_path / "train.log").read_text()

@@ -18,6 +18,7 @@ from trainer.model_config import (  # noqa: F401  (ConfigError and the sections 
 
 COMPILE_SCOPES = ("layers", "model")
 AVERAGES = ("none", "ema", "swa")
+DATA_ORDERS = ("stream", "shuffled")
 # --smoke runs 8 steps with a 4-step warmdown (LR scales 1, 0.75, 0.5, 0.25 at the end): late techniques that
 # start below an LR scale start below this one instead, so the last two smoke steps exercise them.
 SMOKE_LATE_LR_SCALE = 0.6
@@ -30,7 +31,7 @@ class TrainConfig:
     seq_len: int = 1024
     batch_tokens: int = 524_288
     # Most tokens one rank runs forward at once (an upper bound; on an H100 131,072 ran 4% faster than 65,536,
-    # BENCHMARKS.md "Micro-batch size").
+    # BENCHMARKS.md, "Step time against the challenge's trainer").
     micro_batch_tokens: int = 131_072
     max_steps: int = 20_000
     budget_s: float = 600.0
@@ -52,7 +53,7 @@ class TrainConfig:
     # "model": the whole forward as one graph. "layers": regional compilation, one graph per virtual-layer
     # variant shared by every block. On an H100 layers compiled in 7.3 s warm instead of ~14 s but stepped 11-13%
     # slower (306 vs 270 ms for 9x512), a bad trade for any trial longer than a minute (BENCHMARKS.md
-    # "Regional compilation vs whole-model compilation").
+    # "Compile time and scope").
     compile_scope: str = "model"
     compile_optimizer: bool = True  # torch.compile the Muon Newton-Schulz iteration on CUDA
     compile_eval: bool = False  # evaluate with the compiled model (pays a second compile for the eval graph)
@@ -64,7 +65,7 @@ class TrainConfig:
     val_batch_tokens: int = 524_288
     final_val_tokens: int = 0  # 0: score the whole val split at the end (the challenge's figure)
     log_every_steps: int = 50
-    # The record's recipe (trainer/averaging.py, qat.py, recurrence.py, sliding.py; optim.py for weight decay).
+    # The record's recipe (trainer/averaging.py, qat.py, recurrence.py, evaluate.py; optim.py for weight decay).
     # Weight averaging for the final evaluation and the export: "ema" (every step, float32) or "swa" (the mean
     # of snapshots every swa_every_steps steps once the step's LR scale is below swa_start_lr_scale).
     average: str = "none"
@@ -83,6 +84,9 @@ class TrainConfig:
     recurrence_start_fraction: float = 0.0
     # Sliding-window evaluation after the round trip: windows of seq_len every eval_stride tokens (0: off).
     eval_stride: int = 0
+    # Training tokens in shard order ("stream"), or as seq_len windows in a seeded random order over all shards,
+    # each once per pass ("shuffled", trainer/data/sampler.py).
+    data_order: str = "stream"
 
     def validate(self) -> None:
         """Raise ConfigError on inconsistent batch or budget settings."""
@@ -116,6 +120,7 @@ class TrainConfig:
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
         _require(self.average in AVERAGES, "train.average", f"'{self.average}' is not one of {AVERAGES}")
+        _require(self.data_order in DATA_ORDERS, "train.data_order", f"'{self.data_order}' is not one of {DATA_ORDERS}")
         _require(0 < self.ema_decay < 1, "train.ema_decay", f"{self.ema_decay} must be in (0, 1), e.g. 0.997")
         _require(self.swa_every_steps >= 1, "train.swa_every_steps", "must be at least 1")
         _require(0 < self.swa_start_lr_scale <= 1, "train.swa_start_lr_scale", "must be in (0, 1], e.g. 0.2")
