@@ -201,7 +201,8 @@ def test_without_tensorboardx_a_trial_trains_and_reports_all_the_same(curves_sea
     monkeypatch.setattr(tensorboard_log, "_told_missing", False)
     reports = []
     run_training(config, settings, lambda metrics, checkpoint: reports.append(metrics), None, tmp_path / "t" / "run")
-    assert [r["optuna_number"] for r in reports] == [99] * len(reports) and len(reports) >= 2
+    # Rungs come at training seconds, so how many precede the final report depends on the machine's load.
+    assert reports and [r["optuna_number"] for r in reports] == [99] * len(reports)
     assert reports[-1]["final"] and not any(r.get("failed") for r in reports)
     assert json.loads((tmp_path / "t" / "run" / "metrics.json").read_text())["val_bpb"] == reports[-1]["val_bpb"]
     assert not list(tmp_path.rglob("*tfevents*"))
