@@ -39,7 +39,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         if getattr(space, axis):
             print(f"  {axis}: {list(getattr(space, axis))}")
     if space.widths:
-        print(f"  width: {[w.label for w in space.widths]}", flush=True)
+        print(f"  width: {[w.label for w in space.widths]}")
+    for knob in space.knobs:
+        print(f"  {knob.name}: {knob.describe()}")
+    sys.stdout.flush()
     size = space.size()
     workers = max(1, min(os.cpu_count() or 1, size // 2000))
     progress(f"predicting the size of {size:,} configs on {workers} process(es)")
