@@ -250,8 +250,10 @@ class SearchSpace:
             raise optuna.TrialPruned(f"over the size limit: {prediction.describe()}")
         return cfg
 
-    def assignments(self) -> Iterator[dict[str, Any]]:
-        """Every assignment, depth-first: replay the walk, advancing the last decision with choices left."""
+    def assignments(self, only: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every assignment, depth-first: replay the walk, advancing the last decision with choices left.
+
+        `only` ({param: value}) keeps the branches where those params, when asked, have those values."""
         path: list[int] = []
         while True:
             sizes: list[int] = []
@@ -259,12 +261,19 @@ class SearchSpace:
             def replay(name: str, options: Options) -> Any:
                 depth = len(sizes)
                 values = options.values
+                if only and name in only:
+                    values = tuple(v for v in values if v == only[name])
                 sizes.append(len(values))
+                if not values:
+                    raise _DeadEnd
                 if depth == len(path):
                     path.append(0)
                 return values[path[depth]]
 
-            yield self._assign(replay)
+            try:
+                yield self._assign(replay)
+            except _DeadEnd:
+                pass  # this branch has no value left for some param: move on to the next one
             del path[len(sizes):]
             while path and path[-1] + 1 >= sizes[len(path) - 1]:
                 path.pop()
@@ -285,10 +294,8 @@ class SearchSpace:
                 wanted[knob.name] = next((label for label, value in fixed
                                           if value == getattr(getattr(cfg, knob.section), knob.key)), None)
         train_keys = [k.key for k in self.knobs if k.section == "train"]
-        for a in self.assignments():
-            # Axis values first (cheap); build only the few assignments that agree on all of them.
-            if any(key in a and a[key] != value for key, value in wanted.items()):
-                continue
+        # Only the branches that agree on those values; build only their assignments.
+        for a in self.assignments(only=wanted):
             built = self.build(a)
             if (built.model == cfg.model and built.export == cfg.export
                     and all(getattr(built.train, k) == getattr(cfg.train, k) for k in train_keys)):
@@ -301,8 +308,8 @@ class SearchSpace:
             yield a, self.build(a)
 
     def orders(self) -> set[tuple[int, tuple[int, ...]]]:
-        """Every distinct (unique_blocks, virtual-layer order) of the space's points."""
-        return {self._order(a) for a in self.assignments()}
+        """Every distinct (unique_blocks, virtual-layer order) of the space's points (the patterns' alone)."""
+        return set(_pattern_orders(self))
 
     def size(self) -> int:
         """Number of points in the space."""
@@ -348,6 +355,10 @@ class SearchSpace:
     def with_code_bytes(self, code_bytes: int | None) -> "SearchSpace":
         """A copy that predicts with a fixed code-byte figure (None: read the trainer sources)."""
         return replace(self, code_bytes=code_bytes)
+
+
+class _DeadEnd(Exception):
+    """A filtered walk reached a decision with no value left."""
 
 
 def _order_label(order: tuple[int, ...]) -> str:
