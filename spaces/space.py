@@ -610,8 +610,15 @@ def _check_base(space: SearchSpace) -> None:
         if knob.key in (base.get(knob.section) or {}):
             _fail(where, f"knobs.{knob.name}", f"is also set in base.{knob.section}",
                   f"remove {knob.key} from base.{knob.section} (the knob sets it), or drop the knob")
+    data = copy.deepcopy(base)
     try:
-        from_dict(copy.deepcopy(base), where="base")
+        # With the patterns' first order: base keys may refer to depths (e.g. value_embed_layers) it has.
+        n, order = next(_pattern_orders(space))
+        data.setdefault("model", {}).update(unique_blocks=n, virtual_layers=list(order))
+    except patterns.PatternError:
+        pass  # the pattern check names it
+    try:
+        from_dict(data, where="base")
     except ConfigError as exc:
         _fail(where, "base", str(exc), "use RunConfig sections model/train/export with keys from trainer/model_config.py and trainer/run_config.py")
 
