@@ -40,7 +40,7 @@ PRESET_POINTS = {
 
 # Presets the default space does not contain (yet), and why.
 OUTSIDE_DEFAULT_SPACE = {
-    # The record's techniques (XSA, bigrams, lanes, ...) are base values no space file can set yet.
+    # The record's techniques (partial RoPE, value embeddings, lanes, ...): spaces/record.yaml holds both presets.
     "record_0331_mini_recurrence": "model techniques the default space does not search",
     "record_0331_fit": "model techniques the default space does not search",
 }

@@ -148,9 +148,9 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
 IMPORTANCE_MIN_TRIALS = 5
 
 
-def param_importances(study: optuna.Study) -> dict:
-    """Optuna's parameter importances for the first objective (val_bpb) over the completed trials, with how many
-    trials they rest on and a note when that is too few.
+def param_importances(study: optuna.Study, objective: str = "val_bpb") -> dict:
+    """Optuna's parameter importances for the first objective (the search's --objective, e.g. val_bpb) over the
+    completed trials, with how many trials they rest on and a note when that is too few.
 
     PED-ANOVA: Optuna's default, it needs no package beyond Optuna (fANOVA needs scikit-learn) and judges
     conditional parameters (e.g. `untie_mlp`, asked only for orders that repeat a block) on the trials that have
@@ -160,7 +160,7 @@ def param_importances(study: optuna.Study) -> dict:
 
     trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
               if t.values and pd.notna(t.values[0])]
-    info = {"evaluator": "PED-ANOVA", "target": "val_bpb (objective 0)", "trials": len(trials), "importances": {},
+    info = {"evaluator": "PED-ANOVA", "target": objective, "trials": len(trials), "importances": {},
             "note": ""}
     if len(trials) < 2:
         info["note"] = f"{len(trials)} completed trial(s): no importances"
@@ -554,7 +554,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
     info["rungs_after_roundtrip"] = rungs_after_roundtrip(study, settings)
-    info["importances"] = param_importances(study)
+    info["importances"] = param_importances(study, settings.objective)
     rows = device_rows(settings)
     devices = pd.DataFrame(rows, columns=DEVICE_COLUMNS)
     info["devices"] = device_use.totals(rows)
