@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,7 +15,7 @@ import yaml
 
 from trainer.model_config import EMBEDDING_BITS, QUANT_BITS, ConfigError, ExportConfig
 
-from trainer.run_config import RunConfig, from_dict
+from trainer.run_config import SECTIONS, RunConfig, from_dict
 
 from spaces import expr, patterns
 from spaces.choices import Categorical, FloatRange, IntRange, Options
@@ -373,15 +373,11 @@ def _describe(options: Options) -> str:
 
 def _base_or_default(base: dict, section: str, key: str) -> Any:
     """section.key as base sets it (lists as tuples), else the RunConfig default."""
-    import dataclasses
-
-    from trainer.run_config import SECTIONS
-
     values = base.get(section) or {}
     if key in values:
         value = values[key]
         return tuple(value) if isinstance(value, list) else value
-    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+    return next(f.default for f in fields(SECTIONS[section]) if f.name == key)
 
 
 # ---- loading and validation -----------------------------------------------------------------------
