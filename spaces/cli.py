@@ -1,4 +1,4 @@
-"""Command line: show / check / sample a space; synth / calibrate / accuracy for the size model."""
+"""Command line: show / check / sample a space, from-influence to write one; synth / calibrate / accuracy for the size model."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +39,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         if getattr(space, axis):
             print(f"  {axis}: {list(getattr(space, axis))}")
     if space.widths:
-        print(f"  width: {[w.label for w in space.widths]}", flush=True)
+        print(f"  width: {[w.label for w in space.widths]}")
+    for knob in space.knobs:
+        print(f"  {knob.name}: {knob.describe()}")
+    sys.stdout.flush()
     size = space.size()
     workers = max(1, min(os.cpu_count() or 1, size // 2000))
     progress(f"predicting the size of {size:,} configs on {workers} process(es)")
@@ -152,6 +155,26 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2,3") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,2,3")
+    return values
+
+
+def cmd_from_influence(args: argparse.Namespace) -> int:
+    from spaces.from_influence import from_influence
+
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}: pass at least 1")
+    for line in from_influence(args.report, args.base, args.out, args.top, args.lengths, args.repeats):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m spaces` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m spaces", description=__doc__)
@@ -170,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = space_cmd("sample", "print n feasible configs with predicted bytes", cmd_sample)
     p.add_argument("-n", type=int, default=5, help="how many configs (default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("from-influence", help="a space looping the least influential blocks of a trained run",
+                       description="write a space whose loops are explicit orders over the K contiguous runs of "
+                       "middle blocks with the lowest mean Block Influence (`python -m trainer influence`); the "
+                       "base space's other axes, knobs and base are kept")
+    p.add_argument("report", help="influence.json, or the run folder holding it")
+    p.add_argument("--base", required=True, help="space file to take everything but the patterns from, "
+                   "e.g. spaces/record.yaml")
+    p.add_argument("--out", required=True, help="space file to write")
+    p.add_argument("--top", type=int, default=3, help="how many runs of blocks to loop (default 3)")
+    p.add_argument("--lengths", type=_int_list, default=(1, 2, 3), help="run lengths in blocks (default 1,2,3)")
+    p.add_argument("--repeats", type=_int_list, default=None,
+                   help="passes of each loop (default: the base's loop_middle repeats, else 2)")
+    p.set_defaults(func=cmd_from_influence)
 
     p = sub.add_parser("synth", help="write synthetic run dirs for a PROVISIONAL calibration",
                        description="write synthetic-weight run dirs (metrics.json + model.ptz) for a provisional calibration")

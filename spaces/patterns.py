@@ -84,6 +84,27 @@ def expand(family: str, n: int, params: dict[str, int]) -> tuple[int, ...]:
     return globals()[family](n, **params)
 
 
+# How repeats get MLPs of their own (the untie_mlp axis): none and full are model.untie_mlp's own policies;
+# repeats lists every position whose block ran before (as the record writes it), first_repeat only each block's
+# second run (the same as repeats when no block runs more than twice).
+UNTIE_CHOICES = ("none", "full", "repeats", "first_repeat")
+
+
+def untie_value(choice: str, order: tuple[int, ...]) -> str | tuple[int, ...]:
+    """model.untie_mlp of an untie choice for this order: none/full as they are, else the positions it unties."""
+    if choice in ("none", "full"):
+        return choice
+    if choice not in UNTIE_CHOICES:
+        raise PatternError(f"untie_mlp '{choice}' is not one of {UNTIE_CHOICES}")
+    runs: dict[int, int] = {}
+    positions = []
+    for position, block in enumerate(order):
+        runs[block] = runs.get(block, 0) + 1
+        if runs[block] == 2 or (runs[block] > 2 and choice == "repeats"):
+            positions.append(position)
+    return tuple(positions)
+
+
 def has_repeats(order: tuple[int, ...]) -> bool:
     """True when some block runs more than once (only then can MLPs be untied)."""
     return len(set(order)) < len(order)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,14 +15,16 @@ import yaml
 
 from trainer.model_config import EMBEDDING_BITS, QUANT_BITS, ConfigError, ExportConfig
 
-from trainer.run_config import RunConfig, from_dict
+from trainer.run_config import SECTIONS, RunConfig, from_dict
 
 from spaces import expr, patterns
+from spaces.choices import Categorical, FloatRange, IntRange, Options
+from spaces.knobs import Expr, Knob, KnobError, parse_knobs
 from trainer.sizing.size_model import SizePrediction, predict
 
 # Axes a space file may list (each a choice list); unique_blocks and patterns are required, the rest optional.
 AXES = ("unique_blocks", "untie_mlp", "width", "mlp_mult", "depth_signal", "quant_bits", "embedding_bits")
-TOP_KEYS = ("name", "description", "base", "patterns", "head_dim", "kv_ratio") + AXES
+TOP_KEYS = ("name", "description", "base", "patterns", "head_dim", "kv_ratio", "knobs") + AXES
 # Axes chosen per config, and the RunConfig keys each one sets (base must leave those alone).
 AXIS_KEYS = {
     "untie_mlp": ("model", "untie_mlp"),
@@ -37,25 +39,6 @@ WIDTH_KEYS = (("model", "model_dim"), ("model", "num_heads"), ("model", "num_kv_
 
 class SpaceError(ConfigError):
     """A space file is malformed; the message names the file, the key and the fix."""
-
-
-@dataclass(frozen=True)
-class Categorical:
-    """Pick one of these values."""
-
-    values: tuple
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """Pick an integer in lo..hi (inclusive)."""
-
-    lo: int
-    hi: int
-
-    @property
-    def values(self) -> tuple[int, ...]:
-        return tuple(range(self.lo, self.hi + 1))
 
 
 @dataclass(frozen=True)
@@ -102,7 +85,7 @@ class Width:
         return f"d{self.model_dim}_h{self.num_heads}_kv{self.num_kv_heads}"
 
 
-Pick = Callable[[str, Categorical | IntRange], Any]
+Pick = Callable[[str, Options], Any]
 
 
 @dataclass(frozen=True)
@@ -121,6 +104,7 @@ class SearchSpace:
     embedding_bits: tuple[int, ...] | None = None
     head_dim: int = 64  # derives heads of plain-int widths
     kv_ratio: int = 2
+    knobs: tuple[Knob, ...] = ()  # any other RunConfig keys searched, decided last in file order
     name: str = ""
     description: str = ""
     code_bytes: int | None = field(default=None, compare=False)  # None: read the trainer sources on disk
@@ -130,7 +114,7 @@ class SearchSpace:
         """Make every decision through `pick`, in dependency order; returns the assignment."""
         a: dict[str, Any] = {}
 
-        def choose(name: str, options: Categorical | IntRange) -> Any:
+        def choose(name: str, options: Options) -> Any:
             a[name] = pick(name, options)
             return a[name]
 
@@ -153,7 +137,35 @@ class SearchSpace:
         embedding = self._embedding_choice(a)
         if embedding:
             choose(*embedding)
+        if self.knobs:
+            n, order = self._order(a)
+            env = {"n": n, "depth": len(order)}
+            for knob in self.knobs:
+                if knob.asked(lambda section, key: self._value_so_far(a, section, key)):
+                    choose(knob.name, knob.options(env))
         return a
+
+    def _value_so_far(self, a: dict[str, Any], section: str, key: str) -> Any:
+        """The value section.key has once the decisions in `a` are made: a choice, else base, else the default."""
+        return self._decided(a).get((section, key), _base_or_default(self.base, section, key))
+
+    def _decided(self, a: dict[str, Any]) -> dict[tuple[str, str], Any]:
+        """{(section, key): value} of every decision in assignment a (patterns, axes and knobs)."""
+        n, order = self._order(a)
+        values: dict[tuple[str, str], Any] = {
+            ("model", "unique_blocks"): n, ("model", "virtual_layers"): () if order == tuple(range(n)) else order}
+        if "width" in a:
+            w = next(w for w in self.widths if w.label == a["width"])
+            values.update({k: getattr(w, k[1]) for k in WIDTH_KEYS})
+        for axis, keys in AXIS_KEYS.items():
+            name = self._param_name(axis, a)
+            if name in a:
+                values[keys] = patterns.untie_value(a[name], order) if axis == "untie_mlp" else a[name]
+        env = {"n": n, "depth": len(order)}
+        for knob in self.knobs:
+            if knob.name in a:
+                values[(knob.section, knob.key)] = knob.value(a[knob.name], env)
+        return values
 
     def _embedding_choice(self, a: dict[str, Any]) -> tuple[str, Categorical] | None:
         """The embedding widths offered with the chosen quant_bits, under their Optuna name; None if none is.
@@ -195,37 +207,37 @@ class SearchSpace:
 
     def build(self, assignment: dict[str, Any]) -> RunConfig:
         """The validated RunConfig of an assignment (as produced by configs() or an optuna trial's params)."""
-        def lookup(name: str, options: Categorical | IntRange) -> Any:
+        def lookup(name: str, options: Options) -> Any:
             if name not in assignment:
-                raise SpaceError(f"{self.path}: assignment lacks '{name}'; choose one of {list(options.values)}")
-            if assignment[name] not in options.values:
-                raise SpaceError(f"{self.path}: {name}={assignment[name]!r} is not a choice here; choose one of {list(options.values)}")
-            return assignment[name]
+                raise SpaceError(f"{self.path}: assignment lacks '{name}'; choose one of {_describe(options)}")
+            value = options.canonical(assignment[name])
+            if value is None:
+                raise SpaceError(f"{self.path}: {name}={assignment[name]!r} is not a choice here; choose one of {_describe(options)}")
+            return value
 
         a = self._assign(lookup)
         extra = sorted(set(assignment) - set(a))
         if extra:
             raise SpaceError(f"{self.path}: assignment has keys {extra} that this branch does not use; drop them")
-        n, order = self._order(a)
         data = copy.deepcopy(self.base)
-        model, export = data.setdefault("model", {}), data.setdefault("export", {})
-        model["unique_blocks"] = n
-        model["virtual_layers"] = [] if order == tuple(range(n)) else list(order)
-        if "width" in a:
-            w = next(w for w in self.widths if w.label == a["width"])
-            model.update(model_dim=w.model_dim, num_heads=w.num_heads, num_kv_heads=w.num_kv_heads)
-        for axis, (section, key) in AXIS_KEYS.items():
-            name = self._param_name(axis, a)
-            if name in a:
-                data[section][key] = a[name]
-        return from_dict(data, where=f"{self.path} at {a}")
+        for (section, key), value in self._decided(a).items():
+            data.setdefault(section, {})[key] = list(value) if isinstance(value, tuple) else value
+        try:
+            return from_dict(data, where=f"{self.path} at {a}")
+        except ConfigError as exc:
+            if not self.knobs:
+                raise
+            raise SpaceError(f"{exc}; fix: bound the knobs by n and depth (e.g. {{min: 0, max: depth}}) or "
+                             "ask a knob only `when` the keys it needs allow it") from None
 
     # ---- the API the search uses ----------------------------------------------------------------
     def suggest(self, trial: Any, require_fit: bool = True) -> RunConfig:
         """Define-by-run suggestion on an optuna trial; prunes (optuna.TrialPruned) configs predicted over the limit."""
-        def ask(name: str, options: Categorical | IntRange) -> Any:
+        def ask(name: str, options: Options) -> Any:
             if isinstance(options, IntRange):
                 return trial.suggest_int(name, options.lo, options.hi)
+            if isinstance(options, FloatRange):
+                return options.canonical(trial.suggest_float(name, options.lo, options.hi, step=options.step))
             return trial.suggest_categorical(name, list(options.values))
 
         cfg = self.build(self._assign(ask))
@@ -238,21 +250,30 @@ class SearchSpace:
             raise optuna.TrialPruned(f"over the size limit: {prediction.describe()}")
         return cfg
 
-    def assignments(self) -> Iterator[dict[str, Any]]:
-        """Every assignment, depth-first: replay the walk, advancing the last decision with choices left."""
+    def assignments(self, only: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every assignment, depth-first: replay the walk, advancing the last decision with choices left.
+
+        `only` ({param: value}) keeps the branches where those params, when asked, have those values."""
         path: list[int] = []
         while True:
             sizes: list[int] = []
 
-            def replay(name: str, options: Categorical | IntRange) -> Any:
+            def replay(name: str, options: Options) -> Any:
                 depth = len(sizes)
                 values = options.values
+                if only and name in only:
+                    values = tuple(v for v in values if v == only[name])
                 sizes.append(len(values))
+                if not values:
+                    raise _DeadEnd
                 if depth == len(path):
                     path.append(0)
                 return values[path[depth]]
 
-            yield self._assign(replay)
+            try:
+                yield self._assign(replay)
+            except _DeadEnd:
+                pass  # this branch has no value left for some param: move on to the next one
             del path[len(sizes):]
             while path and path[-1] + 1 >= sizes[len(path) - 1]:
                 path.pop()
@@ -261,16 +282,23 @@ class SearchSpace:
             path[-1] += 1
 
     def assignment_for(self, cfg: RunConfig) -> dict[str, Any] | None:
-        """An assignment that builds cfg's model and export sections (a known scheme as a point), or None."""
+        """An assignment that builds cfg's model and export sections and the train keys knobs search (a known
+        scheme as a point), or None."""
         width = Width(cfg.model.model_dim, cfg.model.num_heads, cfg.model.num_kv_heads).label
         wanted = {"width": width, **{axis: getattr(getattr(cfg, section), key)
-                                     for axis, (section, key) in AXIS_KEYS.items()}}
-        for a in self.assignments():
-            # Axis values first (cheap); build only the few assignments that agree on all of them.
-            if any(key in a and a[key] != value for key, value in wanted.items()):
-                continue
+                                     for axis, (section, key) in AXIS_KEYS.items() if axis != "untie_mlp"}}
+        # Knob labels that stand for one value whatever the point (no n/depth expression).
+        for knob in self.knobs:
+            fixed = [(label, value) for label, value in zip(knob.labels, knob.values) if not isinstance(value, Expr)]
+            if knob.labels and len(fixed) == len(knob.labels):
+                wanted[knob.name] = next((label for label, value in fixed
+                                          if value == getattr(getattr(cfg, knob.section), knob.key)), None)
+        train_keys = [k.key for k in self.knobs if k.section == "train"]
+        # Only the branches that agree on those values; build only their assignments.
+        for a in self.assignments(only=wanted):
             built = self.build(a)
-            if built.model == cfg.model and built.export == cfg.export:
+            if (built.model == cfg.model and built.export == cfg.export
+                    and all(getattr(built.train, k) == getattr(cfg.train, k) for k in train_keys)):
                 return a
         return None
 
@@ -280,8 +308,8 @@ class SearchSpace:
             yield a, self.build(a)
 
     def orders(self) -> set[tuple[int, tuple[int, ...]]]:
-        """Every distinct (unique_blocks, virtual-layer order) of the space's points."""
-        return {self._order(a) for a in self.assignments()}
+        """Every distinct (unique_blocks, virtual-layer order) of the space's points (the patterns' alone)."""
+        return set(_pattern_orders(self))
 
     def size(self) -> int:
         """Number of points in the space."""
@@ -329,8 +357,27 @@ class SearchSpace:
         return replace(self, code_bytes=code_bytes)
 
 
+class _DeadEnd(Exception):
+    """A filtered walk reached a decision with no value left."""
+
+
 def _order_label(order: tuple[int, ...]) -> str:
     return ",".join(str(b) for b in order)
+
+
+def _describe(options: Options) -> str:
+    if isinstance(options, FloatRange):
+        return f"{options.lo:g}..{options.hi:g} in steps of {options.step:g}"
+    return str(list(options.values))
+
+
+def _base_or_default(base: dict, section: str, key: str) -> Any:
+    """section.key as base sets it (lists as tuples), else the RunConfig default."""
+    values = base.get(section) or {}
+    if key in values:
+        value = values[key]
+        return tuple(value) if isinstance(value, list) else value
+    return next(f.default for f in fields(SECTIONS[section]) if f.name == key)
 
 
 # ---- loading and validation -----------------------------------------------------------------------
@@ -364,6 +411,12 @@ def parse_space(data: Any, where: str = "space", code_bytes: int | None = None) 
     base = data.get("base") or {}
     if not isinstance(base, dict):
         _fail(where, "base", "must be a mapping of RunConfig sections", "write base: {model: {...}, train: {...}, export: {...}}")
+    knobs = ()
+    if "knobs" in data:
+        try:
+            knobs = parse_knobs(data["knobs"])
+        except KnobError as exc:
+            _fail(where, *exc.args)
     space = SearchSpace(
         path=where,
         base=copy.deepcopy(base),
@@ -372,6 +425,7 @@ def parse_space(data: Any, where: str = "space", code_bytes: int | None = None) 
         description=str(data.get("description", "")),
         head_dim=head_dim,
         kv_ratio=kv_ratio,
+        knobs=knobs,
         code_bytes=code_bytes,
         **axes,
     )
@@ -410,7 +464,7 @@ def _parse_axes(raw: dict, where: str, head_dim: int, kv_ratio: int) -> dict:
         if bad:
             _fail(where, "unique_blocks", f"{bad} must be >= 1", "use positive block counts")
     if "untie_mlp" in raw:
-        out["untie_mlp"] = _choice_list(raw["untie_mlp"], where, "untie_mlp", allowed=("none", "full"))
+        out["untie_mlp"] = _choice_list(raw["untie_mlp"], where, "untie_mlp", allowed=patterns.UNTIE_CHOICES)
     if "mlp_mult" in raw:
         out["mlp_mult"] = _choice_list(raw["mlp_mult"], where, "mlp_mult", kind=(int, float))
     if "depth_signal" in raw:
@@ -522,6 +576,8 @@ def _validated(space: SearchSpace) -> SearchSpace:
     for spec in space.patterns:
         if spec.family != "explicit":
             _check_pattern(spec, space.unique_blocks, where)
+    if space.knobs:
+        _check_knobs(space)
     best: SizePrediction | None = None
     for _, cfg in space.configs():
         prediction = space.predict(cfg)
@@ -543,8 +599,22 @@ def _check_base(space: SearchSpace) -> None:
     for section, key in searched:
         if key in (base.get(section) or {}):
             _fail(where, f"base.{section}.{key}", "is set by a searched axis", f"remove it from base (or make that axis a single choice)")
+    for knob in space.knobs:
+        if (knob.section, knob.key) in searched:
+            _fail(where, f"knobs.{knob.name}", "is also set by a pattern or axis of this space",
+                  "search it through that axis, or drop the knob")
+        if knob.key in (base.get(knob.section) or {}):
+            _fail(where, f"knobs.{knob.name}", f"is also set in base.{knob.section}",
+                  f"remove {knob.key} from base.{knob.section} (the knob sets it), or drop the knob")
+    data = copy.deepcopy(base)
     try:
-        from_dict(copy.deepcopy(base), where="base")
+        # With the patterns' first order: base keys may refer to depths (e.g. value_embed_layers) it has.
+        n, order = next(_pattern_orders(space))
+        data.setdefault("model", {}).update(unique_blocks=n, virtual_layers=list(order))
+    except patterns.PatternError:
+        pass  # the pattern check names it
+    try:
+        from_dict(data, where="base")
     except ConfigError as exc:
         _fail(where, "base", str(exc), "use RunConfig sections model/train/export with keys from trainer/model_config.py and trainer/run_config.py")
 
@@ -577,3 +647,41 @@ def _param_combos(spec: PatternSpec, n: int, where: str) -> Iterator[dict[str, i
             yield from rec(i + 1, {**env, param.name: v})
 
     yield from rec(0, {"n": n})
+
+
+def _pattern_orders(space: SearchSpace) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """Every (unique_blocks, order) the patterns offer, without the other axes."""
+    for spec in space.patterns:
+        if spec.family == "explicit":
+            yield from ((patterns.blocks_of_explicit(o), o) for o in spec.orders)
+            continue
+        for n in spec.unique_blocks or space.unique_blocks:
+            for params in _param_combos(spec, n, space.path):
+                yield n, patterns.expand(spec.family, n, params)
+
+
+def _check_knobs(space: SearchSpace) -> None:
+    """Every knob choice must give a valid config with every order the patterns offer (on top of base, with the
+    keys its `when` names at their first allowed value): a choice that depends on the order is written in n and
+    depth, so no point of the space is invalid for one order only."""
+    for n, order in sorted(set(_pattern_orders(space))):
+        env = {"n": n, "depth": len(order)}
+        for knob in space.knobs:
+            options = knob.options(env)
+            if not options.values:
+                _fail(space.path, f"knobs.{knob.name}", f"range {knob.lo}..{knob.hi} is empty when n={n}, depth={len(order)}",
+                      "widen the range, e.g. {min: 0, max: depth}")
+            for label in options.values:
+                data = copy.deepcopy(space.base)
+                model = data.setdefault("model", {})
+                model.update(unique_blocks=n, virtual_layers=[] if order == tuple(range(n)) else list(order))
+                for name, allowed in knob.when:
+                    section, key = name.split(".")
+                    data.setdefault(section, {})[key] = list(allowed[0]) if isinstance(allowed[0], tuple) else allowed[0]
+                value = knob.value(label, env)
+                data.setdefault(knob.section, {})[knob.key] = list(value) if isinstance(value, tuple) else value
+                try:
+                    from_dict(data, where=f"order {list(order)}")
+                except ConfigError as exc:
+                    _fail(space.path, f"knobs.{knob.name}", f"{label!r} is invalid with unique_blocks={n}, {exc}",
+                          "write the choice in n and depth (e.g. {min: 0, max: depth} or 'n - 4'), or restrict the patterns")

@@ -14,7 +14,7 @@ from test_spaces_space import SMALL  # tests/ is on sys.path (rootdir conftest)
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", ["show", "check", "sample", "synth", "calibrate", "accuracy"])
+@pytest.mark.parametrize("command", ["show", "check", "sample", "from-influence", "synth", "calibrate", "accuracy"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -56,6 +56,31 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="artifact path (default: RUN_DIR/exports/<settings>.ptz)")
 
 
+def add_influence_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "influence",
+        help="Block Influence: how much each virtual layer of a finished run changes the residual stream",
+        description="Run val tokens through a finished run's model (weights.pt, else model.ptz) and report, per "
+        "virtual layer, 1 - cosine similarity of the stream into and out of it, averaged over tokens. Writes "
+        "influence.json, influence.csv and influence.md (default: into RUN_DIR).",
+    )
+    p.add_argument("run_dir", type=Path, help="--out folder of a finished `trainer train` run")
+    add_data_arguments(p, "folder with the run's fineweb_val_*.bin")
+    p.add_argument("--tokens", type=int, default=65_536, help="val tokens to run (default 65,536)")
+    p.add_argument("--out", type=Path, help="folder for the report (default: RUN_DIR)")
+
+
+def run_influence(args: argparse.Namespace) -> int:
+    from trainer.influence import describe, influence_report
+
+    if args.tokens < 1:
+        raise config_mod.ConfigError(f"--tokens {args.tokens}: pass a positive number of val tokens")
+    result = influence_report(args.run_dir, args.data, args.tokenizer, args.tokens, args.out, args.device)
+    print(describe(result))
+    print(f"wrote influence.json, .csv and .md to {args.out or args.run_dir}")
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     from trainer.reexport import describe, reexport
 
@@ -107,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
     add_export_command(sub)
+    add_influence_command(sub)
     try:
         from trainer.data.cli import add_data_commands
     except ImportError:  # data commands are optional at import time
@@ -124,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "export":
             return run_export(args)
+        if args.command == "influence":
+            return run_influence(args)
         from trainer.data.cli import run_data_command
 
         return run_data_command(args)

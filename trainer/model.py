@@ -323,8 +323,9 @@ class GPT(nn.Module):
             x = smear(x, self.smear_gate)
         return x.to(self.residual_dtype)
 
-    def hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Final normalized hidden states, (B, T, D), in the residual dtype."""
+    def hidden(self, input_ids: torch.Tensor, trace: list | None = None) -> torch.Tensor:
+        """Final normalized hidden states, (B, T, D), in the residual dtype; trace gets each layer's output
+        stream (two lanes: their mean)."""
         layer_fn, parallel_fn, _ = self._functions()
         x0 = self.embed(input_ids)
         values = self.value_embed(input_ids) if self.cfg.value_embed_dim else None
@@ -348,6 +349,8 @@ class GPT(nn.Module):
                 x = layer_fn(x, x0, skip, *rest)
             if step.skip_out:
                 skips.append(lanes if step.parallel else x)
+            if trace is not None:
+                trace.append(x if lanes is None else (lanes[0] + lanes[1]) * 0.5)
         return rms_norm(x if lanes is None else (lanes[0] + lanes[1]) * 0.5)
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,51 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
     }
 
 
+# Below this many completed trials the importances rest on too little to mean much (the report says so).
+IMPORTANCE_MIN_TRIALS = 5
+
+
+def param_importances(study: optuna.Study, objective: str = "val_bpb") -> dict:
+    """Optuna's parameter importances for the first objective (the search's --objective, e.g. val_bpb) over the
+    completed trials, with how many trials they rest on and a note when that is too few.
+
+    PED-ANOVA: Optuna's default, it needs no package beyond Optuna (fANOVA needs scikit-learn) and judges
+    conditional parameters (e.g. `untie_mlp`, asked only for orders that repeat a block) on the trials that have
+    them. Importances sum to 1; a lone value or none at all says nothing.
+    """
+    import warnings
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.values and pd.notna(t.values[0])]
+    info = {"evaluator": "PED-ANOVA", "target": objective, "trials": len(trials), "importances": {},
+            "note": ""}
+    if len(trials) < 2:
+        info["note"] = f"{len(trials)} completed trial(s): no importances"
+        return info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks the evaluator experimental
+        values = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: t.values[0])
+    info["importances"] = {name: float(v) for name, v in sorted(values.items(), key=lambda kv: -kv[1])}
+    if len(trials) < IMPORTANCE_MIN_TRIALS:
+        info["note"] = f"only {len(trials)} completed trials (< {IMPORTANCE_MIN_TRIALS}): too few to mean much"
+    return info
+
+
+def importance_frame(info: dict) -> pd.DataFrame:
+    """The importances as a table: parameter, importance, rank."""
+    rows = [{"parameter": name, "importance": round(value, 4), "rank": i + 1}
+            for i, (name, value) in enumerate(info["importances"].items())]
+    return pd.DataFrame(rows, columns=["parameter", "importance", "rank"])
+
+
+def importance_text(info: dict) -> str:
+    """One line saying what the importances rest on."""
+    text = (f"{info['evaluator']} importances of the space's parameters for {info['target']}, over "
+            f"{info['trials']} completed trials (they sum to 1).")
+    return text + (f" Note: {info['note']}." if info["note"] else "")
+
+
 def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[dict, dict, dict, dict]:
     """A search's rung values per milestone, its completed trials' final and pre-quantization val_bpb, and the
     rung values before their cooldown (--rung-cooldown-fraction; empty without)."""
@@ -367,6 +412,10 @@ def _markdown(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[
               RUNG_NOTES[info.get("rungs_after_roundtrip")], "",
               P_POSITIVE_NOTE, "", CUT_NOTE, "",
               markdown_table(fidelity_frame(fidelity)) if fidelity else "_no rung reports yet_", ""]
+    if info.get("importances"):
+        imp = info["importances"]
+        lines += ["## What the search learned: parameter importances", "", importance_text(imp), "",
+                  markdown_table(importance_frame(imp)) if imp["importances"] else "_none yet_", ""]
     return "\n".join(lines)
 
 
@@ -488,6 +537,8 @@ def _html(df: pd.DataFrame, front: pd.DataFrame, info: dict, fidelity: list[Rung
         f"<h2>Rung fidelity</h2><p>{html.escape(P_POSITIVE_NOTE)}</p><p>{html.escape(CUT_NOTE)}</p>"
         f"{html_table(fidelity_frame(fidelity))}"
         f"<h2>Device use</h2>{html_table(devices)}"
+        + (f"<h2>Parameter importances</h2><p>{html.escape(importance_text(info['importances']))}</p>"
+           f"{html_table(importance_frame(info['importances']))}" if info.get("importances") else "") +
         f"<details><summary>summary.json</summary><pre>{html.escape(json.dumps(info, indent=2))}</pre></details>"
         "</body></html>"
     )
@@ -503,6 +554,7 @@ def write_report(settings: SearchSettings, fmt: str = "md", plot_path: Path | No
     fidelity = study_fidelity(study, settings)
     info["fidelity"] = [f.to_dict() for f in fidelity]
     info["rungs_after_roundtrip"] = rungs_after_roundtrip(study, settings)
+    info["importances"] = param_importances(study, settings.objective)
     rows = device_rows(settings)
     devices = pd.DataFrame(rows, columns=DEVICE_COLUMNS)
     info["devices"] = device_use.totals(rows)
