@@ -53,7 +53,8 @@ def test_every_metrics_file_in_the_repository_reads():
     paths = sorted(RESULTS.glob("**/metrics.json"))
     assert OLDEST in paths and len(paths) >= 40  # the stored results of several question folders
     versions = {RunMetrics.read(p).metrics_version for p in paths}
-    assert versions == {1}
+    # The oldest results are version 1, the recipe-parity runs version 3: every version stored still reads.
+    assert versions == {1, METRICS_VERSION}
 
 
 def _written(tmp_path, change) -> Path:
