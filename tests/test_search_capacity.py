@@ -62,6 +62,7 @@ def test_the_default_train_settings_need_far_more_than_a_laptop_and_smoke_far_le
     base = from_dict(space.base)
     largest = largest_config(space, base)
     assert largest.model.model_dim == 832 and largest.model.mlp_mult == 3 and len(largest.model.schedule_order) == 19
+    assert largest.model.bigram_buckets == 2048  # the knobs' largest numbers: the hashed bigram table is searched
     # micro-batches of 131,072 tokens: tens of GB per CPU trial (a 24 GB machine ran out with two of them)
     assert trial_memory_bytes(largest) > 64 * GIB
     assert trial_memory_bytes(smoke_version(largest)) < 2 * GIB

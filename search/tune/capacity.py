@@ -55,7 +55,29 @@ def largest_config(space, cfg: RunConfig) -> RunConfig:
         untie_mlp="full" if length > blocks else "none", mlp_mult=mlp, depth_signal="learned",
         **({"model_dim": width.model_dim, "num_heads": width.num_heads, "num_kv_heads": width.num_kv_heads}
            if width else {}))
-    return dataclasses.replace(cfg, model=model)
+    largest = dataclasses.replace(cfg, model=model)
+    # Numeric knobs (model width, MLP ratio, embedding sizes, batch sizes) at their largest value: more is never
+    # less memory for any of them.
+    env = {"n": blocks, "depth": length}
+    for section in ("model", "train"):
+        changes = {}
+        for knob in getattr(space, "knobs", ()):
+            if knob.section != section:
+                continue
+            values = _numeric_values(knob, env)
+            if values:
+                changes[knob.key] = max(values + [getattr(getattr(largest, section), knob.key)])
+        if changes:
+            largest = dataclasses.replace(largest, **{section: dataclasses.replace(getattr(largest, section),
+                                                                                   **changes)})
+    return largest
+
+
+def _numeric_values(knob, env: dict[str, int]) -> list:
+    """A knob's possible numbers at the largest order (bools and non-numbers: none)."""
+    options = [knob.value(label, env) for label in knob.labels] if knob.labels else [knob.options(env).hi]
+    numbers = [v for v in options if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return numbers if len(numbers) == len(options) else []
 
 
 @dataclass(frozen=True)
