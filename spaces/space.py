@@ -533,7 +533,7 @@ def _parse_patterns(raw: Any, where: str) -> tuple[PatternSpec, ...]:
             if name not in body:
                 if family == "tie_tail" and name == "exit_blocks":
                     continue  # defaults to 0: the tied block is the last one
-                _fail(where, f"{key}.{name}", "is missing", f"give a list like [2, 3] or a range like {{min: 2, max: n - 1}}")
+                _fail(where, f"{key}.{name}", "is missing", "give a list like [2, 3] or a range like {min: 2, max: n - 1}")
             params.append(_parse_param(body[name], where, f"{key}.{name}", name, ("n",) + patterns.FAMILY_PARAMS[family][:i]))
         specs.append(PatternSpec(family=family, unique_blocks=blocks, params=tuple(params)))
     return tuple(specs)
@@ -598,7 +598,7 @@ def _check_base(space: SearchSpace) -> None:
     searched += [keys for axis, keys in AXIS_KEYS.items() if getattr(space, axis)]
     for section, key in searched:
         if key in (base.get(section) or {}):
-            _fail(where, f"base.{section}.{key}", "is set by a searched axis", f"remove it from base (or make that axis a single choice)")
+            _fail(where, f"base.{section}.{key}", "is set by a searched axis", "remove it from base (or make that axis a single choice)")
     for knob in space.knobs:
         if (knob.section, knob.key) in searched:
             _fail(where, f"knobs.{knob.name}", "is also set by a pattern or axis of this space",
