@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ TINY_TRAIN = {
     "batch_tokens": 512,
     "micro_batch_tokens": 256,
     "max_steps": 12,
-    "budget_s": 30.0,
+    "budget_s": 3600.0,  # max_steps ends every run, however busy the CPU: tests about time use virtual_clock
     "warmdown_steps": 4,
     "compile": False,
     "compile_warmup_steps": 0,
@@ -106,3 +107,44 @@ TINY_TRAIN = {
 def tiny_config_dict() -> dict:
     """A run config dict for a model that trains in about a second on the CPU."""
     return {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "export": {}}
+
+
+class VirtualClock:
+    """time.perf_counter for a test: it stands still until advanced, so training seconds are what the test says."""
+
+    START_S = 1024.0  # binary fractions of a second added to it stay exact
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.now_s, self._monkeypatch = self.START_S, monkeypatch
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        self.now_s += seconds
+
+    def steps_take(self, step_s: float) -> None:
+        """From now on, every training step of a Trainer (warm-up, training, cooldown) takes step_s seconds."""
+        from trainer.trainer import Trainer
+
+        run_step = Trainer.train_step
+
+        def timed_step(trainer, *args, **kwargs):
+            result = run_step(trainer, *args, **kwargs)
+            self.advance(step_s)
+            return result
+
+        self._monkeypatch.setattr(Trainer, "train_step", timed_step)
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch) -> VirtualClock:
+    """Replace time.perf_counter (what the trainer times itself with) by a VirtualClock for this test.
+
+    The trainer's budget, report times and phase timings then follow the steps a test runs, not the load of the
+    machine (benchmarks/smoke_equivalence.py runs the trainer on a virtual clock for the same reason).
+    """
+    clock = VirtualClock(monkeypatch)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    return clock
