@@ -1,6 +1,7 @@
 """Shared test fixtures: a tiny SentencePiece tokenizer and tiny shards, all made here from generated text."""
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 
 from trainer.data.shards import write_shard
 
@@ -19,6 +21,37 @@ WORDS = (
 ).split()
 TINY_VOCAB = 320
 BOS_ID = 1
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the random order's seed at the end, even under -q, so a failing order can be run again."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"tests ran in random order: run this order again with --randomly-seed={seed}")
+
+
+def _torch_and_process_state() -> dict:
+    return {"cwd": os.getcwd(), "threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(),
+            "grad": torch.is_grad_enabled(), "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+@pytest.fixture(autouse=True)
+def same_start_in_any_order():
+    """Every test starts from the same torch RNG state, and finds the cwd and torch's global settings as the
+    previous test found them, so the suite passes in any order (pytest-randomly seeds random and numpy)."""
+    before = _torch_and_process_state()
+    torch.manual_seed(0)
+    yield
+    after = _torch_and_process_state()
+    if after != before:
+        os.chdir(before["cwd"])
+        torch.set_num_threads(before["threads"])
+        torch.set_default_dtype(before["dtype"])
+        torch.set_grad_enabled(before["grad"])
+        torch.use_deterministic_algorithms(before["deterministic"])
+        changed = sorted(k for k in before if before[k] != after[k])
+        pytest.fail(f"the test changed {changed} and left them changed: restore them (monkeypatch, a context "
+                    "manager or try/finally) so the tests after it see the same process", pytrace=False)
 
 
 def make_documents(count: int, seed: int) -> list[str]:
