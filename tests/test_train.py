@@ -160,8 +160,9 @@ def test_ddp_on_two_cpu_processes(tiny_corpus, tiny_config_dict, tmp_path):
     path = write_config(tmp_path, tiny_config_dict)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --standalone: torchrun takes a free rendezvous port, so suites running side by side on one host never clash.
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "trainer",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
          "train", "--config", str(path), "--device", "cpu", "--data", str(tiny_corpus["data"]),
          "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env,
