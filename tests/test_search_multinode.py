@@ -31,8 +31,13 @@ TRIALS = 3
 # rungs only). With reduction factor 4, ASHA's rungs are at 1, 4 and 16 s; the reports in between can never stop a
 # trial, so a trial caught two reports or more before its next rung (and its budget's end) has seconds of training
 # left before anything could end it, and the kill lands while it is surely running.
-# The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test).
-RUNG_S, BUDGET_S, REDUCTION = 1.0, 24.0, 4
+# The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test): on a busy
+# CPU the second trial's worker took about a minute to start, and with a 24 s budget the leader (65 s of wall time
+# with its reports) had finished before the second trial's first rung stopped it, leaving no trial to kill.
+RUNG_S, BUDGET_S, REDUCTION = 1.0, 48.0, 4
+# Deadlines against a hang, not timings: on two cores shared with other work a trial's worker took over two
+# minutes to start and report once (the driver's start, Ray's workers and torch's import all wait for a core).
+WAIT_S, FINISH_S = 600, 600
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -128,7 +133,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
         return (tmp_path / "driver.log").read_text()[-4000:]
 
     def wait_for(what: str, ready) -> None:
-        deadline = time.time() + 150
+        deadline = time.time() + WAIT_S
         while not ready():
             assert proc.poll() is None, f"driver exited while waiting for {what}:\n" + driver_log()
             assert time.time() < deadline, f"timed out waiting for {what}:\n" + driver_log()
@@ -169,7 +174,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
         cluster.remove_node(by_id[victim_node], allow_graceful=False)
         killed_s = time.perf_counter() - start
         survivor = next(n for n in by_id if n != victim_node)
-        proc.wait(timeout=200)
+        proc.wait(timeout=FINISH_S)
         assert proc.returncode == 0, driver_log()
     finally:
         if proc.poll() is None:
