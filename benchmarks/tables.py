@@ -2,6 +2,7 @@
 
     python benchmarks/tables.py runs RUN_DIR... [--reference LOG]   # one row per run (its metrics.json)
     python benchmarks/tables.py exports RUN_DIR...                   # one row per RUN_DIR/exports/*.json
+    python benchmarks/tables.py parity [--run RUN_DIR] [--reference LOG] ...  # our runs beside the record script's
 
 A run without metrics.json (it failed or is still running) gets a row saying so, naming its train.log.
 """
@@ -23,6 +24,13 @@ REF_ROUNDTRIP = re.compile(r"final_int8_zlib_roundtrip val_loss:[\d.]+ val_bpb:(
 REF_BYTES = re.compile(r"Total submission size int8\+zlib: (\d+) bytes")
 REF_BATCH = re.compile(r"train_batch_tokens:(\d+)")
 REF_PEAK = re.compile(r"peak memory allocated: (\d+) MiB")
+# Lines of the recurrence record's train_gpt.py log (recipe parity).
+REC_SEED = re.compile(r"(?:^|\s)seed:(\d+)\s*$", re.M)
+REC_POST_EMA = re.compile(r"DIAGNOSTIC post_ema val_loss:[\d.]+ val_bpb:([\d.]+)")
+REC_ROUNDTRIP = re.compile(r"final_int6_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)")
+REC_BYTES = re.compile(r"Total submission size int6\+brotli: (\d+) bytes")
+PARITY_COLUMNS = ("trainer", "seed", "steps", "ms/step", "tokens/s", "val_bpb pre, raw weights", "val_bpb pre, EMA",
+                  "val_bpb round trip", "artifact bytes")
 
 
 def markdown(columns: tuple[str, ...], rows: list[tuple]) -> str:
@@ -85,6 +93,70 @@ def export_rows(run_dir: Path) -> list[tuple]:
     return rows
 
 
+def _bpb(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def parity_ours(run_dir: Path) -> dict:
+    """Our run's parity figures from its metrics.json (empty figures when the run did not finish)."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {"trainer": f"ours ({run_dir.name}): no metrics.json, see {run_dir / 'train.log'}"}
+    m = json.loads(path.read_text())
+    raw = m.get("val_bpb_prequant_raw")
+    return {"trainer": "ours", "seed": m["config"]["train"]["seed"], "steps": m["steps"], "step_ms": m["step_ms"],
+            "tokens_per_s": m["tokens_per_s"], "raw": raw if raw is not None else m["val_bpb_prequant"],
+            "averaged": m["val_bpb_prequant"] if raw is not None else None, "roundtrip": m["val_bpb"],
+            "bytes": m["artifact_bytes"]}
+
+
+def parity_reference(log: Path) -> dict:
+    """The record script's parity figures from its log: the last step's validation (raw weights), post-EMA, export."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    steps = REF_STEP.findall(text)
+    if not steps:
+        return {"trainer": f"record ({log.name}): no final validation line, see the log"}
+    step, bpb, step_avg_ms = steps[-1]
+    batch, seed = REF_BATCH.search(text), REC_SEED.search(text)
+    found = {name: regex.search(text) for name, regex in
+             (("averaged", REC_POST_EMA), ("roundtrip", REC_ROUNDTRIP), ("bytes", REC_BYTES))}
+    return {"trainer": "record", "seed": int(seed.group(1)) if seed else None, "steps": int(step),
+            "step_ms": float(step_avg_ms),
+            "tokens_per_s": int(batch.group(1)) / (float(step_avg_ms) / 1000) if batch else None, "raw": float(bpb),
+            "averaged": float(found["averaged"].group(1)) if found["averaged"] else None,
+            "roundtrip": float(found["roundtrip"].group(1)) if found["roundtrip"] else None,
+            "bytes": int(found["bytes"].group(1)) if found["bytes"] else None}
+
+
+def parity_table(rows: list[dict]) -> str:
+    """Each run's row, then each trainer's mean and ours minus the record's."""
+    def line(r: dict) -> tuple:
+        return (r["trainer"], r.get("seed", ""), f"{r['steps']:,}" if r.get("steps") else "",
+                f"{r['step_ms']:.1f}" if r.get("step_ms") else "",
+                f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "", _bpb(r.get("raw")),
+                _bpb(r.get("averaged")), _bpb(r.get("roundtrip")), f"{r['bytes']:,}" if r.get("bytes") else "")
+
+    keys = ("step_ms", "tokens_per_s", "raw", "averaged", "roundtrip")
+    means = {}
+    for trainer in ("ours", "record"):
+        done = [r for r in rows if r["trainer"] == trainer]
+        means[trainer] = {k: sum(r[k] for r in done) / len(done) for k in keys
+                          if done and all(r.get(k) is not None for r in done)}
+    lines = [line(r) for r in rows]
+    for trainer, mean in means.items():
+        if mean:
+            lines.append(line({"trainer": f"**{trainer}, mean**", **mean}))
+    if means["ours"] and means["record"]:
+        diff = {k: means["ours"][k] - means["record"][k] for k in ("raw", "averaged", "roundtrip")
+                if k in means["ours"] and k in means["record"]}
+        lines.append(line({"trainer": "**ours - record**", **diff}))
+    text = markdown(PARITY_COLUMNS, lines)
+    if "tokens_per_s" in means["ours"] and "tokens_per_s" in means["record"]:
+        text += (f"\n\nTokens per second: ours {means['ours']['tokens_per_s'] / means['record']['tokens_per_s']:.2f}x "
+                 "the record script's.")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the requested table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--reference", type=Path, help="log of the challenge's train_gpt.py, shown as the first row")
     exports = sub.add_parser("exports", help="one row per re-export of each run (exports/*.json)")
     exports.add_argument("run_dirs", nargs="+", type=Path)
+    parity = sub.add_parser("parity", help="our runs beside the recurrence record script's logs, with means")
+    parity.add_argument("--run", dest="ours", action="append", default=[], type=Path, help="one of our run folders")
+    parity.add_argument("--reference", dest="logs", action="append", default=[], type=Path,
+                        help="a log of the record's train_gpt.py")
     args = parser.parse_args(argv)
-    if args.table == "runs":
+    if args.table == "parity":
+        print(parity_table([parity_ours(d) for d in args.ours] + [parity_reference(log) for log in args.logs]))
+    elif args.table == "runs":
         rows = [reference_row(args.reference)] if args.reference and args.reference.is_file() else []
         print(markdown(RUN_COLUMNS, rows + [run_row(d) for d in args.run_dirs]))
     else:

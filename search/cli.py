@@ -18,6 +18,7 @@ from search import smoke, store
 from search.rerun.cli import PRESETS_DIR, add_rerun_command
 from search.settings import EARLY_STOPPING, LOGGERS, SAMPLERS, SearchSettings, SettingsError, is_uri, resolve_local
 from search.tune.loggers import check_logger
+from search.settings import OBJECTIVE_METRICS
 
 # The shipped default space, found from any working directory (it is package data of `spaces`).
 DEFAULT_SPACE = str(Path(__file__).resolve().parents[1] / "spaces" / "default.yaml")
@@ -97,6 +98,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    "far (0 to 0.5; default 0: none), then rewind it: evaluation time, never training budget")
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe: minimize val_bpb; nsga2: minimize (val_bpb, artifact_bytes) together")
+    p.add_argument("--objective", choices=OBJECTIVE_METRICS, default="val_bpb",
+                   help="the final figure the search minimizes: val_bpb (default, the round trip's plain score) or "
+                   "val_bpb_sliding (its sliding-window score; needs --set train.eval_stride=N). The report shows both")
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting in every suggested config, e.g. --set train.compile=false")
@@ -170,6 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
         report_every_s=args.report_every_s,
         rung_roundtrip=args.rung_roundtrip,
         rung_cooldown_fraction=args.rung_cooldown_fraction,
+        objective=args.objective,
         sampler=args.sampler,
         seed=args.seed,
         overrides=tuple(args.overrides),

@@ -18,6 +18,9 @@ SAMPLERS = ("tpe", "nsga2")
 EARLY_STOPPING = ("asha", "none")
 # Ray Tune logger callbacks a search can send its trials' results to (the package is imported only when asked for).
 LOGGERS = ("", "wandb", "mlflow")
+# The final figure a single-objective search minimizes: the plain round trip's val_bpb, or its sliding-window score
+# (trials need train.eval_stride > 0 for that one; rungs rank by the val prefix either way).
+OBJECTIVE_METRICS = ("val_bpb", "val_bpb_sliding")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_TRAIN_FN = "trainer.train:train"
 
@@ -52,13 +55,13 @@ class SearchSettings:
     report_every_s: float = 0.0
     # Score each report on the weights after the artifact's quantization round trip, so ASHA ranks what the
     # export will score (on two H200s, rungs ranked against the final val_bpb at Spearman +0.48 at 5 s, against
-    # the pre-quant final at +0.95: the export reordered the int5 trials; BENCHMARKS.md "A search over the
-    # default space"). The pre-quant value is reported too, as val_bpb_prequant.
+    # the pre-quant final at +0.95: the export reordered the int5 trials). The pre-quant value is reported too,
+    # as val_bpb_prequant.
     rung_roundtrip: bool = False
     # Score each report after a short learning-rate cooldown, then rewind it: this fraction of the steps trained
     # so far, LR decaying linearly to 0 from where it is. A rung mid-schedule ranks configs before their decay,
     # which the final val_bpb comes after (at 180 s a 60 s rung ranked at Spearman +0.19, n = 10; BENCHMARKS.md
-    # "A 24-trial search at 180 s with one rung at 60 s"), so this probes what each would score if it stopped
+    # "Do early rungs rank like the final val_bpb"), so this probes what each would score if it stopped
     # there. The cooldown is evaluation time, never budget.
     rung_cooldown_fraction: float = 0.0
     sampler: str = "tpe"
@@ -79,6 +82,7 @@ class SearchSettings:
     # pair is refused unless asked for explicitly.
     asha_with_nsga2: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # room for later commands (e.g. rerun)
+    objective: str = "val_bpb"  # one of OBJECTIVE_METRICS
 
     @property
     def multi_objective(self) -> bool:
@@ -159,6 +163,8 @@ class SearchSettings:
               "(val_bpb, artifact_bytes) frontier, and NSGA-II learns only from trials that finish; pass "
               "--early-stopping none, or --asha-with-nsga2 to accept that")
         _need(self.logger in LOGGERS, "--logger", f"{self.logger!r} is not one of {LOGGERS[1:]}")
+        _need(self.objective in OBJECTIVE_METRICS, "--objective",
+              f"{self.objective!r} is not one of {OBJECTIVE_METRICS}")
         _need(self.max_rejections >= 1, "max_rejections", "must be at least 1")
         _need(":" in self.train_fn, "train_fn", "must look like 'package.module:function'")
         for item in self.overrides:
@@ -166,6 +172,8 @@ class SearchSettings:
                 parse_override(item)
             except ConfigError as exc:
                 raise SettingsError(str(exc)) from None
+        _need(self.objective == "val_bpb" or _sets_eval_stride(self.overrides), "--objective",
+              "val_bpb_sliding needs the trials to score it: add --set train.eval_stride=N (N > 0, e.g. 64)")
         return self
 
     def to_json(self) -> str:
@@ -226,6 +234,15 @@ def _moved_settings(settings: SearchSettings, moved: dict[str, Any]) -> dict[str
               f"{given!r} and --set train.{key}={value} disagree; pass only {flag}")
         changes[name] = value
     return changes
+
+
+def _sets_eval_stride(overrides: tuple[str, ...]) -> bool:
+    """Whether the overrides turn on sliding-window evaluation (train.eval_stride > 0)."""
+    for item in overrides:
+        (section, key), value = parse_override(item)
+        if (section, key) == ("train", "eval_stride"):
+            return isinstance(value, int) and value > 0
+    return False
 
 
 def _need(ok: bool, flag: str, problem: str) -> None:

@@ -35,7 +35,7 @@ OBJECTIVES = ("val_bpb", "artifact_bytes")
 RUNG_TIME_ATTRS = ("startup_s", "compile_s", "wait_s")
 # Final metrics copied into the study's user attrs for the report.
 FINAL_ATTRS = (
-    "val_bpb", "val_bpb_prequant", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
+    "val_bpb", "val_bpb_prequant", "val_bpb_sliding", "artifact_bytes", "model_bytes", "code_bytes", "payload_bytes",
     "steps", "train_tokens", "final_train_s", "tokens_per_s", "wall_s", *RUNG_TIME_ATTRS, "eval_s", "export_s",
     "over_limit", "device",
 )

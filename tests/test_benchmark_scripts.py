@@ -86,18 +86,24 @@ def test_a_missing_required_setting_is_one_line_and_exit_2(script, missing, tmp_
     assert not (tmp_path / "out").exists()  # nothing was written
 
 
+# A setting each script checks, a bad value of it and the line it answers with; scripts not listed take BUDGET_S.
+BAD_SETTING = {"recipe_parity.sh": ("STEPS", "soon", "STEPS=soon is not a whole number of steps", "654")}
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_a_bad_setting_is_named_with_exit_2(script, tmp_path):
     tokenizer = tmp_path / "tok.model"
     tokenizer.write_text("x")
-    env = {"DATA": str(tmp_path), "TOKENIZER": str(tokenizer), "OUT": str(tmp_path / "out"), "BUDGET_S": "soon"}
+    name, bad, line, good = BAD_SETTING.get(
+        script.name, ("BUDGET_S", "soon", "BUDGET_S=soon is not a positive number of seconds", "10"))
+    env = {"DATA": str(tmp_path), "TOKENIZER": str(tokenizer), "OUT": str(tmp_path / "out"), name: bad}
     result = run_script(script, env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"{script.name}: BUDGET_S=soon is not a positive number of seconds"]
+    assert result.stderr.strip().splitlines() == [f"{script.name}: {line}"]
     assert not (tmp_path / "out").exists()  # bad settings leave nothing behind
-    missing_data = run_script(script, {**env, "BUDGET_S": "10", "DATA": str(tmp_path / "nowhere")})
+    missing_data = run_script(script, {**env, name: good, "DATA": str(tmp_path / "nowhere")})
     assert missing_data.returncode == 2 and "DATA=" in missing_data.stderr and "is not a folder" in missing_data.stderr
-    stray = run_script(script, {**env, "BUDGET_S": "10"}, "--budget-s")
+    stray = run_script(script, {**env, name: good}, "--budget-s")
     assert stray.returncode == 2 and "settings are environment variables" in stray.stderr
 
 

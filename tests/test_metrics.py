@@ -34,7 +34,7 @@ def test_metrics_round_trip_through_the_file(tmp_path):
     assert RunMetrics.read(path) == metrics
     data = json.loads(path.read_text())
     assert set(data) == {f.name for f in dataclasses.fields(RunMetrics)}  # every key, nothing else
-    assert data["metrics_version"] == METRICS_VERSION == 2 and data["val_bpb"] == 1.25
+    assert data["metrics_version"] == METRICS_VERSION == 3 and data["val_bpb"] == 1.25
     assert RunMetrics.read(path).seed == 1337
     assert not list(tmp_path.glob("*.partial"))  # written whole, then renamed
 
@@ -70,7 +70,7 @@ def _written(tmp_path, change) -> Path:
     (lambda d: d.update(val_bpb="1.25"), r"val_bpb is '1.25', not float"),
     (lambda d: d.update(steps=1500.5), r"steps is 1500.5, not int"),
     (lambda d: d.update(over_limit=1), r"over_limit is 1, not bool"),
-    (lambda d: d.update(metrics_version=3), r"metrics_version 3 is not one this trainer reads \(1 to 2\)"),
+    (lambda d: d.update(metrics_version=4), r"metrics_version 4 is not one this trainer reads \(1 to 3\)"),
     (lambda d: d.update(val_bpb_rung=1.0), r"unknown key\(s\) \['val_bpb_rung'\]"),
     (lambda d: d.update(config={"model": {}}), r"config has no train.seed"),
 ])
@@ -106,3 +106,21 @@ def test_truncated_missing_and_non_object_files_are_one_clear_error(tmp_path):
     with pytest.raises(MetricsError, match="no such file"):
         RunMetrics.read(tmp_path / "elsewhere" / "metrics.json")
     assert issubclass(MetricsError, ValueError)
+
+
+def test_a_version_2_file_reads_without_the_keys_version_3_added(tmp_path):
+    def as_version_2(d):
+        d["metrics_version"] = 2
+        for key in ("val_bpb_prequant_raw", "val_bpb_sliding", "val_loss_sliding"):
+            d.pop(key)
+
+    metrics = RunMetrics.read(_written(tmp_path, as_version_2))
+    assert metrics.metrics_version == 2 and metrics.mfu == 0.41
+    assert (metrics.val_bpb_prequant_raw, metrics.val_bpb_sliding, metrics.val_loss_sliding) == (None,) * 3
+    with pytest.raises(MetricsError, match=r"lacks \['mfu'\]"):  # a version 2 file always had mfu
+        RunMetrics.read(_written(tmp_path, lambda d: (as_version_2(d), d.pop("mfu"))))
+    with pytest.raises(MetricsError, match=r"lacks \['val_bpb_sliding'\]"):  # version 3 writes every key
+        RunMetrics.read(_written(tmp_path, lambda d: d.pop("val_bpb_sliding")))
+    full = dataclasses.replace(sample(), val_bpb_prequant_raw=1.21, val_bpb_sliding=1.19, val_loss_sliding=2.0)
+    full.write(tmp_path / "full.json")
+    assert RunMetrics.read(tmp_path / "full.json") == full

@@ -152,7 +152,7 @@ def test_kept_run_of_another_config_is_refused(finished, tiny_corpus, tmp_path):
 
 def test_runs_from_two_kinds_of_device_give_no_test(finished, tiny_corpus, tmp_path):
     """A kept run carried from a machine with another GPU: every figure is still written, but no Welch test, since
-    in one wallclock budget a faster chip trains more steps (call 85)."""
+    in one wallclock budget a faster chip trains more steps (BENCHMARKS.md, Chip differences)."""
     out = tmp_path / "out"
     shutil.copytree(finished["out"], out)
     carried = out / "candidate" / "seed1" / "metrics.json"

@@ -11,9 +11,9 @@ from spaces.cli import main
 from trainer.sizing.synthetic import write_run
 from trainer import artifact
 from trainer.run_config import from_dict, load
-from trainer.quant import is_quantized, qmax
+from trainer.quant import bits_for, is_quantized, qmax
 from trainer.model_config import TECHNIQUE_FIELDS
-from trainer.schedule import unique_params
+from trainer.schedule import tensor_layout, unique_params
 from trainer.compress import CONTAINER_BYTES
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
@@ -34,7 +34,9 @@ def test_feature_counts_add_up_to_the_exact_payload(path):
     f = size_model.features(cfg)
     assert f["codes"] + 2 * f["scales_fp16"] + 2 * (f["floats_fp16"] + f["scalars_fp16"]) + f["header_bytes"] == artifact.payload_bytes(cfg)
     assert f["codes"] > 0 and f["scalars_fp16"] > 0
-    assert f["code_bits"] == pytest.approx(f["codes"] * math.log2(qmax(cfg.export.quant_bits) / qmax(6)))
+    # Each code at its width (an embedding exported wider than the matrices counts at its own).
+    widths = [(s.numel, bits_for(s, cfg.export)) for s in tensor_layout(cfg.model) if is_quantized(s, cfg.export)]
+    assert f["code_bits"] == pytest.approx(sum(n * math.log2(qmax(b) / qmax(6)) for n, b in widths))
     assert f["header_bytes"] == len(artifact.MAGIC) + 4 + len(artifact.header_bytes(cfg))
 
 
@@ -46,7 +48,11 @@ def test_fanin_feature_counts_codes_by_row_length():
     assert narrow["code_log2_fanin"] < 0 and narrow["code_bits"] == 0  # int6 is the reference width
 
 
-@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+# Presets that document a run as it was, though our size model predicts it over the limit (the preset says why).
+PREDICTED_OVER = {"record_0331_mini_recurrence"}
+
+
+@pytest.mark.parametrize("path", [p for p in PRESETS if p.stem not in PREDICTED_OVER], ids=lambda p: p.stem)
 def test_every_preset_is_predicted_to_fit(path):
     cfg = load(path)
     p = size_model.check_fits(cfg)
@@ -55,6 +61,13 @@ def test_every_preset_is_predicted_to_fit(path):
     assert p.predicted_artifact_bytes == p.predicted_model_bytes + p.code_bytes
     assert p.margin_bytes == p.limit_bytes - p.predicted_artifact_bytes - p.safety_margin_bytes >= 0
     assert p.predicted_model_bytes <= size_model.zstd_bound_bytes(p.payload_bytes)
+
+
+def test_the_record_as_it_ran_is_predicted_over_and_its_fit_preset_fits():
+    (over,) = [p for p in PRESETS if p.stem in PREDICTED_OVER]
+    record, fit = load(over), load(PRESETS_DIR / "record_0331_fit.yaml")
+    assert not size_model.predict(record).fits and size_model.predict(fit).fits
+    assert (record.model, record.train) == (fit.model, fit.train)  # only the export differs
 
 
 def test_oversized_config_is_rejected_with_sizes_and_fix():

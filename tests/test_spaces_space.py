@@ -42,6 +42,7 @@ PRESET_POINTS = {
 OUTSIDE_DEFAULT_SPACE = {
     # The record's techniques (XSA, bigrams, lanes, ...) are base values no space file can set yet.
     "record_0331_mini_recurrence": "model techniques the default space does not search",
+    "record_0331_fit": "model techniques the default space does not search",
 }
 
 TINY_WIDTH = {"model_dim": 64, "num_heads": 2, "num_kv_heads": 1}

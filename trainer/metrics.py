@@ -1,8 +1,10 @@
 """metrics.json: what a finished `trainer train` run records, written and read here alone.
 
-Version 2 names itself (metrics_version). Files without that key are version 1: they read the same, except the
-keys the trainer added while version 1 was current (startup_s, wait_s, attention, flops_per_token, mfu), which
-are None where such a file lacks them. A damaged, truncated or foreign file raises MetricsError naming it.
+Versions 2 and 3 name themselves (metrics_version). Files without that key are version 1: they read the same, except
+the keys the trainer added while version 1 was current (startup_s, wait_s, attention, flops_per_token, mfu), which
+are None where such a file lacks them. Version 3 added val_bpb_prequant_raw and the sliding-window figures, None in
+older files and in runs without weight averaging or sliding evaluation. A damaged, truncated or foreign file
+raises MetricsError naming it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.json"
-METRICS_VERSION = 2
+METRICS_VERSION = 3
+# The version each optional key came with: a file of that version or later must hold it.
+ADDED_IN = {"startup_s": 2, "wait_s": 2, "attention": 2, "flops_per_token": 2, "mfu": 2,
+            "val_bpb_prequant_raw": 3, "val_bpb_sliding": 3, "val_loss_sliding": 3}
 
 
 class MetricsError(ValueError):
@@ -29,7 +34,7 @@ class RunMetrics:
 
     val_bpb: float  # the artifact's, on the weights read back from model.ptz
     val_loss: float  # nats per token
-    val_bpb_prequant: float  # the trained weights' before quantization
+    val_bpb_prequant: float  # the trained (or averaged: train.average) weights' before quantization
     val_loss_prequant: float
     val_tokens: int
     val_bytes: int
@@ -57,8 +62,11 @@ class RunMetrics:
     startup_s: float | None = None
     wait_s: float | None = None
     attention: str | None = None
-    flops_per_token: float | None = None
+    flops_per_token: float | None = None  # mean over the trained tokens (fewer while recurrence is off)
     mfu: float | None = None
+    val_bpb_prequant_raw: float | None = None  # the trained weights' before averaging (train.average)
+    val_bpb_sliding: float | None = None  # the round trip's, by windows every train.eval_stride tokens
+    val_loss_sliding: float | None = None
     metrics_version: int = METRICS_VERSION
 
     @property
@@ -84,7 +92,7 @@ class RunMetrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = METRICS_FILE) -> "RunMetrics":
-        """Check every key's presence and type (version 1 may lack the later keys) and build the metrics."""
+        """Check every key's presence and type (an older version may lack the later keys) and build the metrics."""
         version = _version(data, where)
         fields = dataclasses.fields(cls)
         unknown = sorted(set(data) - {f.name for f in fields})
@@ -92,7 +100,7 @@ class RunMetrics:
             raise MetricsError(f"{where}: unknown key(s) {unknown}; it is not a `trainer train` metrics file of "
                                f"version {version}")
         required = [f.name for f in fields if f.name != "metrics_version"
-                    and (version == METRICS_VERSION or f.default is dataclasses.MISSING)]
+                    and (f.default is dataclasses.MISSING or ADDED_IN[f.name] <= version)]
         missing = [name for name in required if name not in data]
         if missing:
             raise MetricsError(f"{where}: lacks {missing}; the file is truncated or was not written by "

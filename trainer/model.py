@@ -29,8 +29,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 class CastedLinear(nn.Linear):
     """Linear layer whose float32 master weight is cast to its input's dtype (bf16 inside blocks on the GPU)."""
 
+    fake_quant = None  # training's late QAT sets a weight -> weight map here
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+        return F.linear(x, w.to(x.dtype))
 
 
 class Rotary(nn.Module):

@@ -27,7 +27,7 @@ def orthogonalize(grad: torch.Tensor, steps: int, eps: float = 1e-7) -> torch.Te
 
 
 class Muon(torch.optim.Optimizer):
-    """SGD-momentum whose update is orthogonalized.
+    """SGD-momentum whose update is orthogonalized, with decoupled weight decay (p <- p * (1 - lr * wd) first).
 
     Matrices of one shape are orthogonalized together as one batch (a few large launches instead of
     hundreds of small ones); under DDP each rank does every world_size-th matrix of each shape and
@@ -35,9 +35,11 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True, compiled: bool = False
+        self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True, compiled: bool = False,
+        weight_decay: float = 0.0,
     ):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                                      weight_decay=weight_decay))
         # Compiled, the iteration's elementwise work fuses into the matmuls' epilogues: one graph per shape.
         self.orthogonalize = torch.compile(orthogonalize, dynamic=False) if compiled else orthogonalize
 
@@ -76,6 +78,8 @@ class Muon(torch.optim.Optimizer):
                     offset += p.numel()
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
                 updates = list(torch.split(flat, [p.numel() for p in params]))
+            if group["weight_decay"] > 0:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             for p, u in zip(params, updates):
                 p.add_(u.view_as(p).to(p.dtype), alpha=-group["lr"])
 
@@ -97,21 +101,26 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
 
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Adam for the embeddings and scalars, Muon for the block matrices; each group remembers its base LR."""
+    """Adam for the embeddings and scalars (AdamW under adam_weight_decay), Muon for the block matrices; each
+    group remembers its base LR."""
     embeddings, matrices, scalars = parameter_groups(model)
     fused = next(model.parameters()).is_cuda
     compiled = fused and cfg.compile and cfg.compile_optimizer
     adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
+    adam_class = torch.optim.Adam
+    if cfg.adam_weight_decay > 0:  # AdamW decays first, p <- p * (1 - lr * wd), then takes Adam's step
+        adam_class, adam["weight_decay"] = torch.optim.AdamW, cfg.adam_weight_decay
     optimizers = [
-        torch.optim.Adam([{"params": embeddings, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
+        adam_class([{"params": embeddings, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr}], **adam),
         Muon(
             matrices,
             lr=cfg.matrix_lr,
             momentum=cfg.muon_momentum,
             backend_steps=cfg.muon_backend_steps,
             compiled=compiled,
+            weight_decay=cfg.muon_weight_decay,
         ),
-        torch.optim.Adam([{"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr}], **adam),
+        adam_class([{"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr}], **adam),
     ]
     for group in optimizers[1].param_groups:
         group["base_lr"] = cfg.matrix_lr

@@ -17,6 +17,10 @@ from trainer.model_config import (  # noqa: F401  (ConfigError and the sections 
 )
 
 COMPILE_SCOPES = ("layers", "model")
+AVERAGES = ("none", "ema", "swa")
+# --smoke runs 8 steps with a 4-step warmdown (LR scales 1, 0.75, 0.5, 0.25 at the end): late techniques that
+# start below an LR scale start below this one instead, so the last two smoke steps exercise them.
+SMOKE_LATE_LR_SCALE = 0.6
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class TrainConfig:
     seq_len: int = 1024
     batch_tokens: int = 524_288
     # Most tokens one rank runs forward at once (an upper bound; on an H100 131,072 ran 4% faster than 65,536,
-    # BENCHMARKS.md "Micro-batch size").
+    # BENCHMARKS.md, "Step time against the challenge's trainer").
     micro_batch_tokens: int = 131_072
     max_steps: int = 20_000
     budget_s: float = 600.0
@@ -48,7 +52,7 @@ class TrainConfig:
     # "model": the whole forward as one graph. "layers": regional compilation, one graph per virtual-layer
     # variant shared by every block. On an H100 layers compiled in 7.3 s warm instead of ~14 s but stepped 11-13%
     # slower (306 vs 270 ms for 9x512), a bad trade for any trial longer than a minute (BENCHMARKS.md
-    # "Regional compilation vs whole-model compilation").
+    # "Compile time and scope").
     compile_scope: str = "model"
     compile_optimizer: bool = True  # torch.compile the Muon Newton-Schulz iteration on CUDA
     compile_eval: bool = False  # evaluate with the compiled model (pays a second compile for the eval graph)
@@ -60,6 +64,25 @@ class TrainConfig:
     val_batch_tokens: int = 524_288
     final_val_tokens: int = 0  # 0: score the whole val split at the end (the challenge's figure)
     log_every_steps: int = 50
+    # The record's recipe (trainer/averaging.py, qat.py, recurrence.py, evaluate.py; optim.py for weight decay).
+    # Weight averaging for the final evaluation and the export: "ema" (every step, float32) or "swa" (the mean
+    # of snapshots every swa_every_steps steps once the step's LR scale is below swa_start_lr_scale).
+    average: str = "none"
+    ema_decay: float = 0.997
+    swa_every_steps: int = 50
+    swa_start_lr_scale: float = 0.2
+    # Decoupled weight decay, p <- p * (1 - lr * wd) before each update; Adam becomes AdamW when set.
+    muon_weight_decay: float = 0.0
+    adam_weight_decay: float = 0.0
+    # Late QAT: block matrices run forward on their late_qat_bits per-row grid (straight-through gradient) from
+    # the first step whose LR scale is below late_qat_lr_scale (0: off).
+    late_qat_lr_scale: float = 0.0
+    late_qat_bits: int = 6
+    # Delayed recurrence: the schedule runs without its repeats until this fraction of training,
+    # max(step / max_steps, train_s / budget_s) (0: repeats from the start).
+    recurrence_start_fraction: float = 0.0
+    # Sliding-window evaluation after the round trip: windows of seq_len every eval_stride tokens (0: off).
+    eval_stride: int = 0
 
     def validate(self) -> None:
         """Raise ConfigError on inconsistent batch or budget settings."""
@@ -92,6 +115,21 @@ class TrainConfig:
             "train.attention",
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
+        _require(self.average in AVERAGES, "train.average", f"'{self.average}' is not one of {AVERAGES}")
+        _require(0 < self.ema_decay < 1, "train.ema_decay", f"{self.ema_decay} must be in (0, 1), e.g. 0.997")
+        _require(self.swa_every_steps >= 1, "train.swa_every_steps", "must be at least 1")
+        _require(0 < self.swa_start_lr_scale <= 1, "train.swa_start_lr_scale", "must be in (0, 1], e.g. 0.2")
+        for key in ("muon_weight_decay", "adam_weight_decay"):
+            value = getattr(self, key)
+            _require(0 <= value < 1, f"train.{key}", f"{value} must be in [0, 1) (0: off; the record: 0.04)")
+        _require(0 <= self.late_qat_lr_scale <= 1, "train.late_qat_lr_scale",
+                 f"{self.late_qat_lr_scale} must be in [0, 1] (0: off; the record: 0.15)")
+        _require(self.late_qat_bits in QUANT_BITS, "train.late_qat_bits", f"{self.late_qat_bits} must be one of "
+                 f"{QUANT_BITS} (the export's integer grids)")
+        _require(0 <= self.recurrence_start_fraction < 1, "train.recurrence_start_fraction",
+                 f"{self.recurrence_start_fraction} must be in [0, 1) (0: repeats from the start; the record: 0.48)")
+        _require(0 <= self.eval_stride <= self.seq_len, "train.eval_stride",
+                 f"{self.eval_stride} must be 0 (off) or a stride in 1..seq_len={self.seq_len}")
 
     def split_batch(self, world_size: int) -> tuple[int, int]:
         """(tokens per micro-batch on one rank, micro-batches per step) for a step of batch_tokens over world_size ranks.
@@ -129,8 +167,13 @@ class RunConfig:
 
 
 def smoke_version(cfg: RunConfig) -> RunConfig:
-    """Same model, tiny training: a few CPU steps on short sequences and a val prefix."""
+    """Same model, tiny training: a few CPU steps on short sequences and a val prefix.
+
+    The record's techniques stay on and switch within the 8 steps: recurrence at its fraction of them, late QAT
+    and SWA below SMOKE_LATE_LR_SCALE, a sliding stride of a quarter sequence; GPTQ calibrates on 2 short batches.
+    """
     seq = min(cfg.train.seq_len, 64)
+    tc = cfg.train
     train = dataclasses.replace(
         cfg.train,
         seq_len=seq,
@@ -145,8 +188,16 @@ def smoke_version(cfg: RunConfig) -> RunConfig:
         val_batch_tokens=8 * seq,
         final_val_tokens=16 * seq + 1,
         log_every_steps=1,
+        late_qat_lr_scale=max(tc.late_qat_lr_scale, SMOKE_LATE_LR_SCALE) if tc.late_qat_lr_scale else 0.0,
+        swa_every_steps=min(tc.swa_every_steps, 2),
+        swa_start_lr_scale=max(tc.swa_start_lr_scale, SMOKE_LATE_LR_SCALE),
+        eval_stride=min(tc.eval_stride, max(seq // 4, 1)),
     )
-    return dataclasses.replace(cfg, train=train).validate()
+    export = cfg.export
+    if export.gptq:
+        export = dataclasses.replace(export, gptq_calibration_batches=min(export.gptq_calibration_batches, 2),
+                                     gptq_calibration_batch_tokens=min(export.gptq_calibration_batch_tokens, 4 * seq))
+    return dataclasses.replace(cfg, train=train, export=export).validate()
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "export": ExportConfig}

@@ -59,7 +59,7 @@ def pin_cpu_threads() -> None:
     (OMP_NUM_THREADS) and torchrun leaves at the core count: on an H100, an 8-thread Tune trial missed what a
     16-thread process had compiled, and an 8-thread process then hit it. On torch 2.11 the key also holds
     AOTAutograd's decomposition table, which differs between a Tune trial and a plain process, so reruns after a
-    search still compile each shape once (BENCHMARKS.md, "Compile-cache sharing between Ray trials and other
-    processes"). A GPU run does little CPU math.
+    search still compile each shape once (BENCHMARKS.md, "Compile time and
+    scope"). A GPU run does little CPU math.
     """
     torch.set_num_threads(min(8, os.cpu_count() or 1))

@@ -8,6 +8,7 @@ The trainer knows nothing of its caller: reports, early stops and waiting for a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import math
@@ -26,7 +27,8 @@ from trainer.bpb import ByteTable, byte_table, load_sentencepiece
 from trainer.components import build_components
 from trainer.data.shards import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import EvalResult, evaluate
-from trainer.flops import flops_per_token, mfu
+from trainer.export_pipeline import check_export, export_payload
+from trainer.flops import H100_BF16_DENSE_FLOPS, flops_per_token
 from trainer.hooks import Hooks, NoHooks, StepLog, StopRequested
 from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.model import GPT
@@ -73,6 +75,8 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log = RunLog(self.out_dir / "train.log", self.rt.is_main, echo)
         self.log(f"config {json.dumps(cfg.to_dict(), sort_keys=True)}")
+        check_export(cfg)  # a compressor missing here fails now, not after training
+        self.data_dir = Path(data_dir)
         self.startup.done("runtime")
         self.table = self._byte_table(tokenizer_path)
         self.startup.done("tokenizer")
@@ -82,6 +86,9 @@ class Trainer:
         self.startup.done("val")
         torch.manual_seed(self.tc.seed)
         self.model = build_model(cfg, self.rt.device)
+        # Before compiling: techniques may set the model's mode (delayed recurrence) and hooks (late QAT).
+        self.components = build_components(cfg, self.model, self.out_dir, save_weights)
+        self.delayed_recurrence = self.tc.recurrence_start_fraction > 0 and self.model.has_repeats
         self.rt.synchronize()  # charge the weights' copy to the model phase, not to the next one
         self.startup.done("model")
         self.optimizers = build_optimizers(self.model, self.tc)
@@ -91,8 +98,10 @@ class Trainer:
         self.stream = TokenStream(data_dir, cfg.model.vocab_size)
         self.batches = DistributedBatches(self.stream, self.rt.rank, self.rt.world_size, self.rt.device)
         self.startup.done("data")
-        self.components = build_components(self.out_dir, save_weights)
         self.step, self.train_s, self.train_tokens = 0, 0.0, 0
+        self.train_flops = 0.0  # model FLOPs of the steps taken (fewer per token while recurrence is off)
+        self.flops_per_token = {on: flops_per_token(cfg.model, self.tc.seq_len, recurrence_on=on)
+                                for on in (False, True)}
         self.compile_s = self.wait_s = self.eval_s = 0.0
         self.peak_mem_bytes = 0
         compiled = self.tc.compile_scope if self.tc.compile and self.rt.on_gpu else "off"
@@ -112,6 +121,8 @@ class Trainer:
     def _compile(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(the module training steps run, the module evaluation runs): compiled and DDP-wrapped as configured."""
         compiled, evaluator = self.model, self.model
+        if self.tc.compile and self.rt.on_gpu:
+            _configure_inductor()
         if self.tc.compile and self.rt.on_gpu and self.tc.compile_scope == "layers":
             self.model.compile_layers(for_eval=self.tc.compile_eval)
         elif self.tc.compile and self.rt.on_gpu:
@@ -120,7 +131,9 @@ class Trainer:
             evaluator = compiled if self.tc.compile_eval else self.model
         if self.rt.world_size > 1:
             device_ids = [self.rt.device.index] if self.rt.on_gpu else None
-            return DistributedDataParallel(compiled, device_ids=device_ids, broadcast_buffers=False), evaluator
+            # While recurrence is off the repeats' own MLPs and scalars get no gradient: DDP must look for them.
+            return DistributedDataParallel(compiled, device_ids=device_ids, broadcast_buffers=False,
+                                           find_unused_parameters=self.delayed_recurrence), evaluator
         return compiled, evaluator
 
     # ---- the steps hooks may call -----------------------------------------------------------------------------
@@ -146,14 +159,25 @@ class Trainer:
 
     def evaluate(self, full: bool = False) -> EvalResult:
         """Score the model on the val prefix of intermediate reports, or (full) on the run's whole val split."""
+        tokens = self.val_tokens if full else self.val_prefix
+        with self._evaluating():
+            return evaluate(self.evaluator, tokens, self.table, self.tc.seq_len, self.tc.val_batch_tokens,
+                            self.rt.device, self.rt.rank, self.rt.world_size)
+
+    def evaluate_sliding(self) -> EvalResult:
+        """Score the run's whole val split by windows every train.eval_stride tokens."""
+        with self._evaluating():
+            return evaluate(self.evaluator, self.val_tokens, self.table, self.tc.seq_len, self.tc.val_batch_tokens,
+                            self.rt.device, self.rt.rank, self.rt.world_size, stride=self.tc.eval_stride)
+
+    @contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Between the components' before_eval and after_eval."""
         for component in self.components:
             component.before_eval(self)
-        tokens = self.val_tokens if full else self.val_prefix
-        result = evaluate(self.evaluator, tokens, self.table, self.tc.seq_len, self.tc.val_batch_tokens,
-                          self.rt.device, self.rt.rank, self.rt.world_size)
+        yield
         for component in self.components:
             component.after_eval(self)
-        return result
 
     @contextmanager
     def counted_as_eval(self) -> Iterator[None]:
@@ -165,33 +189,54 @@ class Trainer:
             self.eval_s += time.perf_counter() - start
 
     def snapshot(self) -> tuple:
-        """Copies of the weights and the optimizers' state, and the data position: what `rewind` goes back to."""
+        """Copies of the weights, the optimizers' and the components' state, and the data position: what
+        `rewind` goes back to."""
         return (copy.deepcopy(self.model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers],
-                self.stream.state())
+                self.stream.state(), [copy.deepcopy(c.state_dict()) for c in self.components])
 
     def rewind(self, saved: tuple) -> None:
         """Back to a snapshot, as if the steps taken since had never run."""
-        self.model.load_state_dict(saved[0])
-        for opt, state in zip(self.optimizers, saved[1]):
+        weights, optimizers, stream, components = saved
+        self._load_components(components)
+        self.model.load_state_dict(weights)
+        for opt, state in zip(self.optimizers, optimizers):
             opt.load_state_dict(state)
-        self.stream.restore(saved[2])
+        self.stream.restore(stream)
+
+    def _load_components(self, states: list[dict]) -> None:
+        """Components first, then the weights: a mode switch (recurrence on) may write weights the saved ones
+        must then overwrite."""
+        if len(states) != len(self.components):
+            raise ValueError(f"the saved state holds {len(states)} components, this run has "
+                             f"{len(self.components)}: it was saved by a run of another config")
+        for component, state in zip(self.components, states):
+            component.load_state_dict(state)
 
     def save_checkpoint(self, path: Path) -> None:
-        """Write this rank's full training state (model, optimizers, counters, data position) into folder path."""
+        """Write this rank's full training state (model, optimizers, components, counters, data position) into
+        folder path."""
         Path(path).mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
-                 "step": self.step, "train_s": self.train_s, "train_tokens": self.train_tokens,
+                 "components": [c.state_dict() for c in self.components], "step": self.step,
+                 "train_s": self.train_s, "train_tokens": self.train_tokens, "train_flops": self.train_flops,
                  "stream": self.stream.state()}
         torch.save(state, Path(path) / STATE_FILE.format(rank=self.rt.rank))
 
     # ---- the run, in order ------------------------------------------------------------------------------------
 
     def warm_up(self, initial: tuple) -> None:
-        """Compile and warm the kernels on real steps, then rewind to `initial`: warm-up never counts as training."""
-        for _ in range(self.tc.compile_warmup_steps):
-            self.train_step(0, 0.0)
-        if self.tc.compile_eval and self.hooks.next_report_s(0.0) is not None:
-            self.evaluate()  # compiles the evaluation graph that reports will run
+        """Compile and warm the kernels on real steps, then rewind to `initial`: warm-up never counts as training.
+
+        Under delayed recurrence both schedules run their steps (and evaluation), so the switch compiles nothing
+        during timed training; the rewind then sets the starting mode again.
+        """
+        for mode in (False, True) if self.delayed_recurrence else (None,):
+            if mode is not None:
+                self.model.set_recurrence(mode)
+            for _ in range(self.tc.compile_warmup_steps):
+                self.train_step(0, 0.0)
+            if self.tc.compile_eval and self.hooks.next_report_s(0.0) is not None:
+                self.evaluate()  # compiles the evaluation graph that reports will run
         self.rewind(initial)
         self.rt.synchronize()
 
@@ -231,10 +276,12 @@ class Trainer:
         if not state_path.is_file():
             state_path = Path(checkpoint_dir) / STATE_FILE.format(rank=0)
         state = torch.load(state_path, map_location=self.rt.device, weights_only=True)
+        self._load_components(state.get("components", []))  # checkpoints from before components had state: none
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
         self.step, self.train_s, self.train_tokens = state["step"], state["train_s"], state["train_tokens"]
+        self.train_flops = state.get("train_flops", self.train_tokens * self.flops_per_token[True])
         self.stream.restore(state["stream"])
         self.log(f"resumed from {checkpoint_dir} at step {self.step}, train_s {self.train_s:.1f}")
 
@@ -249,16 +296,21 @@ class Trainer:
         self.rt.synchronize()
         t0 = time.perf_counter()
         while True:
-            loss, scale = self.train_step(self.step, self.train_s + time.perf_counter() - t0)
+            now_s = self.train_s + time.perf_counter() - t0
+            scale = lr_scale(tc, self.step, now_s)
+            for component in self.components:
+                component.before_step(self, self.step, now_s, scale)
+            loss, scale = self.train_step(self.step, now_s, scale)
             self.step += 1
             self.train_tokens += tc.batch_tokens
+            self.train_flops += tc.batch_tokens * self.flops_per_token[self.model.recurrence_active]
             for component in self.components:
                 component.after_step(self, self.step, scale)
             now_s = self.train_s + time.perf_counter() - t0
             stop = self.step >= tc.max_steps or now_s >= tc.budget_s
             if self.hooks.should_stop():  # checked every step, so a stopped run ends at once
                 raise StopRequested(f"stopped by the caller at step {self.step}")
-            stop = self._on_every_rank(stop)
+            stop = self.any_rank(stop)
             if self.step == 1 or self.step % tc.log_every_steps == 0 or stop:
                 self._log_step(loss, scale, now_s)
             if next_report_s is not None and now_s >= next_report_s and not stop:
@@ -280,15 +332,17 @@ class Trainer:
             component.on_train_end(self)
 
     def _throughput(self) -> tuple[float, float]:
-        """(tokens per training second, MFU) of the training so far."""
+        """(tokens per training second, MFU) of the training so far; MFU counts each step's FLOPs in the
+        schedule it ran (trainer.flops)."""
         tokens_per_s = self.train_tokens / max(self.train_s, 1e-9)
-        return tokens_per_s, mfu(self.cfg.model, self.tc.seq_len, tokens_per_s, self.rt.world_size)
+        flops_per_s = self.train_flops / max(self.train_s, 1e-9)
+        return tokens_per_s, flops_per_s / (H100_BF16_DENSE_FLOPS * self.rt.world_size)
 
-    def _on_every_rank(self, stop: bool) -> bool:
-        """Whether any rank stops: every rank must stop on the same step."""
+    def any_rank(self, flag: bool) -> bool:
+        """Whether flag is true on any rank, so that every rank acts on the same step (stopping, switching)."""
         if self.rt.world_size == 1:
-            return stop
-        flag = torch.tensor(int(stop), device=self.rt.device)
+            return flag
+        flag = torch.tensor(int(flag), device=self.rt.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -313,25 +367,30 @@ class Trainer:
         self.hooks.report(metrics, self.save_checkpoint)
 
     def export(self) -> RunMetrics:
-        """Score the trained weights on the whole val split, write the artifact and score its round trip."""
+        """Score the trained (or averaged) weights on the whole val split, write the artifact and score its round
+        trip, plainly and (train.eval_stride) by sliding windows."""
         with self.counted_as_eval():
             pre = self.evaluate(full=True)
         self.log(f"val_bpb_prequant {pre.val_bpb:.4f} val_loss {pre.val_loss:.4f} over {pre.tokens:,} tokens / "
                  f"{pre.bytes:,} bytes")
-        # Every rank quantizes the same weights to the same payload. Rank 0 compresses it to the artifact in a
-        # thread while the round-trip evaluation runs on the weights decoded from that payload; the file is then
-        # checked to decompress to exactly it, so the reported val_bpb is the artifact's (zstd-22: 3-25 s).
+        # Every rank quantizes the same weights to the same payload: GPTQ calibrates on a fresh stream from the
+        # start of the training shards. Rank 0 compresses it to the artifact in a thread while the round-trip
+        # evaluation runs on the weights decoded from that payload; the file is then checked to decompress to
+        # exactly it, so the reported val_bpb is the artifact's (zstd-22: 3-25 s).
         export_start = time.perf_counter()
         artifact_path = self.out_dir / "model.ptz"
-        payload = artifact.pack(self.model.state_dict(), self.cfg)
+        from_train = self.cfg.export.gptq and self.cfg.export.gptq_calibration == "train"
+        calibration = TokenStream(self.data_dir, self.cfg.model.vocab_size) if from_train else None
+        payload, exported = export_payload(self.model, self.cfg, calibration)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            written = pool.submit(artifact.write, payload, self.cfg, artifact_path) if self.rt.is_main else None
+            written = pool.submit(_timed_write, payload, self.cfg, artifact_path) if self.rt.is_main else None
             self.model.load_state_dict(artifact.unpack(payload)[1])
             export_s = time.perf_counter() - export_start
             with self.counted_as_eval():
                 post = self.evaluate(full=True)
+                sliding = self.evaluate_sliding() if self.tc.eval_stride else None
             wait_start = time.perf_counter()
-            info = written.result() if written is not None else None
+            info, write_s = written.result() if written is not None else (None, 0.0)
         if self.rt.is_main and not artifact.holds(artifact_path, payload):
             raise artifact.ArtifactError(f"{artifact_path} does not decompress to the payload that was evaluated")
         if self.rt.world_size > 1:  # other ranks learn the compressed size from rank 0 (no shared filesystem needed)
@@ -339,13 +398,22 @@ class Trainer:
             dist.broadcast(model_bytes, src=0)
             info = artifact.ArtifactInfo(int(model_bytes.item()), len(payload), artifact.code_bytes())
         export_s += time.perf_counter() - wait_start
+        self.log(f"export: {dataclasses.replace(exported, artifact=info, write_s=write_s).describe()}")
         self.log(f"val_bpb {post.val_bpb:.4f} (round trip) artifact_bytes {info.artifact_bytes:,} "
                  f"(model {info.model_bytes:,} + code {info.code_bytes:,}) limit {self.cfg.export.limit_bytes:,}")
-        return self._metrics(pre, post, info, export_s)
+        if sliding is not None:
+            self.log(f"val_bpb_sliding {sliding.val_bpb:.4f} val_loss {sliding.val_loss:.4f} (round trip, windows "
+                     f"of {self.tc.seq_len} every {self.tc.eval_stride} tokens, {sliding.tokens:,} tokens scored once)")
+        return self._metrics(pre, post, info, export_s, sliding)
 
     def _metrics(self, pre: EvalResult, post: EvalResult, info: artifact.ArtifactInfo,
-                 export_s: float) -> RunMetrics:
+                 export_s: float, sliding: EvalResult | None = None) -> RunMetrics:
         tokens_per_s, train_mfu = self._throughput()
+        extra = {}
+        for component in self.components:
+            extra.update(component.metrics())
+        if sliding is not None:
+            extra.update(val_bpb_sliding=sliding.val_bpb, val_loss_sliding=sliding.val_loss)
         return RunMetrics(
             val_bpb=post.val_bpb, val_loss=post.val_loss, val_bpb_prequant=pre.val_bpb,
             val_loss_prequant=pre.val_loss, val_tokens=post.tokens, val_bytes=post.bytes,
@@ -354,15 +422,31 @@ class Trainer:
             over_limit=not artifact.within_limit(info, self.cfg.export), unique_params=unique_params(self.cfg.model),
             virtual_layers=len(self.model.schedule), steps=self.step, train_tokens=self.train_tokens,
             train_s=self.train_s, step_ms=1000 * self.train_s / max(self.step, 1), tokens_per_s=tokens_per_s,
-            flops_per_token=flops_per_token(self.cfg.model, self.tc.seq_len),
-            mfu=train_mfu,
+            flops_per_token=self.train_flops / max(self.train_tokens, 1), mfu=train_mfu,
             peak_mem_bytes=self.peak_mem_bytes, startup_s=self.startup.total_s(), compile_s=self.compile_s,
             wait_s=self.wait_s, eval_s=self.eval_s, export_s=export_s, wall_s=time.perf_counter() - self.wall_start,
             world_size=self.rt.world_size, attention=self.model.attention_kernel,
             device=torch.cuda.get_device_name(self.rt.device) if self.rt.on_gpu else "cpu", config=self.cfg.to_dict(),
+            **extra,
         )
 
     def write_metrics(self, metrics: RunMetrics) -> None:
         """out_dir/metrics.json (main rank)."""
         if self.rt.is_main:
             metrics.write(self.out_dir / METRICS_FILE)
+
+
+def _timed_write(payload: bytes, cfg: RunConfig, path: Path) -> tuple[artifact.ArtifactInfo, float]:
+    """artifact.write, and its seconds."""
+    start = time.perf_counter()
+    info = artifact.write(payload, cfg, path)
+    return info, time.perf_counter() - start
+
+
+def _configure_inductor() -> None:
+    """Inductor settings the compiled model needs on every torch version it runs on."""
+    import torch._inductor.config as inductor_config
+    # torch 2.11's mix-order reduction fusion fails an assertion (FusedMixOrderReductions in sub_node_can_fuse)
+    # while compiling the record stack's backward on H100; without the fusion the graph compiles.
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        inductor_config.triton.mix_order_reduction = False

@@ -25,7 +25,8 @@ from search.settings import SearchSettings, is_uri
 
 COLUMNS = [
     "number", "status", "reason", "summary", "enqueued_from", "unique_params", "virtual_layers", "predicted_artifact_bytes",
-    "artifact_bytes", "val_bpb", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s", "steps",
+    "artifact_bytes", "val_bpb", "val_bpb_sliding", "val_bpb_prequant", "last_rung_val_bpb", "rungs", "final_train_s",
+    "steps",
     "device_s", "gpu_s", "worker_trial", *TIME_COLUMNS, "optuna_state", "tune_trial_id", "constraint_excess_bytes", "on_frontier",
 ]
 FORMATS = ("md", "csv", "html")
@@ -75,6 +76,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             "predicted_artifact_bytes": a.get("predicted_artifact_bytes"),
             "artifact_bytes": a.get("artifact_bytes"),
             "val_bpb": a.get("val_bpb"),
+            "val_bpb_sliding": a.get("val_bpb_sliding"),  # with train.eval_stride; --objective may rank by it
             "val_bpb_prequant": a.get("val_bpb_prequant"),
             "last_rung_val_bpb": rungs[-1][1] if rungs else None,
             "rungs": len(rungs),
@@ -276,7 +278,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 RUNG_NOTES = {
     False: "Rungs are scored before quantization; `spearman_prequant` ranks against the final pre-quantization "
            "val_bpb, so the gap between the two columns is what the export (quant bits) reorders.",
-    True: "Rungs are scored after the quantization round trip (--rung-roundtrip), as the final val_bpb is; "
+    True: "Rungs are scored after the quantization round trip (--rung-roundtrip), as the final val_bpb is, but "
+          "without GPTQ (export.gptq): a rung rounds each row to the nearest step of the same grid. "
           "`spearman_prequant` ranks them against the final pre-quantization val_bpb.",
     None: "How rungs were scored differs between trials (--rung-roundtrip); read each trial's config.",
 }

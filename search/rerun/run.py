@@ -376,8 +376,8 @@ def mixed_devices_note(results: list[ConfigResult]) -> str | None:
         return None
     where = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in sorted(runs_by_device.items()))
     # In the same 180 s an H200 trained 11-13% more steps than an H100 and both configs' val_bpb moved by 0.0025,
-    # a fifth of the lead being measured (BENCHMARKS.md, "The 3-seed winner and the baseline side by side on an
-    # H200"); a test across chips would measure the chips too.
+    # a fifth of the lead being measured (BENCHMARKS.md, "Chip differences (H100 vs H200)"); a test across chips
+    # would measure the chips too.
     return (f"the runs trained on {len(runs_by_device)} kinds of device ({where}): in one wallclock budget a faster "
             "device trains more steps, so their val_bpb are not comparable and no significance was computed. "
             "Train the runs of one device again on the other: move their seed folders away (or pass another --out) "
@@ -406,7 +406,7 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
         if widest is not None and widest > cfg.export.quant_bits:
             # At int6 the baseline shape lost 0.029 val_bpb to the round trip, the loop it was compared with 0.016;
             # most of the loop's lead was that, and the baseline was predicted to fit at int8 (BENCHMARKS.md,
-            # "Item 3 at 180 s: loop45_11x512 beats the int6 baseline").
+            # "Does a searched recurrence beat the baseline shape at 180 s").
             notes.append(f"the {label} exports at int{cfg.export.quant_bits}, but the size model predicts int{widest} "
                          "fits: the round trip costs it val_bpb that the wider export would keep; pass --widest-bits "
                          "to compare both configs at the widest bits that fit")
@@ -414,7 +414,7 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
         widest_embedding, current = widest_fitting_embedding_bits(cfg), embedding_bits(cfg.export)
         if widest_embedding > current:
             # The int6 embedding was most of the round trip's cost (baseline shape 0.027, loop 0.018; BENCHMARKS.md,
-            # "The tied embedding is most of the int6 round trip's cost").
+            # "Exports").
             notes.append(f"the {label} exports its embedding at {width_name(current)}, but the size model predicts "
                          f"{width_name(widest_embedding)} fits: the embedding is also the output head, and its "
                          "rounding cost most of the round trip at int6 on an H100; pass --widest-bits, or set "

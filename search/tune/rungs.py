@@ -3,12 +3,17 @@ way the search asks, Tune's stop flag checked every step, and the turn on a shar
 
 The trainer itself reports only the val prefix's score at the times next_report_s asks for; TrialHooks.report
 rescores it with the Trainer's public steps before sending it on:
-- rung_roundtrip: on the weights after the artifact's quantization round trip, as the final val_bpb is scored;
+- rung_roundtrip: on the weights after the artifact's quantization round trip, as the final val_bpb is scored,
+  except that GPTQ (export.gptq) is left out: its calibration and column-by-column rounding cost too much to run
+  at every rung, so a rung rounds each row to the nearest step of the same grid;
 - rung_cooldown_fraction: after a short learning-rate cooldown, rewound afterwards, so training goes on as if
   it had never run. Both cost evaluation time (eval_s), never training budget.
+Reports score the weights training has now: the raw weights, not an average (train.average) that replaces them
+only at the end, in the schedule that runs now (train.recurrence_start_fraction), without fake quantization.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -59,9 +64,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def roundtrip_score(trainer: "Trainer") -> EvalResult:
-    """The val prefix scored on the weights after the artifact's round trip; training's own weights are put back."""
+    """The val prefix scored on the weights after the artifact's round trip, without GPTQ (nearest rounding on the
+    same grid: calibrating at every rung would cost more than the rung); training's own weights are put back."""
     trained = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    trainer.model.load_state_dict(artifact.unpack(artifact.pack(trained, trainer.cfg))[1])
+    cfg = dataclasses.replace(trainer.cfg, export=dataclasses.replace(trainer.cfg.export, gptq=False))
+    trainer.model.load_state_dict(artifact.unpack(artifact.pack(trained, cfg))[1])
     post = trainer.evaluate()
     trainer.model.load_state_dict(trained)
     return post

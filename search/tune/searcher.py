@@ -388,9 +388,10 @@ class RecurrenceSearcher(Searcher):
         for key in FINAL_ATTRS:
             if key in result and result[key] is not None:
                 trial.set_user_attr(key, result[key])
-        val_bpb, size = result.get("val_bpb"), result.get("artifact_bytes")
+        objective = self.settings.objective  # val_bpb, or val_bpb_sliding (--objective)
+        val_bpb, size = result.get(objective), result.get("artifact_bytes")
         if val_bpb is None or size is None or not math.isfinite(float(val_bpb)):
-            self._finish(trial, TrialState.FAIL, None, FAILED, f"final val_bpb is {val_bpb}")
+            self._finish(trial, TrialState.FAIL, None, FAILED, f"final {objective} is {val_bpb}")
             return
         # The measured size replaces the prediction in the constraint, so Optuna learns from it.
         excess = int(size) - self.settings.limit_bytes

@@ -6,7 +6,7 @@ so the bytes one code costs are about a constant (`codes`, an int6 code in a 512
 per bit of grid resolution (`code_bits`, per log2(qmax) beyond int6's), plus a cost per doubling of the
 row length (`code_log2_fanin`, negative for trained weights: a longer heavy-tailed row has its max further
 out, so its codes crowd near 0). Output projections start at zero and hold only what training wrote, which
-compresses differently (H100 call 19: 4.8-5.0 bits per int6 code against 5.3 for q/k/v/fc), so they get
+compresses differently (measured on H100: 4.8-5.0 bits per int6 code against 5.3 for q/k/v/fc), so they get
 their own offset and row-length slope (`zero_init_codes`, `zero_init_log2_fanin`). fp16 scales, fp16 weight matrices kept float, fp16 control scalars, the
 header and the zstd frame each get their own bytes-per-unit.
 
@@ -46,8 +46,8 @@ from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 # Embedding exports wider than the matrices, widest first: float16, int8. The tied embedding is also the output
-# head; at int6 it was most of the round-trip cost (H100 call 58: the baseline shape +0.027 val_bpb at int6,
-# +0.003 with a float16 embedding).
+# head; at int6 it was most of the round-trip cost (BENCHMARKS.md, Exports: the baseline shape +0.027 val_bpb
+# at int6, +0.003 with a float16 embedding).
 EMBEDDING_WIDTHS = (16, 8)
 REFERENCE_BITS = 6  # code_bits is centred here: an int6 code adds 0 to it
 REFERENCE_FANIN = 512  # code_log2_fanin is centred here: a 512-long row adds 0 to it
