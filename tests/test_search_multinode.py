@@ -32,8 +32,8 @@ TRIALS = 3
 # trial, so a trial caught two reports or more before its next rung (and its budget's end) has seconds of training
 # left before anything could end it, and the kill lands while it is surely running.
 # The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test): on a busy
-# CPU the second trial's worker took about a minute to start, and with a 24 s budget the leader (65 s of wall time
-# with its reports) had finished before the second trial's first rung stopped it, leaving no trial to kill.
+# CPU, with a 24 s budget, the leader (65 s of wall time with its reports) had finished before the second trial's
+# slow start and first rung, leaving no trial to kill.
 RUNG_S, BUDGET_S, REDUCTION = 1.0, 48.0, 4
 # Deadlines against a hang, not timings: on two cores shared with other work a trial's worker took over two
 # minutes to start and report once (the driver's start, Ray's workers and torch's import all wait for a core).
@@ -140,11 +140,13 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
             time.sleep(0.1)
 
     try:
-        # The second worker joins once the first trial (the leader) has reported on the first, so the leader
-        # reaches every ASHA rung first and is never stopped (the first result at a rung sets the cutoff). The
-        # second trial, started seconds later, is then stopped at 1, 4 or 16 s while the leader trains on, or runs
-        # on until the leader completes: either way one trial finishes while another still has reports ahead.
-        wait_for("the first trial's first report", lambda: _results(session_dir))
+        # The second worker joins once the first trial (the leader) has its trainer running on the first, so the
+        # leader reaches every ASHA rung first and is never stopped (the first result at a rung sets the cutoff):
+        # the second trial still has its worker process to start. It is then stopped at 1, 4 or 16 s while the
+        # leader trains on, or runs on until the leader completes: either way one trial finishes while another
+        # still has reports ahead. (Joining only after the leader's first report left too little of the leader's
+        # run on a busy CPU: a trial's worker took 75 s to start, and the second one started as the leader ended.)
+        wait_for("the first trial's trainer to start", lambda: any((storage / NAME).glob("t*/run/train.log")))
         workers.append(cluster.add_node(num_cpus=1))
         by_id = {w.node_id: w for w in workers}
 
