@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from trainer import run_config as config
+from trainer import train
 from trainer.components import Component
 from trainer.trainer import Trainer
 
@@ -44,14 +45,9 @@ def build(tiny_corpus, cfg_dict: dict, out, hooks=None, save_weights: bool = Fal
 
 
 def run(tiny_corpus, cfg_dict: dict, out, hooks=None, save_weights: bool = False, resume_from=None):
-    """Train, export and write the metrics as trainer.train.train does; (trainer, metrics, probe)."""
+    """Train, export and write the metrics through trainer.train.run; (trainer, metrics, probe)."""
     trainer = build(tiny_corpus, cfg_dict, out, hooks, save_weights)
-    trainer.warm_up_and_wait()
-    if resume_from is not None:
-        trainer.resume(resume_from)
-    trainer.fit()
-    metrics = trainer.export()
-    trainer.write_metrics(metrics)
+    metrics = train.run(trainer, resume_from)
     return trainer, metrics, component(trainer, Probe)
 
 

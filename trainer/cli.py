@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from trainer import run_config as config_mod
@@ -34,6 +35,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                    "without --data/--tokenizer it trains on a small corpus built here on first use (no network)")
     p.add_argument("--save-weights", action="store_true",
                    help="also write the trained float weights (weights.pt) to --out, for `trainer export`")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write the training curves (loss, LR scale, tokens/s, final val_bpb) as TensorBoard "
+                   "event files to DIR, as training goes: `tensorboard --logdir DIR`")
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +66,11 @@ def run_export(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from trainer import tensorboard_log
     from trainer.train import train
 
+    if args.tensorboard is not None and tensorboard_log.missing_package():
+        raise config_mod.ConfigError(f"--tensorboard: {tensorboard_log.missing_package()}, or leave --tensorboard out")
     cfg = config_mod.load(args.config, args.overrides)
     device = args.device
     data, tokenizer = args.data, args.tokenizer
@@ -78,7 +85,10 @@ def run_train(args: argparse.Namespace) -> int:
     if data is None or tokenizer is None:
         raise config_mod.ConfigError("train: pass both --data and --tokenizer (or --smoke alone, for the built-in "
                                      "smoke corpus)")
-    metrics = train(cfg, data, tokenizer, args.out, device=device, save_weights=args.save_weights)
+    with (tensorboard_log.TensorBoardHooks(args.tensorboard) if args.tensorboard else nullcontext()) as hooks:
+        metrics = train(cfg, data, tokenizer, args.out, hooks=hooks, device=device, save_weights=args.save_weights)
+        if hooks is not None:
+            hooks.finished(metrics)
     rank = 0
     if dist.is_initialized():
         # Leave the group together: a rank exiting with the group alive can abort at interpreter shutdown.

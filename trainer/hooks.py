@@ -1,5 +1,6 @@
 """What a caller plugs into a training run: when to report and what to do with a report, when to stop, when to
-start the timed training. `trainer train` alone uses NoHooks; another caller passes its own Hooks.
+start the timed training. `trainer train` alone uses NoHooks (TensorBoardHooks with --tensorboard); another
+caller passes its own Hooks.
 
 The Trainer calls, in order: attach(trainer) once it is built; warm_up_failed(error) only if the warm-up raised;
 ready() once compiled and warm, just before the timed training; then at every step should_stop(), at each log

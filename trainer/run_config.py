@@ -18,6 +18,7 @@ from trainer.model_config import (  # noqa: F401  (ConfigError and the sections 
 
 COMPILE_SCOPES = ("layers", "model")
 AVERAGES = ("none", "ema", "swa")
+DATA_ORDERS = ("stream", "shuffled")
 # --smoke runs 8 steps with a 4-step warmdown (LR scales 1, 0.75, 0.5, 0.25 at the end): late techniques that
 # start below an LR scale start below this one instead, so the last two smoke steps exercise them.
 SMOKE_LATE_LR_SCALE = 0.6
@@ -83,6 +84,9 @@ class TrainConfig:
     recurrence_start_fraction: float = 0.0
     # Sliding-window evaluation after the round trip: windows of seq_len every eval_stride tokens (0: off).
     eval_stride: int = 0
+    # Training tokens in shard order ("stream"), or as seq_len windows in a seeded random order over all shards,
+    # each once per pass ("shuffled", trainer/data/sampler.py).
+    data_order: str = "stream"
 
     def validate(self) -> None:
         """Raise ConfigError on inconsistent batch or budget settings."""
@@ -116,6 +120,7 @@ class TrainConfig:
             f"'{self.attention}' is not one of {ATTENTION_CHOICES}",
         )
         _require(self.average in AVERAGES, "train.average", f"'{self.average}' is not one of {AVERAGES}")
+        _require(self.data_order in DATA_ORDERS, "train.data_order", f"'{self.data_order}' is not one of {DATA_ORDERS}")
         _require(0 < self.ema_decay < 1, "train.ema_decay", f"{self.ema_decay} must be in (0, 1), e.g. 0.997")
         _require(self.swa_every_steps >= 1, "train.swa_every_steps", "must be at least 1")
         _require(0 < self.swa_start_lr_scale <= 1, "train.swa_start_lr_scale", "must be in (0, 1], e.g. 0.2")

@@ -31,7 +31,11 @@ def train(
     resume_from: a folder a report's save_checkpoint wrote; training goes on from there.
     save_weights: also write the trained float weights to out_dir/weights.pt, for `trainer export`.
     """
-    trainer = Trainer(cfg, data_dir, tokenizer_path, out_dir, hooks, device, echo, save_weights)
+    return run(Trainer(cfg, data_dir, tokenizer_path, out_dir, hooks, device, echo, save_weights), resume_from)
+
+
+def run(trainer: Trainer, resume_from: Path | None = None) -> RunMetrics:
+    """A built Trainer's steps in order: warm up, resume, fit, export, write metrics.json; the metrics."""
     trainer.warm_up_and_wait()
     if resume_from is not None:
         trainer.resume(resume_from)

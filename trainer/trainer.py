@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer import artifact
 from trainer.bpb import ByteTable, byte_table, load_sentencepiece
 from trainer.components import build_components
+from trainer.data.sampler import ShuffledWindows
 from trainer.data.shards import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import EvalResult, evaluate
 from trainer.export_pipeline import check_export, export_payload
@@ -95,8 +96,7 @@ class Trainer:
         self.startup.done("optimizers")
         self.net, self.evaluator = self._compile()
         self.startup.done("compile_wrap")
-        self.stream = TokenStream(data_dir, cfg.model.vocab_size)
-        self.batches = DistributedBatches(self.stream, self.rt.rank, self.rt.world_size, self.rt.device)
+        self.batches = self._batches(data_dir)
         self.startup.done("data")
         self.step, self.train_s, self.train_tokens = 0, 0.0, 0
         self.train_flops = 0.0  # model FLOPs of the steps taken (fewer per token while recurrence is off)
@@ -117,6 +117,14 @@ class Trainer:
             raise ValueError(f"tokenizer has {sp.vocab_size()} pieces but model.vocab_size="
                              f"{self.cfg.model.vocab_size}; raise vocab_size")
         return byte_table(sp, self.cfg.model.vocab_size)
+
+    def _batches(self, data_dir: Path) -> DistributedBatches | ShuffledWindows:
+        """The training batches in train.data_order, this rank's share of each global batch."""
+        rt = self.rt
+        if self.tc.data_order == "shuffled":
+            return ShuffledWindows(data_dir, self.cfg.model.vocab_size, self.tc.seq_len, self.tc.seed, rt.rank,
+                                   rt.world_size, rt.device)
+        return DistributedBatches(TokenStream(data_dir, self.cfg.model.vocab_size), rt.rank, rt.world_size, rt.device)
 
     def _compile(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(the module training steps run, the module evaluation runs): compiled and DDP-wrapped as configured."""
@@ -192,7 +200,7 @@ class Trainer:
         """Copies of the weights, the optimizers' and the components' state, and the data position: what
         `rewind` goes back to."""
         return (copy.deepcopy(self.model.state_dict()), [copy.deepcopy(o.state_dict()) for o in self.optimizers],
-                self.stream.state(), [copy.deepcopy(c.state_dict()) for c in self.components])
+                self.batches.state(), [copy.deepcopy(c.state_dict()) for c in self.components])
 
     def rewind(self, saved: tuple) -> None:
         """Back to a snapshot, as if the steps taken since had never run."""
@@ -201,7 +209,7 @@ class Trainer:
         self.model.load_state_dict(weights)
         for opt, state in zip(self.optimizers, optimizers):
             opt.load_state_dict(state)
-        self.stream.restore(stream)
+        self.batches.restore(stream)
 
     def _load_components(self, states: list[dict]) -> None:
         """Components first, then the weights: a mode switch (recurrence on) may write weights the saved ones
@@ -219,7 +227,7 @@ class Trainer:
         state = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                  "components": [c.state_dict() for c in self.components], "step": self.step,
                  "train_s": self.train_s, "train_tokens": self.train_tokens, "train_flops": self.train_flops,
-                 "stream": self.stream.state()}
+                 "stream": self.batches.state()}
         torch.save(state, Path(path) / STATE_FILE.format(rank=self.rt.rank))
 
     # ---- the run, in order ------------------------------------------------------------------------------------
@@ -282,7 +290,7 @@ class Trainer:
             opt.load_state_dict(opt_state)
         self.step, self.train_s, self.train_tokens = state["step"], state["train_s"], state["train_tokens"]
         self.train_flops = state.get("train_flops", self.train_tokens * self.flops_per_token[True])
-        self.stream.restore(state["stream"])
+        self.batches.restore(state["stream"])
         self.log(f"resumed from {checkpoint_dir} at step {self.step}, train_s {self.train_s:.1f}")
 
     def fit(self) -> None:

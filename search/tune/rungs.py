@@ -23,12 +23,13 @@ import torch
 
 from trainer import artifact
 from trainer.evaluate import EvalResult
-from trainer.hooks import NoHooks, SaveCheckpoint
+from trainer.hooks import NoHooks, SaveCheckpoint, StepLog
 from trainer.optim import cooldown_scales, lr_scale
 from trainer.trainer import check_finite
 
 if TYPE_CHECKING:
     from search.settings import SearchSettings
+    from trainer.tensorboard_log import TrainingCurves
     from trainer.trainer import Trainer
 
 
@@ -76,12 +77,15 @@ def roundtrip_score(trainer: "Trainer") -> EvalResult:
 
 class TrialHooks(NoHooks):
     """The hooks a trial passes to the trainer: reports go to `send`, stop when `should_stop` says, and
-    `take_turn` (if any) blocks until this trial may train on its shared device."""
+    `take_turn` (if any) blocks until this trial may train on its shared device; `curves` (if any) gets each log
+    line, for TensorBoard."""
 
     def __init__(self, plan: RungPlan, send: Callable[[dict, SaveCheckpoint], None],
-                 should_stop: Callable[[], bool] | None = None, take_turn: Callable[[], None] | None = None):
+                 should_stop: Callable[[], bool] | None = None, take_turn: Callable[[], None] | None = None,
+                 curves: "TrainingCurves | None" = None):
         self.plan, self.send = plan, send
         self._should_stop, self.take_turn = should_stop, take_turn
+        self.curves = curves
         self.trainer: Trainer | None = None
 
     def attach(self, trainer: "Trainer") -> None:
@@ -117,6 +121,11 @@ class TrialHooks(NoHooks):
             if self.plan.cooldown_fraction > 0:
                 metrics = self._after_cooldown(metrics)
         self.send(metrics, save_checkpoint)
+
+    def on_log(self, step: StepLog) -> None:
+        """A log line's figures to the trial's curves."""
+        if self.curves is not None:
+            self.curves.log_step(step)
 
     def _after_cooldown(self, rung: dict) -> dict:
         """The rung scored after a cooldown of cooldown_fraction of the steps so far, LR decaying linearly to 0

@@ -33,6 +33,7 @@ from search.tune.searcher import import_object
 from search.vocabulary import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL
 from search.settings import SearchSettings, is_uri
 from trainer.hooks import SaveCheckpoint, StopRequested
+from trainer.tensorboard_log import TrainingCurves
 
 # Final-report keys renamed so ASHA (time_attr=train_s) never mistakes the final full-val result for a rung.
 FINAL_RENAMES = {"train_s": "final_train_s"}
@@ -90,11 +91,16 @@ def run_training(
     from trainer.run_config import from_dict
 
     number = config[NUMBER_KEY]
+    curves: TrainingCurves | None = None
     try:
+        # In the trial's folder (run/'s parent), beside Tune's own event file: TensorBoard shows one run per trial.
+        curves = TrainingCurves.open_or_skip(out_dir.parent, resumed=resume_dir is not None) if is_main else None
         cfg = from_dict(config["run"], where=f"trial {number}")
         train_fn = import_object(settings.train_fn)
 
         def send(metrics: dict, save_checkpoint: SaveCheckpoint) -> None:
+            if curves is not None:  # before reporting: ASHA's stop reaches the trial inside report_fn
+                curves.log_scores("rung", metrics["step"], {"val_bpb": metrics["val_bpb"]})
             with tempfile.TemporaryDirectory(prefix="rung_") as d:
                 save_checkpoint(Path(d))  # every rank writes its own state file
                 report_fn({**_clean(metrics), NUMBER_KEY: number, NODE_KEY: node_id()}, Path(d) if is_main else None)
@@ -104,10 +110,12 @@ def run_training(
         if "echo" in params:
             kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
         if "hooks" in params:
-            kwargs["hooks"] = TrialHooks(RungPlan.from_settings(settings), send, should_stop, before_training)
+            kwargs["hooks"] = TrialHooks(RungPlan.from_settings(settings), send, should_stop, before_training, curves)
         elif before_training is not None:  # a train_fn without hooks: take the turn before it starts at all
             before_training()
         final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir, **kwargs)
+        if curves is not None:
+            curves.log_final(final)
     except StopRequested:  # Tune ended the trial (ASHA): it already knows; nothing to report
         return
     except Exception as exc:  # a failed trial is a result, not a crash of the search
@@ -117,6 +125,9 @@ def run_training(
             (out_dir / "failure.txt").write_text(reason + "\n\n" + traceback.format_exc())
         report_fn({FAILED_KEY: True, FAIL_REASON_KEY: reason, NUMBER_KEY: number}, None)
         return
+    finally:
+        if curves is not None:  # its writer thread ends here, also in a worker that runs the next trial
+            curves.close()
     final = {FINAL_RENAMES.get(k, k): v for k, v in _clean(final.to_dict()).items()}
     report_fn({**final, FINAL_KEY: True, NUMBER_KEY: number, NODE_KEY: node_id()}, None)
 

@@ -142,6 +142,17 @@ class DistributedBatches:
     def __init__(self, stream: TokenStream, rank: int, world_size: int, device: torch.device):
         self.stream, self.rank, self.world_size, self.device = stream, rank, world_size, device
 
+    def state(self) -> dict[str, int]:
+        """Where the stream is, for checkpoints and rewinds."""
+        return self.stream.state()
+
+    def restore(self, state: dict[str, int]) -> None:
+        """Continue from a saved position."""
+        if "shard_index" not in state:
+            raise ValueError("the saved data position is a shuffled draw's (train.data_order: shuffled); resume "
+                             "with the data order it was saved with")
+        self.stream.restore(state)
+
     def next(self, local_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of shape (local_tokens // seq_len, seq_len) for this rank."""
         span = local_tokens + 1
