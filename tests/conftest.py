@@ -1,12 +1,15 @@
 """Shared test fixtures: a tiny SentencePiece tokenizer and tiny shards, all made here from generated text."""
 from __future__ import annotations
 
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 
 from trainer.data.shards import write_shard
 
@@ -18,6 +21,37 @@ WORDS = (
 ).split()
 TINY_VOCAB = 320
 BOS_ID = 1
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the random order's seed at the end, even under -q, so a failing order can be run again."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"tests ran in random order: run this order again with --randomly-seed={seed}")
+
+
+def _torch_and_process_state() -> dict:
+    return {"cwd": os.getcwd(), "threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(),
+            "grad": torch.is_grad_enabled(), "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+@pytest.fixture(autouse=True)
+def same_start_in_any_order():
+    """Every test starts from the same torch RNG state, and finds the cwd and torch's global settings as the
+    previous test found them, so the suite passes in any order (pytest-randomly seeds random and numpy)."""
+    before = _torch_and_process_state()
+    torch.manual_seed(0)
+    yield
+    after = _torch_and_process_state()
+    if after != before:
+        os.chdir(before["cwd"])
+        torch.set_num_threads(before["threads"])
+        torch.set_default_dtype(before["dtype"])
+        torch.set_grad_enabled(before["grad"])
+        torch.use_deterministic_algorithms(before["deterministic"])
+        changed = sorted(k for k in before if before[k] != after[k])
+        pytest.fail(f"the test changed {changed} and left them changed: restore them (monkeypatch, a context "
+                    "manager or try/finally) so the tests after it see the same process", pytrace=False)
 
 
 def make_documents(count: int, seed: int) -> list[str]:
@@ -92,7 +126,7 @@ TINY_TRAIN = {
     "batch_tokens": 512,
     "micro_batch_tokens": 256,
     "max_steps": 12,
-    "budget_s": 30.0,
+    "budget_s": 3600.0,  # max_steps ends every run, however busy the CPU: tests about time use virtual_clock
     "warmdown_steps": 4,
     "compile": False,
     "compile_warmup_steps": 0,
@@ -106,3 +140,44 @@ TINY_TRAIN = {
 def tiny_config_dict() -> dict:
     """A run config dict for a model that trains in about a second on the CPU."""
     return {"model": dict(TINY_MODEL), "train": dict(TINY_TRAIN), "export": {}}
+
+
+class VirtualClock:
+    """time.perf_counter for a test: it stands still until advanced, so training seconds are what the test says."""
+
+    START_S = 1024.0  # binary fractions of a second added to it stay exact
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.now_s, self._monkeypatch = self.START_S, monkeypatch
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` pass."""
+        self.now_s += seconds
+
+    def steps_take(self, step_s: float) -> None:
+        """From now on, every training step of a Trainer (warm-up, training, cooldown) takes step_s seconds."""
+        from trainer.trainer import Trainer
+
+        run_step = Trainer.train_step
+
+        def timed_step(trainer, *args, **kwargs):
+            result = run_step(trainer, *args, **kwargs)
+            self.advance(step_s)
+            return result
+
+        self._monkeypatch.setattr(Trainer, "train_step", timed_step)
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch) -> VirtualClock:
+    """Replace time.perf_counter (what the trainer times itself with) by a VirtualClock for this test.
+
+    The trainer's budget, report times and phase timings then follow the steps a test runs, not the load of the
+    machine (benchmarks/smoke_equivalence.py runs the trainer on a virtual clock for the same reason).
+    """
+    clock = VirtualClock(monkeypatch)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    return clock

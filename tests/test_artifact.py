@@ -1,3 +1,6 @@
+import ast
+from pathlib import Path
+
 import zstandard
 import pytest
 import torch
@@ -5,6 +8,9 @@ import torch
 from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.model import GPT
+from trainer.model_config import ExportConfig
+
+TRAINER_DIR = Path(__file__).resolve().parents[1] / "trainer"
 
 
 def small_cfg(*overrides):
@@ -81,9 +87,66 @@ def test_a_wider_embedding_is_stored_wider_and_sized_exactly(tmp_path, embedding
     assert torch.equal(state[fc], narrow_state[fc])  # the block matrices are untouched
 
 
-def test_code_bytes_are_read_from_the_files():
-    expected = sum((artifact.PACKAGE_DIR / f).stat().st_size for f in artifact.CODE_FILES)
-    assert artifact.code_bytes() == expected > 10_000
+def _module_level_trainer_imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
+    """(trainer modules a file imports at module level, (line, module) of those it imports inside a function)."""
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    at_top, in_functions = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "trainer":
+            if node.module == "trainer":  # `from trainer import compress`: submodules by name
+                names = {f"trainer.{a.name}" for a in node.names if (TRAINER_DIR / f"{a.name}.py").is_file()}
+            else:
+                names = {node.module}
+        elif isinstance(node, ast.Import):
+            names = {a.name for a in node.names if a.name.split(".")[0] == "trainer"}
+        else:
+            continue
+        if id(node) in top_level:
+            at_top |= names
+        else:
+            in_functions += [(node.lineno, name) for name in sorted(names)]
+    return at_top, in_functions
+
+
+def _shipped_closure() -> set[str]:
+    """File names of trainer/ that importing trainer.model and trainer.artifact executes, found by reading the
+    sources' import statements (not CODE_FILES): the package's __init__.py and every module reached."""
+    files, todo = {"__init__.py"}, ["trainer.model", "trainer.artifact"]
+    while todo:
+        name = todo.pop()
+        file = name.split(".", 1)[1].replace(".", "/") + ".py"
+        if file in files:
+            continue
+        files.add(file)
+        at_top, _ = _module_level_trainer_imports(TRAINER_DIR / file)
+        todo += sorted(at_top)
+    return files
+
+
+def test_every_module_the_model_and_artifact_import_is_counted_as_code():
+    """A file that rebuilding the model needs can never be left out of the code bytes: the modules trainer.model and
+    trainer.artifact import (transitively) are exactly CODE_FILES, and code_bytes is their bytes read here."""
+    shipped = _shipped_closure()
+    assert {"model.py", "artifact.py", "quant.py", "compress.py", "__init__.py"} <= shipped
+    assert set(artifact.CODE_FILES) == shipped
+    assert artifact.code_bytes() == sum(len((TRAINER_DIR / f).read_bytes()) for f in shipped) > 10_000
+    # An import inside a function of a shipped file is an export-only path, and says so where it stands.
+    for file in sorted(shipped):
+        lines = (TRAINER_DIR / file).read_text().splitlines()
+        for lineno, name in _module_level_trainer_imports(TRAINER_DIR / file)[1]:
+            shipped_too = name.split(".", 1)[1].replace(".", "/") + ".py" in shipped
+            assert shipped_too or "not shipped" in lines[lineno - 1], f"{file}:{lineno} imports {name} unmarked"
+
+
+def test_within_limit_counts_the_code_bytes_too():
+    export = ExportConfig(limit_bytes=1_000)
+    assert artifact.within_limit(artifact.ArtifactInfo(model_bytes=900, payload_bytes=5_000, code_bytes=100), export)
+    # The compressed weights alone fit; with the code they are one byte over.
+    assert not artifact.within_limit(artifact.ArtifactInfo(model_bytes=900, payload_bytes=5_000, code_bytes=101),
+                                     export)
+    assert not artifact.within_limit(artifact.ArtifactInfo(model_bytes=1_001, payload_bytes=5_000, code_bytes=0),
+                                     export)
 
 
 def test_bad_files_give_clear_errors(tmp_path):

@@ -27,6 +27,26 @@ def test_clipping_limits_outliers_to_the_row_quantile():
     assert scale[0].item() < 0.1
 
 
+@pytest.mark.parametrize("bits", [8, 6, 5])
+def test_clipping_is_symmetric_for_outliers_of_either_sign(bits):
+    """A row's clip threshold is a quantile of |w|: a negative outlier is clipped to -qmax codes exactly as a
+    positive one to +qmax, and negating the weights negates the codes (round half to even is odd-symmetric)."""
+    torch.manual_seed(1)
+    w = torch.randn(4, 2_000)
+    w[0, 0], w[1, 0], w[2, 0], w[2, 1] = 1000.0, -1000.0, 500.0, -500.0
+    codes, scale = quantize_rows(w, bits, clip_quantile=0.99)
+    restored = dequantize_rows(codes, scale)
+    q = qmax(bits)
+    assert codes.min().item() == -q and codes.max().item() == q  # the grid is [-qmax, qmax], never -qmax - 1
+    assert codes[0, 0].item() == q and codes[1, 0].item() == -q
+    assert codes[2, 0].item() == q and codes[2, 1].item() == -q
+    for row, col in ((0, 0), (1, 0), (2, 0), (2, 1)):  # clipped to the row's threshold, sign kept
+        threshold = torch.quantile(w[row].abs(), 0.99).item()
+        assert restored[row, col].item() == pytest.approx(threshold * (1 if w[row, col] > 0 else -1), rel=2e-3)
+    neg_codes, neg_scale = quantize_rows(-w, bits, clip_quantile=0.99)
+    assert torch.equal(neg_scale, scale) and torch.equal(neg_codes, -codes)
+
+
 def test_zero_rows_do_not_divide_by_zero():
     codes, scale = quantize_rows(torch.zeros(3, 8), 8, 0.99)
     assert torch.all(codes == 0) and torch.isfinite(dequantize_rows(codes, scale)).all()

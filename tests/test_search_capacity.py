@@ -20,19 +20,45 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 1 << 30
 
 
+# Linux keeps a process's peak RSS across exec, and a child started by fork or vfork starts out with its parent's
+# memory: measured straight from pytest, the peak is at least pytest's own (0.70 GiB late in a full run). A bare
+# python process (~10 MB) therefore forks and execs the trainer and reports that child's own ru_maxrss.
+LAUNCHER = """\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def child_peak_rss_bytes(args: list[str]) -> int:
+    """Peak resident bytes of `python *args` itself, whatever this process holds."""
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout) * 1024  # kilobytes on Linux
+
+
 def peak_rss_bytes(config: dict, corpus: dict, out: Path) -> int:
     """Peak resident bytes of `python -m trainer train` on config (training, evaluation and export)."""
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer", "train", "--config", str(path), "--data", str(corpus["data"]),
-         "--tokenizer", str(corpus["tokenizer"]), "--out", str(out), "--device", "cpu"],
-        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not every child's so far
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return usage.ru_maxrss * 1024  # kilobytes on Linux
+    return child_peak_rss_bytes(["-m", "trainer", "train", "--config", str(path), "--data", str(corpus["data"]),
+                                 "--tokenizer", str(corpus["tokenizer"]), "--out", str(out), "--device", "cpu"])
+
+
+def test_the_measured_peak_is_the_childs_own_not_this_process():
+    import numpy as np
+
+    held = np.ones(512 << 20, dtype=np.uint8)  # 512 MiB resident here while the child runs
+    child_s = "import numpy; a = numpy.ones(64 << 20, dtype=numpy.uint8)"  # a child that touches 64 MiB
+    measured = child_peak_rss_bytes(["-c", child_s])
+    assert held.sum() == 512 << 20
+    assert 64 << 20 < measured < 200 << 20  # the child's 64 MiB plus an interpreter with numpy, not 512 MiB more
 
 
 TRAIN = {"compile": False, "compile_warmup_steps": 0, "max_steps": 2, "warmdown_steps": 1, "log_every_steps": 1,

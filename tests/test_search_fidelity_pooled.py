@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search import store
 from search.cli import main
-from search.analysis.fidelity import permutation_p, spearman
+from search.analysis.fidelity import permutation_p
 from search.analysis.pooled import pooled_fidelity
 from search.settings import SettingsError
 from tests.search_fixtures import tiny_settings, write_space
@@ -21,10 +21,11 @@ from tests.search_fixtures import tiny_settings, write_space
 def test_permutation_p_is_the_share_of_pairings_that_agree_at_least_as_well():
     assert permutation_p([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1 / 24)  # only the identity
     assert permutation_p([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(1.0)
-    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]  # rho 0.8: count by brute force
-    rho = spearman(x, y)
-    hits = sum(spearman(x, list(p)) >= rho - 1e-12 for p in itertools.permutations(y))
-    assert permutation_p(x, y) == pytest.approx(hits / 120)
+    # rho 0.8 (sum of squared rank differences 4); a pairing agrees at least as well when its sum is <= 4: the
+    # identity (0), one swap of neighbours (2; 4 of them) or two disjoint ones (4; 3 of them): 8 of 120.
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+    hits = sum(sum((a - b) ** 2 for a, b in zip(x, p)) <= 4 for p in itertools.permutations(y))
+    assert hits == 8 and permutation_p(x, y) == pytest.approx(8 / 120)
     assert permutation_p([1, 1, 1], [1, 2, 3]) is None  # undefined rho: no p either
 
 
@@ -72,8 +73,9 @@ def test_pooled_fidelity_ranks_every_search_s_trials_together(two_searches):
     assert list(at_1s.index) == ["a", "b", "pooled"]
     assert list(at_1s["n"]) == [3, 3, 6]  # trial numbers repeat across searches; each counts once
     assert at_1s.loc["a", "spearman"] == at_1s.loc["b", "spearman"] == "+1.000"
-    want = spearman([2.0, 2.1, 2.2, 2.5, 2.6, 2.7], [1.20, 1.30, 1.40, 1.00, 1.05, 1.10])
-    assert float(at_1s.loc["pooled", "spearman"]) == pytest.approx(want, abs=5e-4) and want < 0
+    # Pooled rung ranks 1..6 against final ranks 4 5 6 1 2 3: squared differences 6 x 9 = 54, rho = 1 - 6 x 54 / 210.
+    want = 1 - 6 * 54 / (6 * 35)
+    assert float(at_1s.loc["pooled", "spearman"]) == pytest.approx(want, abs=5e-4) and want == pytest.approx(-19 / 35)
     assert at_1s.loc["a", "p_positive"] == f"{1 / 6:.3f}"
     assert set(df[df["rung_s"] == 0.5]["search"]) == {"a", "pooled"}  # only a has a 0.5 s rung
 

@@ -31,8 +31,13 @@ TRIALS = 3
 # rungs only). With reduction factor 4, ASHA's rungs are at 1, 4 and 16 s; the reports in between can never stop a
 # trial, so a trial caught two reports or more before its next rung (and its budget's end) has seconds of training
 # left before anything could end it, and the kill lands while it is surely running.
-# The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test).
-RUNG_S, BUDGET_S, REDUCTION = 1.0, 24.0, 4
+# The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test): on a busy
+# CPU, with a 24 s budget, the leader (65 s of wall time with its reports) had finished before the second trial's
+# slow start and first rung, leaving no trial to kill.
+RUNG_S, BUDGET_S, REDUCTION = 1.0, 48.0, 4
+# Deadlines against a hang, not timings: on two cores shared with other work a trial's worker took over two
+# minutes to start and report once (the driver's start, Ray's workers and torch's import all wait for a core).
+WAIT_S, FINISH_S = 600, 600
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -128,18 +133,20 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
         return (tmp_path / "driver.log").read_text()[-4000:]
 
     def wait_for(what: str, ready) -> None:
-        deadline = time.time() + 150
+        deadline = time.time() + WAIT_S
         while not ready():
             assert proc.poll() is None, f"driver exited while waiting for {what}:\n" + driver_log()
             assert time.time() < deadline, f"timed out waiting for {what}:\n" + driver_log()
             time.sleep(0.1)
 
     try:
-        # The second worker joins once the first trial (the leader) has reported on the first, so the leader
-        # reaches every ASHA rung first and is never stopped (the first result at a rung sets the cutoff). The
-        # second trial, started seconds later, is then stopped at 1, 4 or 16 s while the leader trains on, or runs
-        # on until the leader completes: either way one trial finishes while another still has reports ahead.
-        wait_for("the first trial's first report", lambda: _results(session_dir))
+        # The second worker joins once the first trial (the leader) has its trainer running on the first, so the
+        # leader reaches every ASHA rung first and is never stopped (the first result at a rung sets the cutoff):
+        # the second trial still has its worker process to start. It is then stopped at 1, 4 or 16 s while the
+        # leader trains on, or runs on until the leader completes: either way one trial finishes while another
+        # still has reports ahead. (Joining only after the leader's first report left too little of the leader's
+        # run on a busy CPU: a trial's worker took 75 s to start, and the second one started as the leader ended.)
+        wait_for("the first trial's trainer to start", lambda: any((storage / NAME).glob("t*/run/train.log")))
         workers.append(cluster.add_node(num_cpus=1))
         by_id = {w.node_id: w for w in workers}
 
@@ -169,7 +176,7 @@ def test_worker_node_killed_mid_trial_resumes_elsewhere(tmp_path, tiny_corpus, c
         cluster.remove_node(by_id[victim_node], allow_graceful=False)
         killed_s = time.perf_counter() - start
         survivor = next(n for n in by_id if n != victim_node)
-        proc.wait(timeout=200)
+        proc.wait(timeout=FINISH_S)
         assert proc.returncode == 0, driver_log()
     finally:
         if proc.poll() is None:

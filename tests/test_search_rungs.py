@@ -2,7 +2,7 @@
 reports, how it scores a rung (round trip, cooldown), its turn on a shared device and the warm-up it retries."""
 from __future__ import annotations
 
-import time
+import math
 from pathlib import Path
 
 import pytest
@@ -51,15 +51,18 @@ def test_a_search_s_plan_is_its_rungs_and_its_scoring(tmp_path):
     ((0.2, 0.4), 0.2, [0.2, 0.4, 0.6, 0.8]),  # times on both schedules report once
 ])
 def test_reports_once_per_scheduled_time_crossed(tiny_corpus, tiny_config_dict, tmp_path, report_at_s,
-                                                 report_every_s, expected):
+                                                 report_every_s, expected, virtual_clock):
+    virtual_clock.steps_take(1 / 16)  # steps of 62.5 ms, on any machine: the 1 s budget ends at step 16
     tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=1.0)
     reports = []
     trial = hooks(lambda m, save: reports.append(m["train_s"]), at_s=report_at_s, every_s=report_every_s)
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path, hooks=trial)
-    # Each report comes on the first step past its time, before the next time (steps take a few ms here).
+    assert metrics["steps"] == 16 and metrics["train_s"] == 1.0
+    # Each report comes on the first step past its time, before the next time.
     assert len(reports) == len(expected), reports
     for train_s, due, following in zip(reports, expected, expected[1:] + [metrics["train_s"]]):
         assert due <= train_s < following, (reports, expected)
+    assert reports == [math.ceil(16 * due) / 16 for due in expected]  # e.g. 0.2 s is reached at step 4, 0.25 s
 
 
 def _rescore_checkpoint(save_checkpoint, path: Path, cfg, tiny_corpus, roundtrip: bool) -> float:
@@ -75,8 +78,9 @@ def _rescore_checkpoint(save_checkpoint, path: Path, cfg, tiny_corpus, roundtrip
 
 
 def test_rung_roundtrip_scores_the_quantized_weights_and_leaves_training_alone(tiny_corpus, tiny_config_dict,
-                                                                               tmp_path):
+                                                                               tmp_path, virtual_clock):
     cfg_dict = tiny_config_dict
+    virtual_clock.steps_take(1 / 16)  # a report every 0.25 s is one every 4 steps: 7 rungs in 30 steps
     cfg_dict["train"].update(max_steps=30, budget_s=1000.0)
     cfg_dict["export"] = {**cfg_dict.get("export", {}), "quant_bits": 5}
     cfg = config.from_dict(cfg_dict)
@@ -88,17 +92,19 @@ def test_rung_roundtrip_scores_the_quantized_weights_and_leaves_training_alone(t
             rescored.append(_rescore_checkpoint(save_checkpoint, tmp_path / f"ckpt{len(reports)}", cfg,
                                                 tiny_corpus, roundtrip=True))
 
-    with_roundtrip = run(tiny_corpus, cfg_dict, tmp_path / "on", hooks=hooks(report, every_s=0.05, roundtrip=True))
-    assert len(reports) >= 2
+    with_roundtrip = run(tiny_corpus, cfg_dict, tmp_path / "on", hooks=hooks(report, every_s=0.25, roundtrip=True))
+    assert [r["step"] for r in reports] == [4, 8, 12, 16, 20, 24, 28]
     for rung, again in zip(reports, rescored):
         assert rung["val_bpb"] == pytest.approx(again, abs=1e-6)
         assert rung["val_bpb"] != rung["val_bpb_prequant"]  # int5 changes the score
-    without = run(tiny_corpus, cfg_dict, tmp_path / "off", hooks=hooks(every_s=0.05, roundtrip=False))
+    without = run(tiny_corpus, cfg_dict, tmp_path / "off", hooks=hooks(every_s=0.25, roundtrip=False))
     # The round trip is scored on a copy: training continues from the unquantized weights, step for step.
     assert with_roundtrip["val_bpb_prequant"] == pytest.approx(without["val_bpb_prequant"], abs=1e-6)
 
 
-def test_rung_cooldown_scores_a_cooled_copy_and_leaves_training_alone(tiny_corpus, tiny_config_dict, tmp_path):
+def test_rung_cooldown_scores_a_cooled_copy_and_leaves_training_alone(tiny_corpus, tiny_config_dict, tmp_path,
+                                                                     virtual_clock):
+    virtual_clock.steps_take(1 / 16)  # a report every 0.25 s is one every 4 steps: 7 rungs in 30 steps
     cfg_dict = tiny_config_dict
     cfg_dict["train"].update(max_steps=30, budget_s=1000.0)
     cfg = config.from_dict(cfg_dict)
@@ -110,15 +116,15 @@ def test_rung_cooldown_scores_a_cooled_copy_and_leaves_training_alone(tiny_corpu
             rescored.append(_rescore_checkpoint(save_checkpoint, tmp_path / f"ckpt{len(reports)}", cfg,
                                                 tiny_corpus, roundtrip=False))
 
-    cooled = run(tiny_corpus, cfg_dict, tmp_path / "on", hooks=hooks(report, every_s=0.05, cooldown_fraction=0.25))
-    assert len(reports) >= 2
+    cooled = run(tiny_corpus, cfg_dict, tmp_path / "on", hooks=hooks(report, every_s=0.25, cooldown_fraction=0.25))
+    assert [r["step"] for r in reports] == [4, 8, 12, 16, 20, 24, 28]
     for rung, again in zip(reports, rescored):
         assert rung["val_bpb_before_cooldown"] == pytest.approx(again, abs=1e-6)
     for rung in reports:
         assert rung["cooldown_steps"] == max(1, round(0.25 * rung["step"]))
         assert rung["val_bpb"] == rung["val_bpb_prequant"]  # no round trip asked: one score
     assert any(r["val_bpb"] < r["val_bpb_before_cooldown"] for r in reports)  # decaying the LR helps at some rung
-    without = run(tiny_corpus, cfg_dict, tmp_path / "off", hooks=hooks(every_s=0.05, cooldown_fraction=0.0))
+    without = run(tiny_corpus, cfg_dict, tmp_path / "off", hooks=hooks(every_s=0.25, cooldown_fraction=0.0))
     # Model, optimizers and data position are rewound after each cooldown: training goes on step for step.
     assert cooled["steps"] == without["steps"]
     assert cooled["val_bpb_prequant"] == pytest.approx(without["val_bpb_prequant"], abs=1e-6)
@@ -135,25 +141,28 @@ def test_cooldown_scales_decay_linearly_and_the_fraction_is_validated(tmp_path):
 
 
 def test_the_turn_is_taken_once_after_warmup_and_its_wait_is_not_training(tiny_corpus, tiny_config_dict,
-                                                                         tmp_path):
+                                                                         tmp_path, virtual_clock):
     # A trial sharing its GPU waits for its turn: the wait is reported apart and never eats the budget.
-    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=0.6, compile_warmup_steps=2)
+    virtual_clock.steps_take(1 / 16)  # the 0.625 s budget ends at step 10, the 0.2 s rung comes at step 4
+    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=0.625, compile_warmup_steps=2)
     events = []
 
     def take_turn():
         events.append(("before", len(events)))
-        time.sleep(0.4)
+        virtual_clock.advance(0.5)  # the other trial's half second on the device
 
     reports = []
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path,
                   hooks=hooks(lambda m, save: reports.append(m), take_turn, at_s=(0.2,)))
     assert events == [("before", 0)]
-    assert 0.4 <= metrics["wait_s"] < 1.0 and metrics["train_s"] < 0.6 + 0.3
+    assert metrics["wait_s"] == 0.5 and metrics["train_s"] == 0.625 and metrics["steps"] == 10
+    assert metrics["compile_s"] == 2 / 16  # the two warm-up steps
     assert metrics["wall_s"] >= metrics["startup_s"] + metrics["compile_s"] + metrics["wait_s"] + metrics["train_s"]
     # Rung reports carry the time before training, so a trial ASHA stops still accounts for it.
     (rung,) = reports
+    assert rung["step"] == 4 and rung["train_s"] == 0.25
     assert rung["wait_s"] == metrics["wait_s"] and rung["compile_s"] == metrics["compile_s"] > 0
-    assert "waited 0.4s for the device" in (tmp_path / "train.log").read_text()
+    assert "waited 0.5s for the device" in (tmp_path / "train.log").read_text()
 
 
 # Both ways a GPU says it is full: the caching allocator's error, and the driver's when a compiled kernel's launch

@@ -249,6 +249,39 @@ def test_constraints_are_recorded_per_trial_for_the_states_samplers_learn_from(s
     assert trials[numbers["bad"]].constraints == {}  # FAIL: no sampler reads it
 
 
+def test_a_measured_size_over_the_limit_is_infeasible_whatever_the_trainer_flagged(settings):
+    """The study's own limit decides: a final result over it is infeasible even when its over_limit flag is
+    missing or False (a trainer that counted other code bytes), and one within it is feasible."""
+    searcher = RecurrenceSearcher(settings)
+    numbers = {tid: searcher.suggest(tid)["optuna_number"] for tid in ("unflagged", "flagged_false", "within")}
+    final = {"final": True, "val_bpb": 1.4}
+    searcher.on_trial_complete("unflagged", {**final, "artifact_bytes": 16_000_001})
+    searcher.on_trial_complete("flagged_false", {**final, "artifact_bytes": 16_000_250, "over_limit": False})
+    searcher.on_trial_complete("within", {**final, "val_bpb": 1.5, "artifact_bytes": 16_000_000})
+    trials = _states(settings)
+    for tid, excess in (("unflagged", 1.0), ("flagged_false", 250.0)):
+        t = trials[numbers[tid]]
+        assert t.state == TrialState.COMPLETE and t.user_attrs["status"] == "infeasible_measured", tid
+        assert t.constraints == {"excess_bytes": excess} and f"{excess:,.0f} over the limit" in t.user_attrs["reason"]
+    within = trials[numbers["within"]]
+    assert within.user_attrs["status"] == "complete" and within.constraints == {"excess_bytes": 0.0}
+
+
+def test_optuna_reads_an_over_limit_trial_as_infeasible(settings):
+    """What the constraint is for: Optuna's best trial is the best feasible one, never a better trial whose
+    artifact was measured over the limit."""
+    searcher = RecurrenceSearcher(settings)
+    numbers = {tid: searcher.suggest(tid)["optuna_number"] for tid in ("fits", "over")}
+    searcher.on_trial_complete("fits", {"final": True, "val_bpb": 1.5, "artifact_bytes": 15_000_000})
+    searcher.on_trial_complete("over", {"final": True, "val_bpb": 1.2, "artifact_bytes": 16_000_100})
+    study = open_study(settings)
+    assert study.best_trial.number == numbers["fits"] and study.best_value == 1.5
+    # Told within the limit, the same result is the best one (the constraint, not the value, excluded it).
+    searcher.suggest("over_again")  # a new trial of its own, so this is no repeat
+    searcher.on_trial_complete("over_again", {"final": True, "val_bpb": 1.2, "artifact_bytes": 14_000_000})
+    assert open_study(settings).best_value == 1.2
+
+
 def test_a_searcher_saved_by_the_earlier_optunasearch_class_restores(settings, tmp_path):
     from search.tune.searcher import SpaceDefineByRun, space_loader_of
 

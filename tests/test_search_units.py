@@ -19,8 +19,21 @@ from search.settings import SearchSettings, SettingsError
 from trainer.run_config import RunConfig, from_dict
 
 
+def _dominates_by_hand(a, b):
+    """Two objectives, both minimized: a is no worse in either and better in one (written out, not imported)."""
+    return a[0] <= b[0] and a[1] <= b[1] and (a[0] < b[0] or a[1] < b[1])
+
+
 def brute_force_front(points):
-    return [i for i, p in enumerate(points) if not any(dominates(q, p) for j, q in enumerate(points) if j != i)]
+    return [i for i, p in enumerate(points)
+            if not any(_dominates_by_hand(q, p) for j, q in enumerate(points) if j != i)]
+
+
+def test_dominates_is_no_worse_in_every_objective_and_better_in_one():
+    assert dominates((1.0, 2.0), (1.0, 3.0)) and dominates((1.0, 2.0), (2.0, 2.0)) and dominates((0, 0), (1, 1))
+    assert not dominates((1.0, 2.0), (1.0, 2.0))  # equal: neither dominates
+    assert not dominates((1.0, 3.0), (2.0, 2.0)) and not dominates((2.0, 2.0), (1.0, 3.0))  # a trade-off
+    assert not dominates((2.0, 3.0), (1.0, 2.0))
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -37,9 +50,9 @@ def test_pareto_front_is_non_dominated_and_complete():
     front = pareto_front(points)
     assert front == [0, 1, 2, 5]
     for i, j in itertools.permutations(front, 2):
-        assert not dominates(points[i], points[j])
+        assert not _dominates_by_hand(points[i], points[j])
     for k in set(range(len(points))) - set(front):
-        assert any(dominates(points[i], points[k]) for i in front)
+        assert any(_dominates_by_hand(points[i], points[k]) for i in front)
 
 
 def test_frontier_table_only_takes_feasible_finished_trials():
@@ -243,18 +256,22 @@ def test_a_reused_worker_starts_its_trial_with_fresh_compile_caches(monkeypatch)
         return gm.forward
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     monkeypatch.setattr(trainable, "_trials_in_process", 1)  # a worker that has run one trial
 
     @torch.compile(backend=backend, dynamic=False)
     def double(x):
         return x * 2
 
-    for n in (1, 2):  # the "previous trial" uses up the limit
-        double(torch.ones(n))
-    assert trainable.start_clean() == 2
-    double(torch.ones(3))
-    assert len(compiles) == 3  # compiled again, not eager
-    trainable.start_clean()
-    double(torch.ones(4))
-    assert len(compiles) == 4
+    # dynamo's own patch restores the setting on exit (monkeypatch's undo can delete a config entry instead).
+    with torch._dynamo.config.patch(recompile_limit=2):
+        try:
+            for n in (1, 2):  # the "previous trial" uses up the limit
+                double(torch.ones(n))
+            assert trainable.start_clean() == 2
+            double(torch.ones(3))
+            assert len(compiles) == 3  # compiled again, not eager
+            trainable.start_clean()
+            double(torch.ones(4))
+            assert len(compiles) == 4
+        finally:
+            torch._dynamo.reset()  # no compiled graph of this test is left for the next one

@@ -14,6 +14,7 @@ from trainer.run_config import from_dict, load
 from trainer.quant import bits_for, is_quantized, qmax
 from trainer.model_config import TECHNIQUE_FIELDS
 from trainer.schedule import tensor_layout, unique_params
+from trainer.compress import CONTAINER_BYTES
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "spaces" / "presets"
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
@@ -79,6 +80,30 @@ def test_oversized_config_is_rejected_with_sizes_and_fix():
     message = str(err.value)
     assert f"{p.predicted_artifact_bytes:,}" in message and f"{p.safety_margin_bytes:,}" in message
     assert "16,000,000" in message and "fix:" in message
+
+
+def test_a_config_fits_only_with_room_for_the_safety_margin():
+    """A calibration pricing every artifact at 1,000 bytes + the container header, with a 10% margin: the prediction
+    fits a limit exactly as large as model + code + margin, and not one byte less (model alone would fit)."""
+    coefficients = {f: 0.0 for f in size_model.FEATURES} | {"frame": 1_000.0, "uniform_code_bytes": 1.0}
+    cal = size_model.Calibration(coefficients, safety_margin_fraction=0.1, provenance={})
+    model = 1_000 + CONTAINER_BYTES  # the frame's bytes, plus the file's fixed header
+    margin = math.ceil(0.1 * model)
+    needed = model + 500 + margin  # with 500 bytes of code
+
+    def at_limit(limit_bytes):
+        return from_dict({"model": {"vocab_size": 64, "model_dim": 32, "num_heads": 2, "num_kv_heads": 1,
+                                    "unique_blocks": 1}, "export": {"limit_bytes": limit_bytes}})
+
+    exact = size_model.check_fits(at_limit(needed), cal, code_bytes=500)
+    short = size_model.predict(at_limit(needed - 1), cal, code_bytes=500)
+    assert (exact.predicted_model_bytes, exact.safety_margin_bytes, exact.predicted_artifact_bytes) == (
+        model, margin, model + 500)
+    assert exact.fits and exact.margin_bytes == 0
+    assert not short.fits and short.margin_bytes == -1 and "does NOT fit" in short.describe()
+    assert short.predicted_artifact_bytes < short.limit_bytes  # over only once the margin is counted
+    with pytest.raises(size_model.SizeLimitError, match="by 1 bytes"):
+        size_model.check_fits(at_limit(needed - 1), cal, code_bytes=500)
 
 
 def test_fewer_bits_predict_fewer_bytes():

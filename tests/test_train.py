@@ -78,7 +78,9 @@ def test_training_lowers_val_bpb_and_writes_everything(tiny_corpus, tiny_config_
     assert again.val_bpb == pytest.approx(metrics["val_bpb"], abs=1e-6)
 
 
-def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_config_dict, tmp_path):
+def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_config_dict, tmp_path,
+                                                             virtual_clock):
+    virtual_clock.steps_take(1 / 16)  # a report every 0.25 s of training is one every 4 steps, on any machine
     cfg_dict = tiny_config_dict
     cfg_dict["train"].update(max_steps=30, budget_s=1000.0)
     reports = []
@@ -88,16 +90,19 @@ def test_reports_arrive_on_time_and_resume_continues_exactly(tiny_corpus, tiny_c
             save_checkpoint(tmp_path / "ckpt")
         reports.append(metrics)
 
-    full = run(tiny_corpus, cfg_dict, tmp_path / "full", hooks=ReportEvery(0.05, report))
+    full = run(tiny_corpus, cfg_dict, tmp_path / "full", hooks=ReportEvery(0.25, report))
     assert len(reports) >= 2
     assert [r["step"] for r in reports] == sorted(r["step"] for r in reports)
     assert all(r["val_bpb"] > 0 and r["train_s"] > 0 for r in reports)
+    assert [(r["step"], r["train_s"]) for r in reports] == [(4 * k, k / 4) for k in range(1, 8)]
     first = reports[0]
     resumed_reports = []
     resumed = run(tiny_corpus, cfg_dict, tmp_path / "resumed",
-                  hooks=ReportEvery(0.05, lambda m, s: resumed_reports.append(m)), resume_from=tmp_path / "ckpt")
+                  hooks=ReportEvery(0.25, lambda m, s: resumed_reports.append(m)), resume_from=tmp_path / "ckpt")
     assert resumed["steps"] == 30
     assert all(r["step"] > first["step"] for r in resumed_reports)
+    # From the checkpoint's step and training seconds on: the same reports as the full run after its first.
+    assert [(r["step"], r["train_s"]) for r in resumed_reports] == [(r["step"], r["train_s"]) for r in reports[1:]]
     # Same data position, same optimizer state, step-based schedule: the resumed run ends where the full one did.
     assert resumed["val_bpb_prequant"] == pytest.approx(full["val_bpb_prequant"], abs=1e-5)
 
@@ -155,8 +160,9 @@ def test_ddp_on_two_cpu_processes(tiny_corpus, tiny_config_dict, tmp_path):
     path = write_config(tmp_path, tiny_config_dict)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # --standalone: torchrun takes a free rendezvous port, so suites running side by side on one host never clash.
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "trainer",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
          "train", "--config", str(path), "--device", "cpu", "--data", str(tiny_corpus["data"]),
          "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env,

@@ -52,10 +52,16 @@ def run(tiny_corpus, cfg_dict, out, hooks):
     return train(cfg, tiny_corpus["data"], tiny_corpus["tokenizer"], out, hooks=hooks, device="cpu", echo=False)
 
 
-def test_hooks_are_called_in_order_and_reports_come_when_asked(tiny_corpus, tiny_config_dict, tmp_path):
-    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=0.8, compile_warmup_steps=2, log_every_steps=5)
+def test_hooks_are_called_in_order_and_reports_come_when_asked(tiny_corpus, tiny_config_dict, tmp_path,
+                                                                virtual_clock):
+    # Steps of 1/16 s on a virtual clock: the 1 s budget ends the run at step 16, whatever the machine's load.
+    virtual_clock.steps_take(1 / 16)
+    tiny_config_dict["train"].update(max_steps=1_000_000, budget_s=1.0, compile_warmup_steps=2, log_every_steps=5)
     hooks = Recorder(report_at_s=(0.2, 0.5))
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path, hooks)
+    assert metrics.steps == 16 and metrics.train_s == 1.0
+    # The first step at or past each time asked for: 0.25 s (step 4) and 0.5 s (step 8).
+    assert [(r["step"], r["train_s"]) for r in hooks.reports] == [(4, 0.25), (8, 0.5)]
     names = [name for name, _ in hooks.calls]
     # Built, warmed up (the warm-up's steps never count), then ready, before the first step.
     assert hooks.calls[:3] == [("attach", 0), ("ready", 0), ("should_stop", 1)]
