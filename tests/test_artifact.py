@@ -1,10 +1,11 @@
 import ast
 from pathlib import Path
 
-import zstandard
 import pytest
 import torch
+import zstandard
 
+from tests.weights import trained_like
 from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.model import GPT
@@ -21,11 +22,7 @@ def small_cfg(*overrides):
 
 def small_trained_like_model(cfg):
     """A model whose weights have a trained model's scale (seeded, Gaussian)."""
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    return model
+    return trained_like(lambda: GPT(cfg.model))
 
 
 def test_save_load_round_trip_and_exact_payload_size(tmp_path):

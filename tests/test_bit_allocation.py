@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+from tests.weights import trained_like
 from trainer import artifact
 from trainer import run_config as config
 from trainer.bit_allocation import allocate, rank, uses
@@ -27,11 +28,7 @@ def with_export(cfg, **values):
 
 
 def state_of(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = GPT(cfg.model)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    return model.state_dict()
+    return trained_like(lambda: GPT(cfg.model), seed).state_dict()
 
 
 def needed_bytes(cfg, bits):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import zstandard
 
+from tests.weights import trained_like
 from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.model import GPT
@@ -24,11 +25,7 @@ def small_cfg(*overrides):
 
 
 def trained_like_state(cfg, seed=0):
-    torch.manual_seed(seed)
-    model = GPT(cfg.model)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    return model.state_dict()
+    return trained_like(lambda: GPT(cfg.model), seed).state_dict()
 
 
 @pytest.mark.parametrize("codec", compress.CODECS)

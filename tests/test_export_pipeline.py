@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.weights import trained_like
 from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.data.shards import TokenStream
@@ -20,11 +21,7 @@ def tiny_run(tiny_config_dict, **export):
     data["export"].update(keep_float_max_numel=512, quant_bits=5, gptq_calibration_batches=3,
                           gptq_calibration_batch_tokens=256, **export)
     cfg = config.from_dict(data)
-    torch.manual_seed(0)
-    model = build_model(cfg, torch.device("cpu"))
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)  # every matrix holds weights, as after training
-    return cfg, model
+    return cfg, trained_like(lambda: build_model(cfg, torch.device("cpu")))
 
 
 def layer_output_error(state, restored, hessians):

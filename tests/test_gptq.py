@@ -2,10 +2,17 @@
 import pytest
 import torch
 
+from tests.weights import trained_like
 from trainer import run_config as config
 from trainer.data.shards import TokenStream
-from trainer.gptq import (CLIP_QUANTILES, calibration_batches, collect_hessians, generate_calibration,
-                          output_error_rows, quantize_gptq)
+from trainer.gptq import (
+    CLIP_QUANTILES,
+    calibration_batches,
+    collect_hessians,
+    generate_calibration,
+    output_error_rows,
+    quantize_gptq,
+)
 from trainer.model import CastedLinear
 from trainer.quant import dequantize_rows, qmax, quantize_rows, round_rows, row_scales
 from trainer.trainer import build_model
@@ -102,11 +109,7 @@ def tiny_model(tiny_config_dict, **model):
     data = tiny_config_dict
     data["model"].update(model)
     cfg = config.from_dict(data)
-    torch.manual_seed(0)
-    net = build_model(cfg, torch.device("cpu"))
-    for p in net.parameters():
-        p.data.normal_(0, 0.05)  # output projections start at zero; give every matrix weights
-    return cfg, net
+    return cfg, trained_like(lambda: build_model(cfg, torch.device("cpu")))
 
 
 def test_collect_hessians_equals_x_transpose_x_of_the_inputs_captured_by_hand(tiny_config_dict):
