@@ -89,3 +89,35 @@ set_args() {
 progress() {
   printf '[%s +%ds] %s\n' "$SCRIPT" $((SECONDS - BENCH_START)) "$*"
 }
+
+# Run the search the array `search` describes (python -m search run), or resume search $1 in storage $2 when its
+# search.json exists (the same command again goes on with it; a finished search just reports), with any more
+# arguments given to resume. Logs to $RESULT/search.log; on an error names the log and sets failed=1.
+run_or_resume_search() {
+  local name=$1 storage=$2 command
+  shift 2
+  if [ -f "$storage/$name/search.json" ]; then
+    progress "search $name exists: resuming it"
+    command=(resume "$name" --storage "$storage" "$@")
+  else
+    progress "search $name: ${search[*]}"
+    command=(run "${search[@]}")
+  fi
+  progress "log: $RESULT/search.log; progress: python -m search status $name --storage $storage --watch 30"
+  if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
+    failed=1
+    echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
+  fi
+}
+
+# The report of search $1 in storage $2 (md and frontier.png) copied into $RESULT; on an error names the log, sets
+# failed=1 and returns 1.
+report_search() {
+  if python -m search report "$1" --storage "$2" --format md --plot frontier.png > "$RESULT/report.log" 2>&1; then
+    cp "$2/$1/report/"* "$RESULT/" 2> /dev/null
+    return 0
+  fi
+  failed=1
+  echo "$SCRIPT: no report: $(tail -n 1 "$RESULT/report.log") (log: $RESULT/report.log)" >&2
+  return 1
+}

@@ -65,26 +65,9 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 
 failed=0
-if [ -f "$STORAGE/$NAME/search.json" ]; then
-  # The same command again: go on with the search (finished trials are kept; a finished search just reports).
-  progress "search $NAME exists: resuming it"
-  command=(resume "$NAME" --storage "$STORAGE")
-else
-  progress "search $NAME without early stopping: ${search[*]}"
-  command=(run "${search[@]}")
-fi
-progress "log: $RESULT/search.log; progress: python -m search status $NAME --storage $STORAGE --watch 30"
-if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
-  failed=1
-  echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
-fi
+run_or_resume_search "$NAME" "$STORAGE"
 progress "report and rung fidelity of $NAME ${POOL:+pooled with $POOL}"
-if python -m search report "$NAME" --storage "$STORAGE" --format md --plot frontier.png > "$RESULT/report.log" 2>&1; then
-  cp "$STORAGE/$NAME/report/"* "$RESULT/" 2> /dev/null
-else
-  failed=1
-  echo "$SCRIPT: no report: $(tail -n 1 "$RESULT/report.log") (log: $RESULT/report.log)" >&2
-fi
+report_search "$NAME" "$STORAGE"
 # shellcheck disable=SC2086  # POOL is a list of search names
 if python -m search fidelity ${POOL:-} "$NAME" --storage "$STORAGE" --out "$RESULT" > "$RESULT/fidelity.log" 2>&1; then
   cat "$RESULT/fidelity.log"

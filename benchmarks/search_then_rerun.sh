@@ -82,27 +82,9 @@ else
 fi
 
 failed=0
-if [ -f "$STORAGE/$NAME/search.json" ]; then
-  # The same command again: go on with the search (finished trials are kept; a finished search just reports).
-  progress "search $NAME exists: resuming it"
-  command=(resume "$NAME" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
-else
-  progress "search $NAME: ${search[*]}"
-  command=(run "${search[@]}")
-fi
-progress "log: $RESULT/search.log; progress: python -m search status $NAME --storage $STORAGE --watch 30"
-if ! python -m search "${command[@]}" >> "$RESULT/search.log" 2>&1; then
-  failed=1
-  echo "$SCRIPT: the search stopped with an error: $(tail -n 1 "$RESULT/search.log") (log: $RESULT/search.log)" >&2
-fi
+run_or_resume_search "$NAME" "$STORAGE" --stop-after-s "$STOP_AFTER_S"
 progress "report of $NAME"
-if python -m search report "$NAME" --storage "$STORAGE" --format md --plot frontier.png > "$RESULT/report.log" 2>&1; then
-  cp "$STORAGE/$NAME/report/"* "$RESULT/" 2> /dev/null
-  python -m search status "$NAME" --storage "$STORAGE" 2>&1 | head -n 12
-else
-  failed=1
-  echo "$SCRIPT: no report: $(tail -n 1 "$RESULT/report.log") (log: $RESULT/report.log)" >&2
-fi
+report_search "$NAME" "$STORAGE" && python -m search status "$NAME" --storage "$STORAGE" 2>&1 | head -n 12
 
 if [ "$SEEDS" != 0 ]; then
   progress "rerun of $NAME's best against the baseline: ${rerun[*]}"
