@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from trainer import run_config as config
 from trainer.model import GPT

@@ -3,7 +3,6 @@ dead driver), a search where no trial completed exits non-zero, a driver that di
 good, and enqueued presets that --trials leaves out are named."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import signal
@@ -14,7 +13,6 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import pytest
 from optuna.trial import TrialState
 
 from search import store

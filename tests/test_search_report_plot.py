@@ -104,5 +104,5 @@ def test_report_header_names_the_sampler_and_what_nsga2_learned_from(filled, tmp
     _fill(nsga)
     md = write_report(nsga, "md")["table"].read_text()
     total = len(load_study(nsga).get_trials())
-    assert (f"NSGAIISampler(population_size=4, seed=5), optuna" in md
+    assert ("NSGAIISampler(population_size=4, seed=5), optuna" in md
             and f"NSGA-II learns only from COMPLETE trials: it saw 4 of {total}" in md)

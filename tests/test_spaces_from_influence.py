@@ -73,7 +73,7 @@ def test_a_run_the_base_cannot_loop_is_skipped_with_its_reason(tmp_path, base_fi
     # it is skipped and the next lowest run, 4..5 (mean 0.305, before 2..3 at 0.31), is looped instead.
     data = dict(BASE, knobs={"model.parallel_from_block": [-1, 4]})
     base_file.write_text(yaml.safe_dump(data))
-    report = write_report(tmp_path / "influence.json", [0.9, 0.5, 0.6, 0.02, 0.01, 0.6, 0.7, 0.8])
+    write_report(tmp_path / "influence.json", [0.9, 0.5, 0.6, 0.02, 0.01, 0.6, 0.7, 0.8])
     out = tmp_path / "mine.yaml"
     assert main(["from-influence", str(tmp_path), "--base", str(base_file), "--out", str(out), "--top", "1",
                  "--lengths", "2", "--repeats", "2"]) == 0

@@ -1,5 +1,4 @@
 """Search spaces: loading, presets as points, enumeration, optuna suggestion, sampling, validation errors."""
-import itertools
 from pathlib import Path
 
 import optuna
