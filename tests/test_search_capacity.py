@@ -12,7 +12,9 @@ import yaml
 
 from search.settings import SettingsError
 from search.tune import capacity
-from search.tune.capacity import NodeRoom, largest_config, trial_memory_bytes, trials_that_fit
+from search.tune.capacity import (
+    NodeRoom, largest_config, trial_memory_bytes, trials_memory_holds, trials_that_fit,
+)
 from tests.search_fixtures import tiny_settings, write_space
 from trainer.run_config import from_dict, smoke_version
 
@@ -100,11 +102,12 @@ def test_the_default_train_settings_need_far_more_than_a_laptop_and_smoke_far_le
 def test_trials_that_fit_take_the_tighter_of_memory_and_cpus_on_each_node():
     per_trial = 3 * GIB
     nodes = [NodeRoom("a", cpus=8, memory_bytes=10 * GIB),  # 3 by memory (0.9 x 10 / 3), 8 by CPUs
-             NodeRoom("b", cpus=2, memory_bytes=100 * GIB),  # 2 by CPUs
+             NodeRoom("b", cpus=2, memory_bytes=100 * GIB),  # 2 by CPUs, 30 by memory
              NodeRoom("c", cpus=4, memory_bytes=2 * GIB)]  # none: one trial does not fit
     assert trials_that_fit(per_trial, 1.0, nodes) == 3 + 2 + 0
     assert trials_that_fit(per_trial, 2.0, nodes) == 3 + 1 + 0
     assert trials_that_fit(per_trial, 1.0, []) == 0
+    assert trials_memory_holds(per_trial, nodes) == 3 + 30 + 0
 
 
 def test_cap_sets_max_concurrent_from_this_machine_and_refuses_what_cannot_fit(tmp_path, tiny_corpus):
@@ -121,6 +124,9 @@ def test_cap_sets_max_concurrent_from_this_machine_and_refuses_what_cannot_fit(t
         assert capped.max_concurrent == 2 and "2 at once" in note  # 2 CPUs; memory holds many more
         capped, note = tuner.cap_cpu_concurrency(dataclasses.replace(settings, max_concurrent=1), small)
         assert capped.max_concurrent == 1
+        # An asked number above the CPUs up now stands (nodes may still join); only memory lowers it.
+        capped, note = tuner.cap_cpu_concurrency(dataclasses.replace(settings, max_concurrent=3), small)
+        assert capped.max_concurrent == 3 and "2 fit the CPUs up now" in note and "lowered" not in note
         huge = dataclasses.replace(small, train=dataclasses.replace(small.train, micro_batch_tokens=1 << 24,
                                                                       batch_tokens=1 << 24))
         with pytest.raises(SettingsError, match="may need up to .* GB .* --smoke"):

@@ -34,6 +34,8 @@ TRIALS = 3
 # The long budget leaves room for the kill whichever way ASHA treats the second trial (see the test): on a busy
 # CPU, with a 24 s budget, the leader (65 s of wall time with its reports) had finished before the second trial's
 # slow start and first rung, leaving no trial to kill.
+# The search starts with one 1-CPU worker up; --max-concurrent 2 stands (the second worker joins later), else the
+# trials would run one after the other and the kill would have a single report's window.
 RUNG_S, BUDGET_S, REDUCTION = 1.0, 48.0, 4
 # Deadlines against a hang, not timings: on two cores shared with other work a trial's worker took over two
 # minutes to start and report once (the driver's start, Ray's workers and torch's import all wait for a core).

@@ -101,13 +101,18 @@ def ray_nodes() -> list[NodeRoom]:
     return rooms
 
 
+def _by_memory(per_trial_bytes: int, node: NodeRoom) -> int:
+    return int(node.memory_bytes * MEMORY_USE // per_trial_bytes) if node.memory_bytes else 0
+
+
 def trials_that_fit(per_trial_bytes: int, cpus_per_trial: float, nodes: list[NodeRoom]) -> int:
     """CPU trials that can run at once: on each node as many as both its memory and its CPUs allow."""
-    total = 0
-    for node in nodes:
-        by_memory = int(node.memory_bytes * MEMORY_USE // per_trial_bytes) if node.memory_bytes else 0
-        total += min(by_memory, int(node.cpus // cpus_per_trial))
-    return total
+    return sum(min(_by_memory(per_trial_bytes, node), int(node.cpus // cpus_per_trial)) for node in nodes)
+
+
+def trials_memory_holds(per_trial_bytes: int, nodes: list[NodeRoom]) -> int:
+    """CPU trials the nodes' memory holds at once, whatever their CPUs (Ray's CPU scheduling bounds those)."""
+    return sum(_by_memory(per_trial_bytes, node) for node in nodes)
 
 
 def gib(n: float) -> str:

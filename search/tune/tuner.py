@@ -73,9 +73,10 @@ def cap_cpu_concurrency(settings: SearchSettings, largest: RunConfig | None) -> 
         return settings, (f"CPU trials: up to {capacity.gib(per_trial)} each; no node with CPUs is up yet, so "
                           "Ray's resources set how many run at once as nodes join")
     fits = capacity.trials_that_fit(per_trial, settings.cpus_per_trial, nodes)
+    held = capacity.trials_memory_holds(per_trial, nodes)
     biggest = max(n.memory_bytes for n in nodes)
     t = largest.train
-    if fits < 1:
+    if held < 1:
         smaller = "" if settings.extra.get("smoke") else "pass --smoke (or, on a cluster whose GPU nodes are not up " \
             "yet, --gpus-per-trial 1), or "
         raise SettingsError(
@@ -84,12 +85,16 @@ def cap_cpu_concurrency(settings: SearchSettings, largest: RunConfig | None) -> 
             f"{capacity.gib(biggest)} for tasks; {smaller}use smaller batches (e.g. --set "
             "train.micro_batch_tokens=8192 --set train.batch_tokens=8192 --set train.val_batch_tokens=8192), or "
             "train on GPUs")
-    chosen = fits if not settings.max_concurrent else min(fits, settings.max_concurrent)
+    # Unset, the cluster as it is now sets the number; an asked --max-concurrent is lowered only for memory, since
+    # nodes that join later (an autoscaler's, or workers still starting) add CPUs and Ray places trials on them.
+    chosen = max(fits, 1) if not settings.max_concurrent else min(held, settings.max_concurrent)
     where = ", ".join(f"{capacity.gib(n.memory_bytes)} and {n.cpus:g} CPUs" for n in nodes[:4])
     note = (f"CPU trials: up to {capacity.gib(per_trial)} each (the space's largest shape at these train settings); "
             f"{chosen} at once (Ray nodes: {where}{', ...' if len(nodes) > 4 else ''})")
-    if settings.max_concurrent > fits:
+    if settings.max_concurrent > held:
         note += f"; --max-concurrent {settings.max_concurrent} lowered to fit the memory"
+    elif chosen > fits:
+        note += f"; {fits} fit the CPUs up now, the rest wait for Ray to place them as CPUs free up or nodes join"
     return dataclasses.replace(settings, max_concurrent=chosen).validate(), note
 
 
