@@ -3,6 +3,7 @@
     python benchmarks/tables.py runs RUN_DIR... [--reference LOG]   # one row per run (its metrics.json)
     python benchmarks/tables.py exports RUN_DIR...                   # one row per RUN_DIR/exports/*.json
     python benchmarks/tables.py parity [--run RUN_DIR] [--reference LOG] ...  # our runs beside the record script's
+    python benchmarks/tables.py ablation --base RUN_DIR [--run NAME SETS RUN_DIR] ...  # each run against the base
 
 A run without metrics.json (it failed or is still running) gets a row saying so, naming its train.log.
 """
@@ -29,6 +30,8 @@ REC_SEED = re.compile(r"(?:^|\s)seed:(\d+)\s*$", re.M)
 REC_POST_EMA = re.compile(r"DIAGNOSTIC post_ema val_loss:[\d.]+ val_bpb:([\d.]+)")
 REC_ROUNDTRIP = re.compile(r"final_int6_roundtrip_exact val_loss:[\d.]+ val_bpb:([\d.]+)")
 REC_BYTES = re.compile(r"Total submission size int6\+brotli: (\d+) bytes")
+ABLATION_COLUMNS = ("removed", "overrides", "steps", "ms/step", "val_bpb raw", "val_bpb averaged", "val_bpb round trip",
+                    "round trip - base", "artifact bytes", "bytes - base")
 PARITY_COLUMNS = ("trainer", "seed", "steps", "ms/step", "tokens/s", "val_bpb pre, raw weights", "val_bpb pre, EMA",
                   "val_bpb round trip", "artifact bytes")
 
@@ -157,6 +160,28 @@ def parity_table(rows: list[dict]) -> str:
     return text
 
 
+def ablation_table(base: Path, runs: list[tuple[str, str, Path]]) -> str:
+    """The base run, then one row per ablation with its round trip and bytes against the base's."""
+    def figures(run_dir: Path) -> dict | None:
+        path = run_dir / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    ref = figures(base)
+    lines = []
+    for name, sets, run_dir in [("nothing (base)", "", base)] + runs:
+        m = figures(run_dir)
+        if m is None:
+            lines.append((name, sets, f"no metrics.json: see {run_dir / 'train.log'}") + ("",) * 7)
+            continue
+        raw = m.get("val_bpb_prequant_raw")
+        delta = (lambda key, fmt: fmt.format(m[key] - ref[key]) if ref else "")
+        lines.append((name, f"`{sets}`" if sets else "", f"{m['steps']:,}", f"{m['step_ms']:.1f}",
+                      _bpb(raw if raw is not None else m["val_bpb_prequant"]),
+                      _bpb(m["val_bpb_prequant"]) if raw is not None else "", _bpb(m["val_bpb"]),
+                      delta("val_bpb", "{:+.4f}"), f"{m['artifact_bytes']:,}", delta("artifact_bytes", "{:+,}")))
+    return markdown(ABLATION_COLUMNS, lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the requested table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -170,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parity.add_argument("--run", dest="ours", action="append", default=[], type=Path, help="one of our run folders")
     parity.add_argument("--reference", dest="logs", action="append", default=[], type=Path,
                         help="a log of the record's train_gpt.py")
+    ablation = sub.add_parser("ablation", help="each ablation run against the base run")
+    ablation.add_argument("--base", type=Path, required=True, help="the base config's run folder")
+    ablation.add_argument("--run", dest="runs", action="append", default=[], nargs=3,
+                          metavar=("NAME", "SETS", "RUN_DIR"), help="an ablation: its name, overrides and run folder")
     args = parser.parse_args(argv)
-    if args.table == "parity":
+    if args.table == "ablation":
+        print(ablation_table(args.base, [(n, s, Path(d)) for n, s, d in args.runs]))
+    elif args.table == "parity":
         print(parity_table([parity_ours(d) for d in args.ours] + [parity_reference(log) for log in args.logs]))
     elif args.table == "runs":
         rows = [reference_row(args.reference)] if args.reference and args.reference.is_file() else []

@@ -154,6 +154,34 @@ def test_export_widths_smoke_scores_each_export_of_one_training(tmp_path, tiny_c
     assert json.loads((folder / "tiny" / "metrics.json").read_text()) == trained
 
 
+def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(tmp_path, tiny_corpus, tiny_config):
+    config = yaml.safe_load(tiny_config.read_text())
+    config["train"] = {"average": "ema", "muon_weight_decay": 0.04, "adam_weight_decay": 0.04}
+    tiny_config.write_text(yaml.safe_dump(config))
+    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "ema weight_decay"}
+    result = run_script(BENCH / "ablation.sh", env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    base = json.loads((folder / "base" / "metrics.json").read_text())
+    ema = json.loads((folder / "ema" / "metrics.json").read_text())
+    decay = json.loads((folder / "weight_decay" / "metrics.json").read_text())
+    assert ema["config"]["train"]["average"] == "none" and base["config"]["train"]["average"] == "ema"
+    assert decay["config"]["train"]["muon_weight_decay"] == 0 == decay["config"]["train"]["adam_weight_decay"]
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in (folder / "ablation.md").read_text().splitlines()[2:]]
+    assert [r[0] for r in rows] == ["nothing (base)", "ema", "weight_decay"]
+    assert rows[1][6] == f"{ema['val_bpb']:.4f}" and rows[1][7] == f"{ema['val_bpb'] - base['val_bpb']:+.4f}"
+    assert rows[2][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
+    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema"}, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
+    assert json.loads((folder / "ema" / "metrics.json").read_text()) == ema
+
+
+def test_ablation_refuses_an_unknown_name(tmp_path, tiny_corpus):
+    result = run_script(BENCH / "ablation.sh", {**corpus_env(tiny_corpus, tmp_path / "out"), "ONLY": "ema dropout"})
+    assert result.returncode == 2 and "ONLY has 'dropout'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _tables():
     import importlib.util
 

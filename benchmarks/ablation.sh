@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Ablation: what each technique of the record's recipe buys. The base config, then one run per technique with that
+# technique removed (the --set overrides below), each for the same wall-clock budget on one GPU, one seed; a table of
+# val_bpb (raw weights, after averaging, after the round trip), artifact bytes and ms/step, each beside the base's.
+#
+# Usage: DATA=<shard folder> TOKENIZER=<SentencePiece .model> OUT=<results folder> bash benchmarks/ablation.sh
+#
+# Optional settings (environment variables):
+#   CONFIG     the base run config (default benchmarks/configs/record_180s_1gpu.yaml: the record for 180 s on one GPU)
+#   BUDGET_S   training seconds of every run (default 180; overrides the config's train.budget_s)
+#   SEED       the seed of every run (default 1337)
+#   ONLY       names of the ablations to run, space-separated (default all; "base" is always run first)
+#   SMOKE=1    every run on the CPU with `trainer train --smoke` (checks the overrides, not the figures)
+#
+# Ablations (name: what is removed, as --set overrides):
+#   xsa: model.xsa_last=0                      bigram: model.bigram_buckets=0
+#   value_embed: model.value_embed_dim=0 model.value_embed_layers=[]
+#   partial_rope: model.rope_dims=0            ln_scale: model.ln_scale=false
+#   parallel: model.parallel_from_block=-1     attention_all: model.attention_off_blocks=[]
+#   skip_gates: model.skip_gates=false         smear: model.smear=false
+#   orthogonal_init: model.weight_init=normal  leaky_relu2: model.activation=relu2
+#   untied_mlps: model.untie_mlp=none          recurrence: model.virtual_layers=[0,...,10] model.untie_mlp=none
+#   delayed_recurrence: train.recurrence_start_fraction=0
+#   ema: train.average=none                    weight_decay: train.muon_weight_decay=0 train.adam_weight_decay=0
+#   late_qat: train.late_qat_lr_scale=0        shuffled: train.data_order=stream
+#   gptq: export.gptq=false                    brotli: export.compressor=zstd export.byte_shuffle=false
+# Writes to $OUT/ablation_<gpu>_<date>/: one run folder per name (metrics.json, train.log) and ablation.md. Run again
+# the same day, it keeps the runs that finished and does the rest. Exit 1 if a run failed, 2 on bad settings.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+bench_init ablation "$@"
+
+CONFIG=${CONFIG:-benchmarks/configs/record_180s_1gpu.yaml}
+BUDGET_S=${BUDGET_S:-180}
+SEED=${SEED:-1337}
+[ -f "$CONFIG" ] || bench_fail "CONFIG=$CONFIG is not a file: name a run config (default benchmarks/configs/record_180s_1gpu.yaml)"
+require_seconds BUDGET_S
+require_int SEED seed
+
+declare -A REMOVE=(
+  [xsa]="model.xsa_last=0"
+  [bigram]="model.bigram_buckets=0"
+  [value_embed]="model.value_embed_dim=0 model.value_embed_layers=[]"
+  [partial_rope]="model.rope_dims=0"
+  [ln_scale]="model.ln_scale=false"
+  [parallel]="model.parallel_from_block=-1"
+  [attention_all]="model.attention_off_blocks=[]"
+  [skip_gates]="model.skip_gates=false"
+  [smear]="model.smear=false"
+  [orthogonal_init]="model.weight_init=normal"
+  [leaky_relu2]="model.activation=relu2"
+  [untied_mlps]="model.untie_mlp=none"
+  [recurrence]="model.virtual_layers=[0,1,2,3,4,5,6,7,8,9,10] model.untie_mlp=none"
+  [delayed_recurrence]="train.recurrence_start_fraction=0"
+  [ema]="train.average=none"
+  [weight_decay]="train.muon_weight_decay=0 train.adam_weight_decay=0"
+  [late_qat]="train.late_qat_lr_scale=0"
+  [shuffled]="train.data_order=stream"
+  [gptq]="export.gptq=false"
+  [brotli]="export.compressor=zstd export.byte_shuffle=false"
+)
+ORDER="xsa bigram value_embed partial_rope ln_scale parallel attention_all skip_gates smear orthogonal_init leaky_relu2
+untied_mlps recurrence delayed_recurrence ema weight_decay late_qat shuffled gptq brotli"
+NAMES=${ONLY:-$ORDER}
+for name in $NAMES; do
+  [ -n "${REMOVE[$name]:-}" ] || bench_fail "ONLY has '$name': use names from --help (e.g. ONLY=\"xsa bigram\")"
+done
+
+bench_start
+
+base=(--config "$CONFIG" --set "train.budget_s=$BUDGET_S" --set "train.seed=$SEED")
+[ "${SMOKE:-0}" = 1 ] && base+=(--smoke --device cpu)
+
+failed=0
+run_one() {  # name, then its overrides
+  local name=$1 sets=$2 args=("${base[@]}")
+  if [ -f "$RESULT/$name/metrics.json" ]; then progress "$name: finished earlier, kept"; return; fi
+  set_args "$sets" args
+  progress "$name: ${sets:-the base config}"
+  rm -rf "${RESULT:?}/$name"
+  if python -m trainer train "${args[@]}" --data "$DATA" --tokenizer "$TOKENIZER" --out "$RESULT/$name" \
+      > "$RESULT/$name.log" 2>&1; then
+    grep -E "^.{0,14}val_bpb .*round trip" "$RESULT/$name/train.log" | tail -n 1
+  else
+    failed=1
+    echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
+  fi
+}
+
+run_one base ""
+rows=(--base "$RESULT/base")
+for name in $NAMES; do
+  run_one "$name" "${REMOVE[$name]}"
+  rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
+done
+
+python benchmarks/tables.py ablation "${rows[@]}" > "$RESULT/ablation.md"
+cat "$RESULT/ablation.md"
+progress "done: $RESULT/ablation.md"
+exit $failed
