@@ -43,12 +43,28 @@ def markdown(columns: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join([head, rule] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def read_metrics(run_dir: Path) -> dict | None:
+    """A run's metrics.json, or None when it did not finish."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def unfinished(run_dir: Path) -> str:
+    """What a row says of a run without metrics.json."""
+    return f"no metrics.json: see {run_dir / 'train.log'}"
+
+
+def raw_and_averaged(m: dict) -> tuple[float, float | None]:
+    """The raw weights' val_bpb and, when the run averaged its weights, the averaged weights' one."""
+    raw = m.get("val_bpb_prequant_raw")
+    return (m["val_bpb_prequant"], None) if raw is None else (raw, m["val_bpb_prequant"])
+
+
 def run_row(run_dir: Path) -> tuple:
     """One run's figures from its metrics.json."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return (run_dir.name, f"no metrics.json: see {run_dir / 'train.log'}") + ("",) * (len(RUN_COLUMNS) - 2)
-    m = json.loads(path.read_text())
+    m = read_metrics(run_dir)
+    if m is None:
+        return (run_dir.name, unfinished(run_dir)) + ("",) * (len(RUN_COLUMNS) - 2)
     peak = m.get("peak_mem_bytes")
     return (
         run_dir.name, m.get("device", ""), m.get("world_size", 1), f"{m['steps']:,}", f"{m['step_ms']:.1f}",
@@ -102,14 +118,12 @@ def _bpb(value) -> str:
 
 def parity_ours(run_dir: Path) -> dict:
     """Our run's parity figures from its metrics.json (empty figures when the run did not finish)."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return {"trainer": f"ours ({run_dir.name}): no metrics.json, see {run_dir / 'train.log'}"}
-    m = json.loads(path.read_text())
-    raw = m.get("val_bpb_prequant_raw")
+    m = read_metrics(run_dir)
+    if m is None:
+        return {"trainer": f"ours ({run_dir.name}): {unfinished(run_dir)}"}
+    raw, averaged = raw_and_averaged(m)
     return {"trainer": "ours", "seed": m["config"]["train"]["seed"], "steps": m["steps"], "step_ms": m["step_ms"],
-            "tokens_per_s": m["tokens_per_s"], "raw": raw if raw is not None else m["val_bpb_prequant"],
-            "averaged": m["val_bpb_prequant"] if raw is not None else None, "roundtrip": m["val_bpb"],
+            "tokens_per_s": m["tokens_per_s"], "raw": raw, "averaged": averaged, "roundtrip": m["val_bpb"],
             "bytes": m["artifact_bytes"]}
 
 
@@ -162,23 +176,18 @@ def parity_table(rows: list[dict]) -> str:
 
 def ablation_table(base: Path, runs: list[tuple[str, str, Path]]) -> str:
     """The base run, then one row per ablation with its round trip and bytes against the base's."""
-    def figures(run_dir: Path) -> dict | None:
-        path = run_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    ref = figures(base)
+    ref = read_metrics(base)
     lines = []
     for name, sets, run_dir in [("nothing (base)", "", base)] + runs:
-        m = figures(run_dir)
+        m = read_metrics(run_dir)
         if m is None:
-            lines.append((name, sets, f"no metrics.json: see {run_dir / 'train.log'}") + ("",) * 7)
+            lines.append((name, sets, unfinished(run_dir)) + ("",) * 7)
             continue
-        raw = m.get("val_bpb_prequant_raw")
-        delta = (lambda key, fmt: fmt.format(m[key] - ref[key]) if ref else "")
-        lines.append((name, f"`{sets}`" if sets else "", f"{m['steps']:,}", f"{m['step_ms']:.1f}",
-                      _bpb(raw if raw is not None else m["val_bpb_prequant"]),
-                      _bpb(m["val_bpb_prequant"]) if raw is not None else "", _bpb(m["val_bpb"]),
-                      delta("val_bpb", "{:+.4f}"), f"{m['artifact_bytes']:,}", delta("artifact_bytes", "{:+,}")))
+        raw, averaged = raw_and_averaged(m)
+        bpb_delta = f"{m['val_bpb'] - ref['val_bpb']:+.4f}" if ref else ""
+        bytes_delta = f"{m['artifact_bytes'] - ref['artifact_bytes']:+,}" if ref else ""
+        lines.append((name, f"`{sets}`" if sets else "", f"{m['steps']:,}", f"{m['step_ms']:.1f}", _bpb(raw),
+                      _bpb(averaged), _bpb(m["val_bpb"]), bpb_delta, f"{m['artifact_bytes']:,}", bytes_delta))
     return markdown(ABLATION_COLUMNS, lines)
 
 
