@@ -28,7 +28,7 @@ READABLE_FORMATS = (1, 2, 3)
 # Export fields added with format 3: an export leaving them all at their defaults is written as format 2, as before.
 FORMAT_3_FIELDS = ("gptq", "gptq_calibration", "gptq_calibration_batches", "gptq_calibration_batch_tokens",
                    "gptq_temperature", "gptq_damp", "gptq_block_size", "upgrade_bits", "upgrade", "compressor",
-                   "byte_shuffle")
+                   "byte_shuffle", "upgrade_fit")
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Source files a user needs to rebuild the model from the artifact and run it.
 CODE_FILES = ("__init__.py", "model_config.py", "schedule.py", "attention.py", "embeddings.py", "model.py", "quant.py",
@@ -138,11 +138,12 @@ def _quantize(name: str, tensor: torch.Tensor, bits: int, export: ExportConfig,
 
 
 def pack(state: dict[str, torch.Tensor], cfg: ArtifactConfig,
-         hessians: dict[str, torch.Tensor] | None = None) -> bytes:
+         hessians: dict[str, torch.Tensor] | None = None, bits: dict[str, int] | None = None) -> bytes:
     """Quantize a state_dict and lay it out as the uncompressed payload.
 
     hessians (trainer.gptq.collect_hessians): required by export.gptq; they also rank the matrices for
     export.upgrade_bits (without them a weight-only proxy ranks them).
+    bits: the upgraded matrices and their widths; None: chosen by the size model (bit_allocation).
     """
     specs = {s.name: s for s in tensor_layout(cfg.model)}
     missing = sorted(set(specs) - set(state))
@@ -151,8 +152,7 @@ def pack(state: dict[str, torch.Tensor], cfg: ArtifactConfig,
     if cfg.export.gptq and hessians is None:
         raise ArtifactError("export.gptq needs the Hessians of calibration batches; export with "
                             "trainer.export_pipeline.export_artifact, which collects them")
-    bits = None
-    if cfg.export.upgrade_bits > cfg.export.quant_bits:
+    if bits is None and cfg.export.upgrade_bits > cfg.export.quant_bits:
         from trainer.bit_allocation import allocate  # export-only: not shipped
 
         bits = allocate(state, cfg, hessians)
@@ -195,9 +195,10 @@ def encode(payload: bytes, export: ExportConfig) -> bytes:
     return min((codec.encode(payload, name, export.zstd_level, start) for name in codecs), key=len)
 
 
-def write(payload: bytes, cfg: ArtifactConfig, path: Path) -> ArtifactInfo:
-    """Compress a packed payload to path (the codecs release the GIL: this can run in a thread); return the sizes."""
-    blob = encode(payload, cfg.export)
+def write(payload: bytes, cfg: ArtifactConfig, path: Path, blob: bytes | None = None) -> ArtifactInfo:
+    """Compress a packed payload to path (the codecs release the GIL: this can run in a thread); return the sizes.
+    blob: the payload already encoded."""
+    blob = blob or encode(payload, cfg.export)
     Path(path).write_bytes(blob)
     return ArtifactInfo(model_bytes=len(blob), payload_bytes=len(payload), code_bytes=code_bytes(),
                         compressor=codec.codec_of(blob))

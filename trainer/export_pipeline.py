@@ -1,25 +1,28 @@
 """The export at the end of training: calibration batches and GPTQ Hessians when asked for, then pack and write.
 
 The training loop calls export_artifact(model, cfg, stream, path) once; everything the export section asks for
-(GPTQ, mixed widths, the compressor) happens here or in what it calls.
+(GPTQ, mixed widths, the compressor) happens here or in what it calls. With export.upgrade_fit=measured the
+widths are chosen by compressing (trainer.fill), and the file bytes of the kept payload come along to be written.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from trainer import artifact, compress
 from trainer.data.shards import TokenStream
+from trainer.fill import fill
 from trainer.gptq import calibration_batches, collect_hessians, generate_calibration
 from trainer.model import GPT
 from trainer.model_config import ConfigError, artifact_config_from_dict
 from trainer.quant import bits_for
 from trainer.run_config import RunConfig
 from trainer.schedule import tensor_layout
+from trainer.sizing.size_model import upgrades_on
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class ExportInfo:
     calibration_s: float
     pack_s: float
     write_s: float
+    encoded: bytes | None = field(default=None, repr=False, compare=False)  # the file bytes, when already made
+    fill: str = ""  # how export.upgrade_fit=measured chose the widths
 
     def describe(self) -> str:
         """One line: bytes, compressor, widths and seconds."""
@@ -40,7 +45,8 @@ class ExportInfo:
         sizes = "payload not written" if self.artifact is None else (
             f"artifact {self.artifact.artifact_bytes:,} bytes (model {self.artifact.model_bytes:,} "
             f"{self.artifact.compressor} + code {self.artifact.code_bytes:,})")
-        return (f"{sizes}; quantized tensors: {mixed}; calibration {self.calibration_tokens:,} tokens "
+        fill = f"; {self.fill}" if self.fill else ""
+        return (f"{sizes}; quantized tensors: {mixed}{fill}; calibration {self.calibration_tokens:,} tokens "
                 f"{self.calibration_s:.1f} s, pack {self.pack_s:.1f} s, write {self.write_s:.1f} s")
 
 
@@ -74,9 +80,16 @@ def export_payload(model: GPT, cfg: RunConfig, calibration_stream: TokenStream |
         tokens = sum(batch.numel() for batch in batches)
         hessians = collect_hessians(model, batches)
     calibrated = time.perf_counter()
-    payload = artifact.pack(model.state_dict(), cfg, hessians)
+    encoded, how = None, ""
+    if cfg.export.upgrade_fit == "measured" and upgrades_on(cfg.export):
+        filled = fill(model.state_dict(), cfg, hessians)
+        payload, encoded = filled.payload, filled.blob
+        how = filled.describe(cfg.export.limit_bytes, artifact.code_bytes())
+    else:
+        payload = artifact.pack(model.state_dict(), cfg, hessians)
     info = ExportInfo(artifact=None, bits=tensor_bits(payload), calibration_tokens=tokens,
-                      calibration_s=calibrated - start, pack_s=time.perf_counter() - calibrated, write_s=0.0)
+                      calibration_s=calibrated - start, pack_s=time.perf_counter() - calibrated, write_s=0.0,
+                      encoded=encoded, fill=how)
     return payload, info
 
 
@@ -89,7 +102,7 @@ def export_artifact(model: GPT, cfg: RunConfig, calibration_stream: TokenStream 
     """
     payload, info = export_payload(model, cfg, calibration_stream)
     start = time.perf_counter()
-    written = artifact.write(payload, cfg, path)
+    written = artifact.write(payload, cfg, path, info.encoded)
     return payload, dataclasses.replace(info, artifact=written, write_s=time.perf_counter() - start)
 
 

@@ -162,6 +162,7 @@ QUANT_BITS = (5, 6, 8)
 EMBEDDING_BITS = (0, 5, 6, 8, 16)
 COMPRESSORS = ("zstd", "brotli", "lzma", "best")
 GPTQ_CALIBRATIONS = ("train", "generated")
+UPGRADE_FITS = ("predicted", "measured")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class ExportConfig:
     # while the size model predicts a fit; "fill": as many as fit, a number: at most that many.
     upgrade_bits: int = 0
     upgrade: Union[int, str] = "fill"
+    upgrade_fit: str = "predicted"  # or "measured": compress up to 3 allocations, keep the largest under the limit
     compressor: str = "zstd"  # "best": the smallest of zstd, brotli and lzma
     byte_shuffle: bool = False  # store the fp16 bytes as two planes (low bytes, high bytes)
 
@@ -209,6 +211,7 @@ class ExportConfig:
         _require(self.upgrade_bits in (0, *QUANT_BITS), "export.upgrade_bits", "must be 0 (off), 5, 6 or 8")
         _require(self.upgrade == "fill" or (isinstance(self.upgrade, int) and self.upgrade >= 0), "export.upgrade",
                  f"must be fill or a number of matrices, not {self.upgrade!r}")
+        _require(self.upgrade_fit in UPGRADE_FITS, "export.upgrade_fit", f"must be one of {UPGRADE_FITS}")
         _require(self.compressor in COMPRESSORS, "export.compressor", f"must be one of {COMPRESSORS}")
         _require(self.limit_bytes > 0, "export.limit_bytes", "must be a positive byte count")
 

@@ -391,7 +391,8 @@ class Trainer:
         calibration = TokenStream(self.data_dir, self.cfg.model.vocab_size) if from_train else None
         payload, exported = export_payload(self.model, self.cfg, calibration)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            written = pool.submit(_timed_write, payload, self.cfg, artifact_path) if self.rt.is_main else None
+            written = (pool.submit(_timed_write, payload, self.cfg, artifact_path, exported.encoded)
+                       if self.rt.is_main else None)
             self.model.load_state_dict(artifact.unpack(payload)[1])
             export_s = time.perf_counter() - export_start
             with self.counted_as_eval():
@@ -444,10 +445,11 @@ class Trainer:
             metrics.write(self.out_dir / METRICS_FILE)
 
 
-def _timed_write(payload: bytes, cfg: RunConfig, path: Path) -> tuple[artifact.ArtifactInfo, float]:
+def _timed_write(payload: bytes, cfg: RunConfig, path: Path,
+                 blob: bytes | None = None) -> tuple[artifact.ArtifactInfo, float]:
     """artifact.write, and its seconds."""
     start = time.perf_counter()
-    info = artifact.write(payload, cfg, path)
+    info = artifact.write(payload, cfg, path, blob)
     return info, time.perf_counter() - start
 
 
