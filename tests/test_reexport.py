@@ -55,7 +55,9 @@ def test_the_cli_prints_the_result_and_rejects_what_the_weights_fix(tiny_corpus,
     args = ["export", str(run_dir), "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"]),
             "--device", "cpu"]
     assert main(args + ["--set", "export.quant_bits=8", "--out", str(out)]) == 0
-    assert "val_bpb" in capsys.readouterr().out and out.is_file() and out.with_suffix(".json").is_file()
+    printed = capsys.readouterr().out
+    assert "val_bpb" in printed and out.is_file() and out.with_suffix(".json").is_file()
+    assert "quantized tensors:" in printed and "int8" in json.loads(out.with_suffix(".json").read_text())["export_detail"]
     assert main(args + ["--set", "model.model_dim=64"]) == 2
     assert "only export.* settings can change after training" in capsys.readouterr().err
     assert main(args + ["--set", "export.quant_bits=7"]) == 2

@@ -98,6 +98,7 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
         "code_bytes": info.code_bytes,
         "limit_bytes": cfg.export.limit_bytes,
         "over_limit": not artifact.within_limit(info, cfg.export),
+        "export_detail": exported.describe(),  # widths of the quantized tensors, the measured fill's tries, seconds
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "wall_s": time.perf_counter() - start,
     }
@@ -110,4 +111,4 @@ def describe(result: dict) -> str:
     over = "OVER the limit" if result["over_limit"] else "fits"
     return (f"{result['artifact']}: val_bpb {result['val_bpb']:.4f} (pre-quant {result['val_bpb_prequant']:.4f}, "
             f"round trip {result['roundtrip_cost_bpb']:+.4f}) artifact_bytes {result['artifact_bytes']:,} "
-            f"of {result['limit_bytes']:,}: {over}")
+            f"of {result['limit_bytes']:,}: {over}\n  export: {result['export_detail']}")
