@@ -5,7 +5,10 @@
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
 #   .searchpack/ val + all four train shards + tokenizer as one zstd-19 tar (82 MB of tokens -> 22 MB;
-#                benchmarks/device/make_data_pack.py, which also runs alone).
+#                benchmarks/device/make_data_pack.py, which also runs alone);
+#   .flashpack/  with FLASH=1 only: flash-attn-4 and the CuTe DSL wheels it needs for CUDA 13, in part1/ and
+#                part2/ (the 92 MB runtime wheel is cut in two, each part under 64 MiB: carry part1 in one call,
+#                part2 in the next on the same warm machine, then `bash .flashpack/part2/install.sh`).
 # Run from the repository root on an x86-64 Linux machine with network access; SHARED_DATA names the folder
 # holding textmix_sp1024/ and tokenizers/ (default ../shared/data).
 set -euo pipefail
@@ -33,4 +36,14 @@ with open(".raypack/ray.tar.zst", "wb") as fh, zstandard.ZstdCompressor(level=19
             tar.add(os.path.join(stage, name), arcname=name)
 PY
 python3 benchmarks/device/make_data_pack.py "${SHARED_DATA:-../shared/data}"
-du -sh .whl .raypack .searchpack; rm -rf $W
+if [ "${FLASH:-0}" = 1 ]; then
+  rm -rf .flashpack; mkdir -p .flashpack/part1 .flashpack/part2 $W/flash
+  get .flashpack/part1 flash-attn-4==4.0.0b40 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+    nvidia-cutlass-dsl-libs-core==4.8.1 apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5 quack-kernels==0.6.5
+  get $W/flash nvidia-cutlass-dsl-libs-cu13==4.8.1
+  split -b 48M $W/flash/*.whl $W/flash/cu13.
+  mv $W/flash/cu13.aa .flashpack/part1/; mv $W/flash/cu13.ab .flashpack/part2/
+  (cd $W/flash && ls *.whl) > .flashpack/part2/wheel_name.txt
+  cp benchmarks/device/flashpack_install.sh .flashpack/part2/install.sh
+fi
+du -sh .whl .raypack .searchpack .flashpack 2>/dev/null; rm -rf $W
