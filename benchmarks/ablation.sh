@@ -78,13 +78,7 @@ run_one() {  # name, then its overrides
   set_args "$sets" args
   progress "$name: ${sets:-the base config}"
   rm -rf "${RESULT:?}/$name"
-  if python -m trainer train "${args[@]}" --data "$DATA" --tokenizer "$TOKENIZER" --out "$RESULT/$name" \
-      > "$RESULT/$name.log" 2>&1; then
-    grep -E "^.{0,14}val_bpb .*round trip" "$RESULT/$name/train.log" | tail -n 1
-  else
-    failed=1
-    echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
-  fi
+  SHOW="^.{0,14}val_bpb .*round trip" bench_train "$name" "$RESULT/$name" "$RESULT/$name.log" "${args[@]}"
 }
 
 run_one base ""

@@ -48,11 +48,7 @@ if [ -f "$run_dir/weights.pt" ] && [ -f "$run_dir/metrics.json" ]; then
   progress "training: $run_dir already holds a trained run, kept"
 else
   progress "training $CONFIG for $BUDGET_S s (seed $SEED), keeping its float weights"
-  if ! python -m trainer train --data "$DATA" --tokenizer "$TOKENIZER" --out "$run_dir" "${train[@]}" \
-      > "$RESULT/train.log" 2>&1; then
-    echo "$SCRIPT: training failed: $(tail -n 1 "$RESULT/train.log") (log: $RESULT/train.log)" >&2
-    exit 1
-  fi
+  bench_train training "$run_dir" "$RESULT/train.log" "${train[@]}" || exit 1
 fi
 total=$(wc -w <<< "$EXPORTS")
 i=0

@@ -64,13 +64,8 @@ rows=()
 for seed in $SEEDS; do
   if [[ " $WHICH " == *" ours "* ]]; then
     progress "ours, seed $seed: $CONFIG, $STEPS steps"
-    if python -m trainer train "${ours[@]}" --set "train.seed=$seed" --data "$DATA" --tokenizer "$TOKENIZER" \
-        --out "$RESULT/ours_s$seed" > "$RESULT/ours_s$seed.log" 2>&1; then
-      grep -E "training done" "$RESULT/ours_s$seed/train.log" | tail -n 1
-    else
-      failed=1
-      echo "$SCRIPT: our run, seed $seed, failed: $(tail -n 1 "$RESULT/ours_s$seed.log") (log: $RESULT/ours_s$seed.log)" >&2
-    fi
+    bench_train "our run, seed $seed," "$RESULT/ours_s$seed" "$RESULT/ours_s$seed.log" "${ours[@]}" \
+      --set "train.seed=$seed"
     rows+=(--run "$RESULT/ours_s$seed")
   fi
   if [[ " $WHICH " == *" reference "* && "${SMOKE:-0}" != 1 ]]; then

@@ -85,13 +85,7 @@ for shape in $SHAPES; do
     progress "shape $i/$total: $shape"
     args=("${brief[@]}")
     set_args "$(shape_args "$shape")" args
-    if ! python -m trainer train --data "$DATA" --tokenizer "$TOKENIZER" --out "$run_dir" "${args[@]}" \
-        > "$RESULT/runs/$shape.log" 2>&1; then
-      failed=1
-      echo "$SCRIPT: $shape failed: $(tail -n 1 "$RESULT/runs/$shape.log") (log: $RESULT/runs/$shape.log)" >&2
-      continue
-    fi
-    grep -o "artifact_bytes [0-9,]*.*" "$run_dir/train.log" | tail -n 1
+    SHOW="artifact_bytes [0-9,]*" bench_train "$shape" "$run_dir" "$RESULT/runs/$shape.log" "${args[@]}" || continue
   fi
   run_dirs+=("$run_dir")
 done

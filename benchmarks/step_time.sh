@@ -59,13 +59,7 @@ for config in $CONFIGS; do
     [ "$config" = defaults ] || args=(--config "$config" "${args[@]}")
     done_runs=$((done_runs + 1))
     progress "run $done_runs/$total: $name ($BUDGET_S s of training, compile scope $scope)"
-    if python -m trainer train --data "$DATA" --tokenizer "$TOKENIZER" --out "$run_dir" "${args[@]}" \
-        > "$RESULT/$name.log" 2>&1; then
-      grep -E "training done" "$run_dir/train.log" | tail -n 1
-    else
-      failed=1
-      echo "$SCRIPT: run $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
-    fi
+    bench_train "run $name" "$run_dir" "$RESULT/$name.log" "${args[@]}"
     runs+=("$run_dir")
   done
 done
