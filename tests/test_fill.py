@@ -77,7 +77,7 @@ def test_fill_keeps_the_largest_prefix_whose_compressed_artifact_fits(tiny_confi
         assert len(filled.blob) == sizes[best] and artifact.encode(filled.payload, cfg_n.export) == filled.blob
         assert 1 <= len(filled.tried) <= MAX_ENCODES and all(sizes[n] == size for n, size in filled.tried)
         assert sum(e.get("bits") == 6 for e in artifact.header_of(filled.payload)["tensors"]) == best
-        # these random weights compress worse than trained ones: the size model starts too high, the bytes correct it
+        # random weights compress worse than trained ones: the prediction starts too many upgrades, the bytes cut it
         assert filled.tried[0][0] > best
 
 
