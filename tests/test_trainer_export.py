@@ -44,6 +44,20 @@ def test_the_artifact_is_gptq_of_the_final_weights_calibrated_from_the_first_tra
     assert "export: artifact" in log and "calibration 256 tokens" in log and "3 at int6" in log
 
 
+def test_a_measured_fill_writes_the_blob_it_measured(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["train"].update(max_steps=4)
+    tiny_config_dict["export"].update(RECORD_EXPORT, compressor="zstd", upgrade_fit="measured")
+    trainer, metrics, _ = run(tiny_corpus, tiny_config_dict, tmp_path, save_weights=True)
+    model = build_model(trainer.cfg, torch.device("cpu"))
+    model.load_state_dict(torch.load(tmp_path / WEIGHTS_FILE, weights_only=True))
+    payload, info = export_payload(model, trainer.cfg, TokenStream(tiny_corpus["data"], 320))
+    # the trainer wrote the fill's own file bytes: the same ones a fresh export of the same weights measures
+    assert (tmp_path / "model.ptz").read_bytes() == info.encoded and artifact.holds(tmp_path / "model.ptz", payload)
+    assert metrics.model_bytes == len(info.encoded) and not metrics.over_limit
+    log = (tmp_path / "train.log").read_text()
+    assert "upgrades by measured bytes: 3 -> " in log and "kept 3" in log and "3 at int6" in log
+
+
 def test_a_missing_compressor_fails_before_training(tiny_corpus, tiny_config_dict, tmp_path, monkeypatch):
     monkeypatch.setattr(compress, "available", lambda: ("zstd", "lzma"))  # a machine without brotli
     tiny_config_dict["export"].update(compressor="brotli")
