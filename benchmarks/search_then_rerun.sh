@@ -16,6 +16,8 @@
 #                   in BENCHMARKS.md: "train.batch_tokens=131072 train.warmdown_steps=750")
 #   SEARCH_SETS     more overrides for the search's trials only (default "train.rung_roundtrip=true
 #                   export.zstd_level=1": rungs scored after the quantization round trip, fast trial exports)
+#   BASELINE_CONFIG the rerun's other side (default: the rerun's, spaces/presets/baseline.yaml)
+#   WIDEST_BITS     1 (default): the rerun exports both configs at the widest bits that fit; 0: as configured
 #   SEEDS           seeds per config in the rerun (default 3; 0 runs the search only)
 #   SEED_BASE       first rerun seed (default 1338)
 #   GPUS            GPUs per rerun run (default 1); PARALLEL runs train at once (default 1)
@@ -23,6 +25,11 @@
 #   STOP_AFTER_S    stop the search after this many seconds, as Ctrl-C would (default 0: run to the end);
 #                   `python -m search resume NAME --storage $RESULT/searches` goes on
 #   SMOKE=1         a tiny space (benchmarks/smoke_space.yaml), 4 CPU trials of 1.5 s and `rerun --smoke`
+#
+# Around the recurrence record on one GPU at 180 s (its schedule scaled as in benchmarks/configs/record_180s_1gpu.yaml):
+#   SPACE=spaces/record.yaml BASELINE_CONFIG=spaces/presets/record_0331_fit.yaml WIDEST_BITS=0 \
+#   SETS="train.batch_tokens=131072 train.micro_batch_tokens=65536 train.warmdown_steps=820 \
+#   train.muon_momentum_warmup_steps=350" DATA=... TOKENIZER=... OUT=... bash benchmarks/search_then_rerun.sh
 #
 # Writes to $OUT/searched_vs_baseline_<gpu>_<date>/: searches/NAME/ (the search: trials, study.db, report/),
 # report.md, summary.json, frontier.csv/png (copied from its report), rerun/ (rerun.md, rerun.json, every run).
@@ -44,6 +51,7 @@ SEED_BASE=${SEED_BASE:-1338}
 GPUS=${GPUS:-1}
 PARALLEL=${PARALLEL:-1}
 STOP_AFTER_S=${STOP_AFTER_S:-0}
+WIDEST_BITS=${WIDEST_BITS:-1}
 [ -f "$SPACE" ] || bench_fail "SPACE=$SPACE is not a file: name a search space YAML (see spaces/README.md)"
 require_int TRIALS trials
 require_seconds BUDGET_S
@@ -55,6 +63,8 @@ require_int GPUS GPUs
 require_int PARALLEL runs
 require_int STOP_AFTER_S seconds
 [ -z "${GRACE_S:-}" ] || require_seconds GRACE_S
+[ -z "${BASELINE_CONFIG:-}" ] || [ -f "$BASELINE_CONFIG" ] || bench_fail "BASELINE_CONFIG=$BASELINE_CONFIG is not a file: name a run config YAML, e.g. spaces/presets/record_0331_fit.yaml"
+case $WIDEST_BITS in 0|1) ;; *) bench_fail "WIDEST_BITS=$WIDEST_BITS: use 1 (widest bits that fit) or 0 (as configured)" ;; esac
 [ "$SEEDS" = 0 ] || [ "$SEEDS" -ge 2 ] || bench_fail "SEEDS=$SEEDS: the rerun's significance test needs at least 2 seeds (0 skips the rerun)"
 NAME=${NAME:-search_${BUDGET_S}s}
 [ "${SMOKE:-0}" = 1 ] && NAME=${NAME/#search_${BUDGET_S}s/smoke}
@@ -63,7 +73,7 @@ STORAGE=$RESULT/searches
 
 search=(--space "$SPACE" --name "$NAME" --trials "$TRIALS" --budget-s "$BUDGET_S" --seed 0 --enqueue-presets
         --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
-rerun=(--best --widest-bits --budget-s "$BUDGET_S" --seeds "$SEEDS" --seed-base "$SEED_BASE" --storage "$STORAGE"
+rerun=(--best --budget-s "$BUDGET_S" --seeds "$SEEDS" --seed-base "$SEED_BASE" --storage "$STORAGE"
        --out "$RESULT/rerun")
 set_args "$SETS" search
 set_args "$SETS" rerun
@@ -73,13 +83,15 @@ if [ "${SMOKE:-0}" = 1 ]; then
   search=(--space benchmarks/smoke_space.yaml --name "$NAME" --trials 4 --budget-s 1.5 --grace-s 0.5
           --reduction-factor 2 --seed 0 --gpus-per-trial 0 --cpus-per-trial 1 --ray-address local
           --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE")
-  rerun=(--best --widest-bits --smoke --gpus 0 --budget-s 5 --seeds 2 --seed-base "$SEED_BASE" --storage "$STORAGE"
+  rerun=(--best --smoke --gpus 0 --budget-s 5 --seeds 2 --seed-base "$SEED_BASE" --storage "$STORAGE"
          --out "$RESULT/rerun")
 else
   search+=(--gpus-per-trial 1 --trials-per-gpu "$TRIALS_PER_GPU" --cpus-per-trial "$CPUS_PER_TRIAL")
   [ -z "${GRACE_S:-}" ] || search+=(--grace-s "$GRACE_S")
   rerun+=(--gpus "$GPUS" --parallel "$PARALLEL")
 fi
+[ "$WIDEST_BITS" = 1 ] && rerun+=(--widest-bits)
+[ -z "${BASELINE_CONFIG:-}" ] || rerun+=(--baseline-config "$BASELINE_CONFIG")
 
 failed=0
 run_or_resume_search "$NAME" "$STORAGE" --stop-after-s "$STOP_AFTER_S"

@@ -223,3 +223,16 @@ def test_tables_reads_the_challenge_trainers_log(tmp_path):
     row = _tables().reference_row(log)
     assert row[3:6] == ("516", "349.0", f"{524288 / 0.349:,.0f}")
     assert row[7:10] == ("1.3974", "1.4247", "10,281,276") and row[11] == "10.00"
+
+
+@pytest.mark.parametrize("name, bad, line", [
+    ("BASELINE_CONFIG", "nowhere.yaml", "BASELINE_CONFIG=nowhere.yaml is not a file: name a run config YAML"),
+    ("WIDEST_BITS", "2", "WIDEST_BITS=2: use 1 (widest bits that fit) or 0 (as configured)"),
+])
+def test_search_then_rerun_names_a_bad_rerun_setting(name, bad, line, tmp_path):
+    tokenizer = tmp_path / "tok.model"
+    tokenizer.write_text("x")
+    env = {"DATA": str(tmp_path), "TOKENIZER": str(tokenizer), "OUT": str(tmp_path / "out"), name: bad}
+    result = run_script(BENCH / "search_then_rerun.sh", env)
+    assert result.returncode == 2 and line in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
