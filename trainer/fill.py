@@ -9,8 +9,6 @@ the largest prefix whose artifact measured under the limit is kept, after at mos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
 from trainer import artifact
@@ -69,10 +67,8 @@ def next_count(predicted: list[int], measured: dict[int, int], budget_bytes: int
     return 0 if low < 0 and 0 in untried else None  # nothing fits yet: the smallest artifact is the best left
 
 
-def fill(state: dict[str, torch.Tensor], cfg: RunConfig, hessians: dict[str, torch.Tensor] | None,
-         encode: Callable[[bytes], bytes] | None = None) -> Filled:
+def fill(state: dict[str, torch.Tensor], cfg: RunConfig, hessians: dict[str, torch.Tensor] | None) -> Filled:
     """Pack and compress prefixes of the sensitivity ranking until the largest that fits is found (see module)."""
-    encode = encode or (lambda payload: artifact.encode(payload, cfg.export))
     ranking = rank(state, cfg, hessians)[:upgrade_cap(cfg)]
     width = cfg.export.upgrade_bits
 
@@ -89,7 +85,7 @@ def fill(state: dict[str, torch.Tensor], cfg: RunConfig, hessians: dict[str, tor
     n: int | None = start
     while n is not None and len(measured) < MAX_ENCODES:
         payload = artifact.pack(state, cfg, hessians, bits=bits(n))
-        blob = encode(payload)
+        blob = artifact.encode(payload, cfg.export)
         measured[n] = len(blob)
         blobs[n] = (payload, blob)
         n = next_count(predicted, measured, budget, int(AIM_FRACTION * cfg.export.limit_bytes))
