@@ -84,7 +84,7 @@ def export_payload(model: GPT, cfg: RunConfig, calibration_stream: TokenStream |
     if cfg.export.upgrade_fit == "measured" and upgrades_on(cfg.export):
         filled = fill(model.state_dict(), cfg, hessians)
         payload, encoded = filled.payload, filled.blob
-        how = filled.describe(cfg.export.limit_bytes, artifact.code_bytes())
+        how = filled.describe()
     else:
         payload = artifact.pack(model.state_dict(), cfg, hessians)
     info = ExportInfo(artifact=None, bits=tensor_bits(payload), calibration_tokens=tokens,

@@ -23,17 +23,18 @@ AIM_FRACTION = 0.002
 
 @dataclass(frozen=True)
 class Filled:
-    """The kept payload, its compressed file bytes, and every prefix tried with its measured model bytes."""
+    """The kept payload, its compressed file bytes, every prefix tried with its measured model bytes, and the most
+    model bytes that fit (the limit less the code bytes)."""
 
     payload: bytes
     blob: bytes
     upgraded: int
     tried: tuple[tuple[int, int], ...]  # (matrices upgraded, measured model bytes), in the order tried
+    budget_bytes: int
 
-    def describe(self, limit_bytes: int, code_bytes: int) -> str:
+    def describe(self) -> str:
         """One line: each try and whether it fit, then what was kept."""
-        tries = ", ".join(f"{n} -> {size:,}{'' if size + code_bytes <= limit_bytes else ' (over)'}"
-                          for n, size in self.tried)
+        tries = ", ".join(f"{n} -> {size:,}{'' if size <= self.budget_bytes else ' (over)'}" for n, size in self.tried)
         return f"upgrades by measured bytes: {tries}; kept {self.upgraded}"
 
 
@@ -92,4 +93,4 @@ def fill(state: dict[str, torch.Tensor], cfg: RunConfig, hessians: dict[str, tor
     fitting = [n for n, size in measured.items() if size <= budget]
     kept = max(fitting) if fitting else min(measured, key=measured.get)
     payload, blob = blobs[kept]
-    return Filled(payload, blob, kept, tuple(measured.items()))
+    return Filled(payload, blob, kept, tuple(measured.items()), budget)
