@@ -2,6 +2,8 @@
 # Ablation: what each technique of the record's recipe buys. The base config, then one run per technique with that
 # technique removed (the --set overrides below), each for the same wall-clock budget on one GPU, one seed; a table of
 # val_bpb (raw weights, after averaging, after the round trip), artifact bytes and ms/step, each beside the base's.
+# An ablation of export settings only (gptq, brotli) re-exports the base's trained weights (`trainer export`):
+# training never reads them, so it is the same as training again, without the seed noise or the GPU time.
 #
 # Usage: DATA=<shard folder> TOKENIZER=<SentencePiece .model> OUT=<results folder> bash benchmarks/ablation.sh
 #
@@ -10,6 +12,7 @@
 #   BUDGET_S   training seconds of every run (default 180; overrides the config's train.budget_s)
 #   SEED       the seed of every run (default 1337)
 #   ONLY       names of the ablations to run, space-separated (default all; "base" is always run first)
+#   SETS       more --set overrides for every run, space-separated (e.g. "train.eval_stride=0": no sliding score)
 #   SMOKE=1    every run on the CPU with `trainer train --smoke` (checks the overrides, not the figures)
 #
 # Ablations (name: what is removed, as --set overrides):
@@ -24,8 +27,9 @@
 #   ema: train.average=none                    weight_decay: train.muon_weight_decay=0 train.adam_weight_decay=0
 #   late_qat: train.late_qat_lr_scale=0        shuffled: train.data_order=stream
 #   gptq: export.gptq=false                    brotli: export.compressor=zstd export.byte_shuffle=false
-# Writes to $OUT/ablation_<gpu>_<date>/: one run folder per name (metrics.json, train.log) and ablation.md. Run again
-# the same day, it keeps the runs that finished and does the rest. Exit 1 if a run failed, 2 on bad settings.
+# Writes to $OUT/ablation_<gpu>_<date>/: one run folder per name (metrics.json, train.log; the base's also holds its
+# float weights, weights.pt), NAME.ptz/NAME.json per re-export, and ablation.md. Run again the same day, it keeps the
+# runs and re-exports that finished and does the rest. Exit 1 if a run failed, 2 on bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 bench_init ablation "$@"
@@ -69,23 +73,52 @@ done
 bench_start
 
 base=(--config "$CONFIG" --set "train.budget_s=$BUDGET_S" --set "train.seed=$SEED")
-[ "${SMOKE:-0}" = 1 ] && base+=(--smoke --device cpu)
+set_args "${SETS:-}" base
+device=()
+[ "${SMOKE:-0}" = 1 ] && { base+=(--smoke); device=(--device cpu); }
+base+=("${device[@]}")
 
 failed=0
-run_one() {  # name, then its overrides
+run_one() {  # name, then its overrides (after them, more trainer arguments)
   local name=$1 sets=$2 args=("${base[@]}")
   if [ -f "$RESULT/$name/metrics.json" ]; then progress "$name: finished earlier, kept"; return; fi
   set_args "$sets" args
   progress "$name: ${sets:-the base config}"
   rm -rf "${RESULT:?}/$name"
-  SHOW="^.{0,14}val_bpb .*round trip" bench_train "$name" "$RESULT/$name" "$RESULT/$name.log" "${args[@]}"
+  SHOW="^.{0,14}val_bpb .*round trip" bench_train "$name" "$RESULT/$name" "$RESULT/$name.log" "${args[@]}" "${@:3}"
 }
 
-run_one base ""
+export_only() {  # true when every override of $1 is an export setting
+  local item
+  for item in $1; do [[ $item == export.* ]] || return 1; done
+}
+
+reexport_one() {  # name, then its overrides: the base's weights exported with them
+  local name=$1 args=()
+  if [ -f "$RESULT/$name.json" ]; then progress "$name: re-exported earlier, kept"; return; fi
+  if [ ! -f "$RESULT/base/weights.pt" ]; then
+    failed=1; echo "$SCRIPT: $name needs the base's weights.pt; remove $RESULT/base to train it again" >&2; return
+  fi
+  set_args "$2" args
+  progress "$name: the base's weights exported with $2"
+  if python -m trainer export "$RESULT/base" "${args[@]}" --data "$DATA" --tokenizer "$TOKENIZER" "${device[@]}" \
+      --out "$RESULT/$name.ptz" > "$RESULT/$name.log" 2>&1; then
+    tail -n 1 "$RESULT/$name.log"
+  else
+    failed=1; echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
+  fi
+}
+
+run_one base "" --save-weights
 rows=(--base "$RESULT/base")
 for name in $NAMES; do
-  run_one "$name" "${REMOVE[$name]}"
-  rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
+  if export_only "${REMOVE[$name]}"; then
+    reexport_one "$name" "${REMOVE[$name]}"
+    rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name.json")
+  else
+    run_one "$name" "${REMOVE[$name]}"
+    rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
+  fi
 done
 
 python benchmarks/tables.py ablation "${rows[@]}" > "$RESULT/ablation.md"

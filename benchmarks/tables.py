@@ -3,7 +3,7 @@
     python benchmarks/tables.py runs RUN_DIR... [--reference LOG]   # one row per run (its metrics.json)
     python benchmarks/tables.py exports RUN_DIR...                   # one row per RUN_DIR/exports/*.json
     python benchmarks/tables.py parity [--run RUN_DIR] [--reference LOG] ...  # our runs beside the record script's
-    python benchmarks/tables.py ablation --base RUN_DIR [--run NAME SETS RUN_DIR] ...  # each run against the base
+    python benchmarks/tables.py ablation --base RUN_DIR [--run NAME SETS RUN_DIR|EXPORT_JSON] ...  # against the base
 
 A run without metrics.json (it failed or is still running) gets a row saying so, naming its train.log.
 """
@@ -175,20 +175,34 @@ def parity_table(rows: list[dict]) -> str:
 
 
 def ablation_table(base: Path, runs: list[tuple[str, str, Path]]) -> str:
-    """The base run, then one row per ablation with its round trip and bytes against the base's."""
+    """The base run, then one row per ablation with its round trip and bytes against the base's.
+
+    An ablation given as a re-export's JSON (export settings only) shares the base's training: its steps, ms/step
+    and val_bpb before quantization are the base's, its round trip and bytes its own."""
     ref = read_metrics(base)
     lines = []
-    for name, sets, run_dir in [("nothing (base)", "", base)] + runs:
-        m = read_metrics(run_dir)
+    for name, sets, path in [("nothing (base)", "", base)] + runs:
+        reexport = path.suffix == ".json"
+        m = _reexport_metrics(path, ref) if reexport else read_metrics(path)
         if m is None:
-            lines.append((name, sets, unfinished(run_dir)) + ("",) * 7)
+            missing = f"no {path.name}: see {path.with_suffix('.log')}" if reexport else unfinished(path)
+            lines.append((name, sets, missing) + ("",) * 7)
             continue
         raw, averaged = raw_and_averaged(m)
         bpb_delta = f"{m['val_bpb'] - ref['val_bpb']:+.4f}" if ref else ""
         bytes_delta = f"{m['artifact_bytes'] - ref['artifact_bytes']:+,}" if ref else ""
-        lines.append((name, f"`{sets}`" if sets else "", f"{m['steps']:,}", f"{m['step_ms']:.1f}", _bpb(raw),
+        label = f"{name} (base's weights re-exported)" if reexport else name
+        lines.append((label, f"`{sets}`" if sets else "", f"{m['steps']:,}", f"{m['step_ms']:.1f}", _bpb(raw),
                       _bpb(averaged), _bpb(m["val_bpb"]), bpb_delta, f"{m['artifact_bytes']:,}", bytes_delta))
     return markdown(ABLATION_COLUMNS, lines)
+
+
+def _reexport_metrics(path: Path, base: dict | None) -> dict | None:
+    """The base's metrics with a re-export's round trip and bytes, or None when either is missing."""
+    if base is None or not path.is_file():
+        return None
+    export = json.loads(path.read_text())
+    return {**base, "val_bpb": export["val_bpb"], "artifact_bytes": export["artifact_bytes"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ablation = sub.add_parser("ablation", help="each ablation run against the base run")
     ablation.add_argument("--base", type=Path, required=True, help="the base config's run folder")
     ablation.add_argument("--run", dest="runs", action="append", default=[], nargs=3,
-                          metavar=("NAME", "SETS", "RUN_DIR"), help="an ablation: its name, overrides and run folder")
+                          metavar=("NAME", "SETS", "RUN"),
+                          help="an ablation: its name, overrides and run folder (or a re-export's JSON)")
     args = parser.parse_args(argv)
     if args.table == "ablation":
         print(ablation_table(args.base, [(n, s, Path(d)) for n, s, d in args.runs]))

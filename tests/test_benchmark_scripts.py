@@ -158,7 +158,8 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     config = yaml.safe_load(tiny_config.read_text())
     config["train"] = {"average": "ema", "muon_weight_decay": 0.04, "adam_weight_decay": 0.04}
     tiny_config.write_text(yaml.safe_dump(config))
-    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "ema weight_decay"}
+    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "ema weight_decay brotli",
+           "SETS": "train.eval_stride=0"}
     result = run_script(BENCH / "ablation.sh", env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (folder,) = (tmp_path / "out").iterdir()
@@ -167,12 +168,21 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     decay = json.loads((folder / "weight_decay" / "metrics.json").read_text())
     assert ema["config"]["train"]["average"] == "none" and base["config"]["train"]["average"] == "ema"
     assert decay["config"]["train"]["muon_weight_decay"] == 0 == decay["config"]["train"]["adam_weight_decay"]
+    assert base["config"]["train"]["eval_stride"] == 0 == ema["config"]["train"]["eval_stride"]
+    # An export-only ablation re-exports the base's weights instead of training again.
+    assert (folder / "base" / "weights.pt").is_file() and not (folder / "brotli").exists()
+    brotli = json.loads((folder / "brotli.json").read_text())
+    assert brotli["export"]["compressor"] == "zstd" and brotli["export"]["byte_shuffle"] is False
+    assert brotli["val_bpb_prequant"] == pytest.approx(base["val_bpb_prequant"], abs=1e-9)
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in (folder / "ablation.md").read_text().splitlines()[2:]]
-    assert [r[0] for r in rows] == ["nothing (base)", "ema", "weight_decay"]
+    assert [r[0] for r in rows] == ["nothing (base)", "ema", "weight_decay", "brotli (base's weights re-exported)"]
     assert rows[1][6] == f"{ema['val_bpb']:.4f}" and rows[1][7] == f"{ema['val_bpb'] - base['val_bpb']:+.4f}"
     assert rows[2][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
-    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema"}, timeout=600)
+    assert rows[3][2:4] == rows[0][2:4] and rows[3][6] == f"{brotli['val_bpb']:.4f}"
+    assert rows[3][9] == f"{brotli['artifact_bytes'] - base['artifact_bytes']:+,}"
+    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli"}, timeout=600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
+    assert "brotli: re-exported earlier, kept" in again.stdout
     assert json.loads((folder / "ema" / "metrics.json").read_text()) == ema
 
 
@@ -210,6 +220,14 @@ def test_tables_reads_real_h100_exports(tmp_path):
     rows = {r[1]: r for r in tables.export_rows(run)}
     assert rows["export.quant_bits=6"][2:] == ("1.1454", "1.1181", "0.0273", "11,394,610", "yes")
     assert rows["export.embedding_bits=16"][5:] == ("16,208,583", "no")  # int8 + float16 embedding: over
+
+
+def test_ablation_table_names_a_missing_reexport_and_its_log(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    shutil.copy(RESULTS / "chip_comparison_h200_2026-12-04" / "candidate.metrics.json", base / "metrics.json")
+    table = _tables().ablation_table(base, [("gptq", "export.gptq=false", tmp_path / "gptq.json")])
+    assert f"no gptq.json: see {tmp_path / 'gptq.log'}" in table.splitlines()[3]
 
 
 def test_tables_reads_the_challenge_trainers_log(tmp_path):

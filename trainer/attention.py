@@ -5,6 +5,7 @@ torch.compile graph break, and one inside the layer loop sends the whole forward
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch
@@ -25,19 +26,20 @@ ATTENTION_CHOICES = ("auto", "flash", "sdpa", *SDPA_BACKENDS)
 
 
 def _load_flash():
-    """flash-attn's kernel taking (B, T, H, D) tensors, or None when none is installed."""
-    try:  # flash-attn-4 (CuTe DSL, Hopper/Blackwell)
-        from flash_attn.cute import flash_attn_func  # type: ignore
+    """A causal flash-attn kernel taking (B, T, H, D) tensors, or None when none is installed."""
+    try:  # flash-attn-4 as a custom op: torch.compile keeps one graph
+        from trainer.flash_op import flash_attn_4
 
-        return flash_attn_func
+        return flash_attn_4()
     except Exception:
         pass
-    try:  # flash-attn-3 (Hopper)
-        from flash_attn_interface import flash_attn_func  # type: ignore
-
-        return flash_attn_func
-    except Exception:
-        return None
+    for module in ("flash_attn.cute", "flash_attn_interface"):  # flash-attn-4's own function, flash-attn-3
+        try:
+            func = importlib.import_module(module).flash_attn_func
+        except Exception:
+            continue
+        return lambda q, k, v: func(q, k, v, causal=True)
+    return None
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ def _flash_attention(flash) -> Attention:
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not q.is_cuda:  # CPU runs (tests, --smoke) take the SDPA path
             return sdpa_attention(q, k, v)
-        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         out = out[0] if isinstance(out, tuple) else out
         return out.transpose(1, 2)
 
