@@ -165,6 +165,15 @@ def test_the_turn_is_taken_once_after_warmup_and_its_wait_is_not_training(tiny_c
     assert "waited 0.5s for the device" in (tmp_path / "train.log").read_text()
 
 
+def test_a_trial_hands_its_device_on_once_after_its_last_evaluation(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["train"].update(max_steps=6, budget_s=1000.0)
+    events = []
+    trial = TrialHooks(RungPlan(at_s=(1e-4,)), lambda m, save: events.append("report"),
+                       take_turn=lambda: events.append("take_turn"), hand_on=lambda: events.append("hand_on"))
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path, hooks=trial)
+    assert events == ["take_turn", "report", "hand_on"] and metrics["steps"] == 6
+
+
 # Both ways a GPU says it is full: the caching allocator's error, and the driver's when a compiled kernel's launch
 # finds no memory (the 14-layer preset in a search on an H100, beside a trial in training).
 OUT_OF_MEMORY = [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),

@@ -136,3 +136,34 @@ def test_components_are_called_at_their_points_in_list_order(tiny_corpus, tiny_c
     assert [scale for _, _, scale in steps][-4:] == [1.0, 0.75, 0.5, 0.25]
     # The export evaluates twice (trained weights, round trip), each between before_eval and after_eval.
     assert first.calls[-4:] == [("eval", 12), ("evaluated", 12), ("eval", 12), ("evaluated", 12)]
+
+
+def test_done_with_device_comes_after_the_round_trip_evaluation_while_the_artifact_is_written(
+        tiny_corpus, tiny_config_dict, tmp_path, monkeypatch):
+    import threading
+
+    from trainer import trainer as trainer_module
+
+    handed_on, write = threading.Event(), trainer_module._timed_write
+
+    def write_once_handed_on(*args, **kwargs):  # the write finishes only after the hook: it must not wait for it
+        assert handed_on.wait(timeout=60), "done_with_device was not called while the artifact was being written"
+        return write(*args, **kwargs)
+
+    class DeviceRecorder(Recorder):
+        def attach(self, trainer):
+            super().attach(trainer)
+            evaluate = trainer.evaluate
+            trainer.evaluate = lambda full=False: (self.calls.append(("evaluate", full)), evaluate(full))[1]
+
+        def done_with_device(self):
+            self.calls.append(("done_with_device", (tmp_path / "model.ptz").exists()))
+            handed_on.set()
+
+    monkeypatch.setattr(trainer_module, "_timed_write", write_once_handed_on)
+    tiny_config_dict["train"].update(max_steps=4, budget_s=1000.0)
+    hooks = DeviceRecorder()
+    metrics = run(tiny_corpus, tiny_config_dict, tmp_path, hooks)
+    # The two whole-split evaluations (before and after the round trip), then the hook, before the file exists.
+    assert hooks.calls[-3:] == [("evaluate", True), ("evaluate", True), ("done_with_device", False)]
+    assert (tmp_path / "model.ptz").is_file() and metrics.artifact_bytes > 0

@@ -5,7 +5,7 @@ caller passes its own Hooks.
 The Trainer calls, in order: attach(trainer) once it is built; warm_up_failed(error) only if the warm-up raised;
 ready() once compiled and warm, just before the timed training; then at every step should_stop(), at each log
 line on_log(step), and whenever the training seconds reach next_report_s(train_s), report(metrics,
-save_checkpoint). A hook may call the Trainer's public methods (evaluate, snapshot, rewind, train_step,
+save_checkpoint); after the final evaluations done_with_device(), while the artifact may still be compressing. A hook may call the Trainer's public methods (evaluate, snapshot, rewind, train_step,
 counted_as_eval, log) from report(), to score a report its own way.
 """
 from __future__ import annotations
@@ -61,6 +61,9 @@ class Hooks(Protocol):
 
     def on_log(self, step: StepLog) -> None:
         """Called at each log line of training."""
+
+    def done_with_device(self) -> None:
+        """The run uses the device no more (writing the artifact is CPU work): a caller sharing it may hand it on."""
 
 
 class NoHooks(Hooks):

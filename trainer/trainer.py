@@ -398,6 +398,8 @@ class Trainer:
             with self.counted_as_eval():
                 post = self.evaluate(full=True)
                 sliding = self.evaluate_sliding() if self.tc.eval_stride else None
+            if self.rt.world_size == 1:
+                self.hooks.done_with_device()  # a brotli write takes minutes of CPU: the GPU need not wait for it
             wait_start = time.perf_counter()
             info, write_s = written.result() if written is not None else (None, 0.0)
         if self.rt.is_main and not artifact.holds(artifact_path, payload):
@@ -406,6 +408,7 @@ class Trainer:
             model_bytes = torch.tensor([info.model_bytes if info is not None else 0], device=self.rt.device)
             dist.broadcast(model_bytes, src=0)
             info = artifact.ArtifactInfo(int(model_bytes.item()), len(payload), artifact.code_bytes())
+            self.hooks.done_with_device()
         export_s += time.perf_counter() - wait_start
         self.log(f"export: {dataclasses.replace(exported, artifact=info, write_s=write_s).describe()}")
         self.log(f"val_bpb {post.val_bpb:.4f} (round trip) artifact_bytes {info.artifact_bytes:,} "

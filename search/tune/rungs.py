@@ -76,15 +76,15 @@ def roundtrip_score(trainer: "Trainer") -> EvalResult:
 
 
 class TrialHooks(NoHooks):
-    """The hooks a trial passes to the trainer: reports go to `send`, stop when `should_stop` says, and
-    `take_turn` (if any) blocks until this trial may train on its shared device; `curves` (if any) gets each log
-    line, for TensorBoard."""
+    """The hooks a trial passes to the trainer: reports go to `send`, stop when `should_stop` says,
+    `take_turn` (if any) blocks until this trial may train on its shared device and `hand_on` (if any) gives the
+    device to the next trial once the run needs it no more; `curves` (if any) gets each log line, for TensorBoard."""
 
     def __init__(self, plan: RungPlan, send: Callable[[dict, SaveCheckpoint], None],
                  should_stop: Callable[[], bool] | None = None, take_turn: Callable[[], None] | None = None,
-                 curves: "TrainingCurves | None" = None):
+                 curves: "TrainingCurves | None" = None, hand_on: Callable[[], None] | None = None):
         self.plan, self.send = plan, send
-        self._should_stop, self.take_turn = should_stop, take_turn
+        self._should_stop, self.take_turn, self.hand_on = should_stop, take_turn, hand_on
         self.curves = curves
         self.trainer: Trainer | None = None
 
@@ -126,6 +126,11 @@ class TrialHooks(NoHooks):
         """A log line's figures to the trial's curves."""
         if self.curves is not None:
             self.curves.log_step(step)
+
+    def done_with_device(self) -> None:
+        """The next trial may train while this one's artifact compresses."""
+        if self.hand_on is not None:
+            self.hand_on()
 
     def _after_cooldown(self, rung: dict) -> dict:
         """The rung scored after a cooldown of cooldown_fraction of the steps so far, LR decaying linearly to 0

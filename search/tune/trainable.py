@@ -85,9 +85,11 @@ def run_training(
     is_main: bool = True,
     should_stop: Callable[[], bool] | None = None,
     before_training: Callable[[], None] | None = None,
+    after_device: Callable[[], None] | None = None,
 ) -> None:
     """Train one config, sending each rung (with a checkpoint dir) and the final metrics to report_fn;
-    before_training runs just before the timed training (once compiled, where train_fn takes hooks)."""
+    before_training runs just before the timed training (once compiled, where train_fn takes hooks) and
+    after_device once the run needs its device no more (after the final evaluations)."""
     from trainer.run_config import from_dict
 
     number = config[NUMBER_KEY]
@@ -110,7 +112,8 @@ def run_training(
         if "echo" in params:
             kwargs["echo"] = False  # train.log in the trial folder has the lines; keep the driver terminal readable
         if "hooks" in params:
-            kwargs["hooks"] = TrialHooks(RungPlan.from_settings(settings), send, should_stop, before_training, curves)
+            kwargs["hooks"] = TrialHooks(RungPlan.from_settings(settings), send, should_stop, before_training, curves,
+                                         after_device)
         elif before_training is not None:  # a train_fn without hooks: take the turn before it starts at all
             before_training()
         final = train_fn(cfg, Path(settings.data_dir), Path(settings.tokenizer), out_dir, **kwargs)
@@ -214,8 +217,9 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
     clock = {"started_at": time.time(), "acquired_at": None, "train_s": 0.0, "wait_s": 0.0}
 
     def record_device_time(**extra) -> None:
-        device_use.write_entry(out_dir, device=device, released_at=time.time(), worker_trial=worker_trial,
-                               trials_per_gpu=settings.trials_per_gpu, **clock, **extra)
+        device_use.write_entry(out_dir, device=device, released_at=clock.get("released_at") or time.time(),
+                               worker_trial=worker_trial, trials_per_gpu=settings.trials_per_gpu,
+                               **{k: v for k, v in clock.items() if k != "released_at"}, **extra)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
@@ -240,17 +244,21 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
                 torch.cuda.set_per_process_memory_fraction(1.0)
         clock["acquired_at"] = time.time()
 
-    checkpoint = tune.get_checkpoint()
-    try:
-        with frames_released_on_exit(), (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
-            run_training(config, settings, report, Path(resume) if resume else None, out_dir,
-                         should_stop=tune_stop_requested, before_training=before_training)
-    finally:
-        if lease is not None:
+    def hand_on() -> None:
+        if lease is not None and lease.held:
             if shares_gpu:  # hand the next holder the memory too, not only the turn
                 gc.collect()
                 torch.cuda.empty_cache()
             lease.release()
+            clock["released_at"] = time.time()
+
+    checkpoint = tune.get_checkpoint()
+    try:
+        with frames_released_on_exit(), (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
+            run_training(config, settings, report, Path(resume) if resume else None, out_dir,
+                         should_stop=tune_stop_requested, before_training=before_training, after_device=hand_on)
+    finally:
+        hand_on()
         if clock["acquired_at"] is not None:  # it got as far as training
             record_device_time()
 
