@@ -13,6 +13,9 @@
 #   SEED       the seed of every run (default 1337)
 #   ONLY       names of the ablations to run, space-separated (default all; "base" is always run first)
 #   SETS       more --set overrides for every run, space-separated (e.g. "train.eval_stride=0": no sliding score)
+#   PARALLEL   runs at once on the GPU (default 1). With 2, each run starts up and compiles while another trains,
+#              then trains and evaluates alone (`trainer train --share-device`) and hands the GPU on while its
+#              artifact compresses: about twice the runs per GPU-hour, each still training its budget alone
 #   SMOKE=1    every run on the CPU with `trainer train --smoke` (checks the overrides, not the figures)
 #
 # Ablations (name: what is removed, as --set overrides):
@@ -40,6 +43,8 @@ SEED=${SEED:-1337}
 [ -f "$CONFIG" ] || bench_fail "CONFIG=$CONFIG is not a file: name a run config (default benchmarks/configs/record_180s_1gpu.yaml)"
 require_seconds BUDGET_S
 require_int SEED seed
+PARALLEL=${PARALLEL:-1}
+[[ $PARALLEL =~ ^[1-9][0-9]*$ ]] || bench_fail "PARALLEL=$PARALLEL is not a positive whole number of runs at once"
 
 declare -A REMOVE=(
   [xsa]="model.xsa_last=0"
@@ -109,17 +114,30 @@ reexport_one() {  # name, then its overrides: the base's weights exported with t
   fi
 }
 
-run_one base "" --save-weights
+start_one() {  # run_one, or with PARALLEL > 1 in the background once fewer than PARALLEL runs are going
+  if [ "$PARALLEL" = 1 ]; then run_one "$@"; return; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
+  run_one "$@" --share-device &
+}
+
+start_one base "" --save-weights
 rows=(--base "$RESULT/base")
+reexports=()
 for name in $NAMES; do
   if export_only "${REMOVE[$name]}"; then
-    reexport_one "$name" "${REMOVE[$name]}"
+    reexports+=("$name")
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name.json")
   else
-    run_one "$name" "${REMOVE[$name]}"
+    start_one "$name" "${REMOVE[$name]}"
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
   fi
 done
+wait
+for name in base $NAMES; do  # a background run's failure is known by its missing metrics.json
+  [ "$name" = base ] || ! export_only "${REMOVE[$name]}" || continue
+  [ -f "$RESULT/$name/metrics.json" ] || failed=1
+done
+for name in "${reexports[@]}"; do reexport_one "$name" "${REMOVE[$name]}"; done
 
 python benchmarks/tables.py ablation "${rows[@]}" > "$RESULT/ablation.md"
 cat "$RESULT/ablation.md"

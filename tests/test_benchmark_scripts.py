@@ -158,11 +158,15 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     config = yaml.safe_load(tiny_config.read_text())
     config["train"] = {"average": "ema", "muon_weight_decay": 0.04, "adam_weight_decay": 0.04}
     tiny_config.write_text(yaml.safe_dump(config))
+    (tmp_path / "tmp").mkdir()
     env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "ema weight_decay brotli",
-           "SETS": "train.eval_stride=0"}
+           "SETS": "train.eval_stride=0", "PARALLEL": "2", "TMPDIR": str(tmp_path / "tmp")}
     result = run_script(BENCH / "ablation.sh", env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (folder,) = (tmp_path / "out").iterdir()
+    for name in ("base", "ema", "weight_decay"):  # two at a time, taking turns on the device
+        log = (folder / name / "train.log").read_text()
+        assert "for the device (" in log and "handed the device on" in log, log
     base = json.loads((folder / "base" / "metrics.json").read_text())
     ema = json.loads((folder / "ema" / "metrics.json").read_text())
     decay = json.loads((folder / "weight_decay" / "metrics.json").read_text())
@@ -180,7 +184,7 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     assert rows[2][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
     assert rows[3][2:4] == rows[0][2:4] and rows[3][6] == f"{brotli['val_bpb']:.4f}"
     assert rows[3][9] == f"{brotli['artifact_bytes'] - base['artifact_bytes']:+,}"
-    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli"}, timeout=600)
+    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli", "PARALLEL": "1"}, timeout=600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
     assert "brotli: re-exported earlier, kept" in again.stdout
     assert json.loads((folder / "ema" / "metrics.json").read_text()) == ema
@@ -190,6 +194,12 @@ def test_ablation_refuses_an_unknown_name(tmp_path, tiny_corpus):
     result = run_script(BENCH / "ablation.sh", {**corpus_env(tiny_corpus, tmp_path / "out"), "ONLY": "ema dropout"})
     assert result.returncode == 2 and "ONLY has 'dropout'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_ablation_refuses_parallel_zero(tmp_path, tiny_corpus):
+    result = run_script(BENCH / "ablation.sh", {**corpus_env(tiny_corpus, tmp_path / "out"), "PARALLEL": "0"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ablation.sh: PARALLEL=0 is not a positive whole number of runs at once"
 
 
 def _tables():

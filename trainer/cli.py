@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from trainer import run_config as config_mod
@@ -39,6 +39,10 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorboard", type=Path, metavar="DIR",
                    help="also write the training curves (loss, LR scale, tokens/s, final val_bpb) as TensorBoard "
                    "event files to DIR, as training goes: `tensorboard --logdir DIR`")
+    p.add_argument("--share-device", action="store_true",
+                   help="take turns on this machine's device with other --share-device runs and search trials: "
+                   "start up and compile beside the run that trains, then train and evaluate alone, and hand the "
+                   "device on while the artifact compresses (both runs must fit in the device's memory)")
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
@@ -111,10 +115,11 @@ def run_train(args: argparse.Namespace) -> int:
     if data is None or tokenizer is None:
         raise config_mod.ConfigError("train: pass both --data and --tokenizer (or --smoke alone, for the built-in "
                                      "smoke corpus)")
-    with (tensorboard_log.TensorBoardHooks(args.tensorboard) if args.tensorboard else nullcontext()) as hooks:
+    with (tensorboard_log.TensorBoardHooks(args.tensorboard) if args.tensorboard else nullcontext()) as curves, \
+            _turns(args.share_device, device, curves) as hooks:
         metrics = train(cfg, data, tokenizer, args.out, hooks=hooks, device=device, save_weights=args.save_weights)
-        if hooks is not None:
-            hooks.finished(metrics)
+        if curves is not None:
+            curves.finished(metrics)
     rank, distributed = 0, dist.is_initialized()
     if distributed:
         # Leave the group together: a rank exiting with the group alive can abort at interpreter shutdown.
@@ -133,6 +138,28 @@ def run_train(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(0)
     return 0
+
+
+@contextmanager
+def _turns(share_device: bool, device: str | None, inner):
+    """The run's hooks: inner (or none), taking turns on the device with --share-device; the lease goes back
+    however the run ends."""
+    if not share_device:
+        yield inner
+        return
+    import torch
+
+    from trainer.device_lease import DeviceLease, TakingTurns, local_device_key
+    from trainer.hooks import NoHooks
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise config_mod.ConfigError("--share-device takes turns on one device: leave it out of torchrun runs")
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lease = DeviceLease(local_device_key(resolved))
+    try:
+        yield TakingTurns(inner or NoHooks(), lease)
+    finally:
+        lease.release()
 
 
 def build_parser() -> argparse.ArgumentParser:

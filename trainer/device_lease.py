@@ -1,0 +1,118 @@
+"""Runs that share one device take turns at its timed work: a lease per device, held from the end of a run's
+compile to the end of its last evaluation (writing the artifact is CPU work and goes on after).
+
+Search trials (--trials-per-gpu N) and `trainer train --share-device` runs on one machine start up and compile at
+once, then wait here for the device; the holder trains and evaluates alone, so a time budget buys the same steps
+as on a device of its own, and the next run is compiled by the time the device frees up.
+
+The lease is an exclusive flock on a per-device file in the machine's temp folder: every process on the machine
+(any search, any Ray node started on it, any trainer) sees the same lock, and the kernel drops it when its holder
+dies.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from trainer.hooks import Hooks, SaveCheckpoint, StepLog, StopRequested
+
+LEASE_FOLDER = Path(tempfile.gettempdir()) / "recurrence_search_leases"
+
+
+def local_device_key(device: torch.device) -> str:
+    """'host/gpu0' for CUDA device 0 of this machine (its physical index under CUDA_VISIBLE_DEVICES, as a search
+    trial's key names it), 'host/cpu' for the CPU."""
+    if device.type != "cuda":
+        return f"{socket.gethostname()}/cpu"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return f"{socket.gethostname()}/gpu{visible[index] if index < len(visible) else index}"
+
+
+class DeviceLease:
+    """An exclusive, machine-wide lease on one device (see the module docstring)."""
+
+    def __init__(self, key: str, folder: Path = LEASE_FOLDER):
+        self.key = key
+        self.path = Path(folder) / (re.sub(r"[^A-Za-z0-9_.+-]", "_", key) + ".lock")
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, should_stop: Callable[[], bool] | None = None, poll_s: float = 0.05) -> float:
+        """Block until this process holds the lease; return the seconds waited. Raises StopRequested if
+        should_stop() turns true first (Tune ended the trial while it waited)."""
+        if self._fd is not None:
+            return 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        start = time.perf_counter()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if should_stop is not None and should_stop():
+                    os.close(fd)
+                    raise StopRequested(f"stopped while waiting for {self.key}") from None
+                time.sleep(poll_s)
+        self._fd = fd
+        return time.perf_counter() - start
+
+    def release(self) -> None:
+        """Give the device to the next waiting trial (a no-op when not held)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class TakingTurns(Hooks):
+    """Another run's hooks, plus a turn on a shared device: ready() waits for the lease, done_with_device()
+    hands it on (and the memory the caching allocator holds)."""
+
+    def __init__(self, inner: Hooks, lease: DeviceLease):
+        self.inner, self.lease = inner, lease
+        self.trainer = None
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+        self.inner.attach(trainer)
+
+    def warm_up_failed(self, error: BaseException) -> bool:
+        return self.inner.warm_up_failed(error)
+
+    def ready(self) -> None:
+        self.inner.ready()
+        waited_s = self.lease.acquire()
+        self.trainer.log(f"waited {waited_s:.1f}s for the device ({self.lease.key})")
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()
+
+    def next_report_s(self, train_s: float) -> float | None:
+        return self.inner.next_report_s(train_s)
+
+    def report(self, metrics: dict, save_checkpoint: SaveCheckpoint) -> None:
+        self.inner.report(metrics, save_checkpoint)
+
+    def on_log(self, step: StepLog) -> None:
+        self.inner.on_log(step)
+
+    def done_with_device(self) -> None:
+        self.inner.done_with_device()
+        if self.lease.held:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.lease.release()
+            self.trainer.log(f"handed the device on ({self.lease.key})")
