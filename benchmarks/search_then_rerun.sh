@@ -21,13 +21,15 @@
 #   SEEDS           seeds per config in the rerun (default 3; 0 runs the search only)
 #   SEED_BASE       first rerun seed (default 1338)
 #   GPUS            GPUs per rerun run (default 1); PARALLEL runs train at once (default 1)
+#   RUNS_PER_GPU    rerun runs sharing each GPU, taking turns to train (default 1; 2 with GPUS=1 compiles and
+#                   compresses one run while another trains)
 #   NAME            the search's name (default search_<BUDGET_S>s)
 #   STOP_AFTER_S    stop the search after this many seconds, as Ctrl-C would (default 0: run to the end);
 #                   `python -m search resume NAME --storage $RESULT/searches` goes on
 #   SMOKE=1         a tiny space (benchmarks/smoke_space.yaml), 4 CPU trials of 1.5 s and `rerun --smoke`
 #
 # Around the recurrence record on one GPU at 180 s (its schedule scaled as in benchmarks/configs/record_180s_1gpu.yaml):
-#   SPACE=spaces/record.yaml BASELINE_CONFIG=spaces/presets/record_0331_fit.yaml WIDEST_BITS=0 \
+#   SPACE=spaces/record.yaml BASELINE_CONFIG=spaces/presets/record_0331_fit.yaml WIDEST_BITS=0 RUNS_PER_GPU=2 \
 #   SETS="train.batch_tokens=131072 train.micro_batch_tokens=65536 train.warmdown_steps=820 \
 #   train.muon_momentum_warmup_steps=350" DATA=... TOKENIZER=... OUT=... bash benchmarks/search_then_rerun.sh
 #
@@ -50,6 +52,7 @@ SEEDS=${SEEDS:-3}
 SEED_BASE=${SEED_BASE:-1338}
 GPUS=${GPUS:-1}
 PARALLEL=${PARALLEL:-1}
+RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 STOP_AFTER_S=${STOP_AFTER_S:-0}
 WIDEST_BITS=${WIDEST_BITS:-1}
 [ -f "$SPACE" ] || bench_fail "SPACE=$SPACE is not a file: name a search space YAML (see spaces/README.md)"
@@ -61,6 +64,8 @@ require_int SEEDS seeds
 require_int SEED_BASE
 require_int GPUS GPUs
 require_int PARALLEL runs
+require_int RUNS_PER_GPU runs
+[ "$RUNS_PER_GPU" -ge 1 ] || bench_fail "RUNS_PER_GPU=0: pass 1 (a GPU per rerun run) or 2 (two taking turns)"
 require_int STOP_AFTER_S seconds
 [ -z "${GRACE_S:-}" ] || require_seconds GRACE_S
 [ -z "${BASELINE_CONFIG:-}" ] || [ -f "$BASELINE_CONFIG" ] || bench_fail "BASELINE_CONFIG=$BASELINE_CONFIG is not a file: name a run config YAML, e.g. spaces/presets/record_0331_fit.yaml"
@@ -88,7 +93,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   search+=(--gpus-per-trial 1 --trials-per-gpu "$TRIALS_PER_GPU" --cpus-per-trial "$CPUS_PER_TRIAL")
   [ -z "${GRACE_S:-}" ] || search+=(--grace-s "$GRACE_S")
-  rerun+=(--gpus "$GPUS" --parallel "$PARALLEL")
+  rerun+=(--gpus "$GPUS" --parallel "$PARALLEL" --runs-per-gpu "$RUNS_PER_GPU")
 fi
 [ "$WIDEST_BITS" = 1 ] && rerun+=(--widest-bits)
 [ -z "${BASELINE_CONFIG:-}" ] || rerun+=(--baseline-config "$BASELINE_CONFIG")

@@ -293,6 +293,33 @@ def test_parallel_runs_train_side_by_side(tiny_corpus, tmp_path):
     assert data["parallel"] == 2 and data["candidate"]["runs"][0]["started_at"] == cand.started_at
 
 
+def test_runs_sharing_a_device_take_turns_and_say_so(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the runs' device lease, apart from any other test's
+    out = tmp_path / "out"
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [3], 0, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="turns", runs_per_gpu=2, terminal=None)
+    for label in ("candidate", "baseline"):
+        log = (out / label / "seed3" / "train.log").read_text()
+        assert "s for the device (" in log and "handed the device on" in log, log
+    data = json.loads(result.json_path.read_text())
+    assert data["runs_per_gpu"] == 2 and data["slots"] == ["", ""]
+    assert "2 per device taking turns to train" in result.md_path.read_text()
+
+
+def test_a_shared_device_launch_doubles_the_slots_and_passes_share_device(tmp_path):
+    from search.rerun.run import launch_command, plan_launch
+
+    launch = plan_launch(0, runs_per_gpu=2)
+    assert launch.share_device and launch.slots == ("", "") and launch.device == "cpu"
+    assert launch_command(tmp_path / "c.yaml", tmp_path, tmp_path, tmp_path / "t.model", launch)[-1] == "--share-device"
+    assert "--share-device" not in launch_command(tmp_path / "c.yaml", tmp_path, tmp_path, tmp_path / "t.model",
+                                                  plan_launch(0))
+    with pytest.raises(RerunError, match="--runs-per-gpu 2 shares one device per run: use it with --gpus 1"):
+        plan_launch(0, cpu_procs=2, runs_per_gpu=2)
+    with pytest.raises(RerunError, match="--runs-per-gpu 0: pass 1"):
+        plan_launch(0, runs_per_gpu=0)
+
+
 def test_gpu_slots_are_disjoint_groups_of_the_visible_gpus():
     from search.rerun.run import gpu_slots
 

@@ -138,6 +138,11 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
                    "candidate's train settings, e.g. a search's --set overrides, so only the model and export differ)")
     p.add_argument("--gpus", type=int, default=None,
                    help="GPUs per run, DDP on this node (default: all of them / --parallel; 0 or no CUDA: the CPU)")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="N",
+                   help="runs sharing each GPU (default 1; with --gpus 1): with 2, a run starts up and compiles "
+                   "while another trains, then trains and evaluates alone and hands the GPU on while its artifact "
+                   "compresses (`trainer train --share-device`), so the GPU idles less; each run still trains its "
+                   "budget alone")
     p.add_argument("--parallel", type=int, default=1, metavar="P",
                    help="runs that train at once, each on its own --gpus GPUs (default 1); e.g. --gpus 1 --parallel 2 "
                    "trains the candidate and the baseline of a seed side by side on a 2-GPU node")
@@ -246,7 +251,8 @@ def run_rerun_command(args: argparse.Namespace) -> int:
             gpus = args.gpus if args.gpus is not None else default_gpus(available, args.parallel)
         result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
                        Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
-                       parallel=args.parallel, smoke=smoke_run, source=source, cpu_ok=cpu_ok, node=node)
+                       parallel=args.parallel, smoke=smoke_run, source=source, cpu_ok=cpu_ok, node=node,
+                       runs_per_gpu=args.runs_per_gpu)
     except (RerunError, ConfigError, SettingsError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,7 @@ class Launch:
     refusal: str = ""
     where: str = ""  # the Ray node the runs train on, when not this machine
     cpu_threads: int = 0  # OMP_NUM_THREADS of each CPU rank (0: torch's default); see plan_launch
+    share_device: bool = False  # runs on one device take turns at training (trainer train --share-device)
 
     @property
     def describe(self) -> str:
@@ -159,12 +160,27 @@ def cpu_refusal(gpus: int) -> str:
             "anyway")
 
 
-def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1, cpu_ok: bool = True, smoke: bool = False) -> Launch:
-    """DDP over `gpus` GPUs (or `cpu_procs` gloo processes without GPUs), `parallel` runs at once on disjoint GPUs.
-    Without cpu_ok, a launch that would end on the CPU carries a refusal instead (see Launch.refusal).
+def plan_launch(gpus: int, cpu_procs: int = 1, parallel: int = 1, cpu_ok: bool = True, smoke: bool = False,
+                runs_per_gpu: int = 1) -> Launch:
+    """DDP over `gpus` GPUs (or `cpu_procs` gloo processes without GPUs), `parallel` runs at once on disjoint GPUs,
+    each GPU (or the CPU) shared by `runs_per_gpu` runs that take turns at training. Without cpu_ok, a launch that
+    would end on the CPU carries a refusal instead (see Launch.refusal).
 
     CPU ranks share the cores: each gets cores / (ranks x parallel runs) threads, one for smoke runs. More threads
     than cores made OpenMP spin: on a busy 2-core machine a 256-token smoke step took 27 s with 2 threads."""
+    if runs_per_gpu < 1:
+        raise RerunError(f"--runs-per-gpu {runs_per_gpu}: pass 1 (a GPU per run) or more")
+    if runs_per_gpu > 1 and (gpus > 1 or cpu_procs > 1):
+        raise RerunError(f"--runs-per-gpu {runs_per_gpu} shares one device per run: use it with --gpus 1 "
+                         "(--cpu-procs 1 on the CPU), or leave it at 1 for DDP runs")
+    launch = _plan_devices(gpus, cpu_procs, parallel, cpu_ok, smoke)
+    if runs_per_gpu == 1:
+        return launch
+    return dataclasses.replace(launch, share_device=True,
+                               slots=tuple(slot for slot in launch.slots for _ in range(runs_per_gpu)))
+
+
+def _plan_devices(gpus: int, cpu_procs: int, parallel: int, cpu_ok: bool, smoke: bool) -> Launch:
     import torch
 
     if gpus < 0 or cpu_procs < 1 or parallel < 1:
@@ -202,6 +218,8 @@ def launch_command(config_path: Path, run_dir: Path, data: Path, tokenizer: Path
            "--tokenizer", str(tokenizer), "--out", str(run_dir), "--save-weights"]
     if launch.device:
         cmd += ["--device", launch.device]
+    if launch.share_device:
+        cmd.append("--share-device")
     return cmd
 
 
@@ -425,7 +443,7 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
 def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
           data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
           parallel: int = 1, smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
-          terminal: TextIO | None = sys.stdout, cpu_ok: bool = True, node=None) -> RerunResult:
+          terminal: TextIO | None = sys.stdout, cpu_ok: bool = True, node=None, runs_per_gpu: int = 1) -> RerunResult:
     """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/.
 
     cpu_ok False refuses to train on a CPU (see plan_launch). node (a search.rerun.remote.NodePlacement): train
@@ -438,6 +456,9 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
     out_dir = Path(out_dir).resolve()
     train_one = train_seed
     if node is not None:  # paths are the node's: neither resolved nor checked here
+        if runs_per_gpu != 1:
+            raise RerunError(f"--runs-per-gpu {runs_per_gpu} on a cluster: each run asks Ray for its own GPUs; "
+                             "leave it at 1 there, or rerun on the GPU machine itself")
         data, tokenizer = Path(data), Path(tokenizer)
         launch = node.plan(data, tokenizer, gpus, cpu_procs, parallel, cpu_ok, smoke, terminal)
         train_one = node.trainer(gpus, cpu_procs, cpu_ok, smoke)
@@ -447,7 +468,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
             raise RerunError(f"--data {data}: no such folder; pass the folder with fineweb_train_*.bin/fineweb_val_*.bin")
         if not tokenizer.is_file():
             raise RerunError(f"--tokenizer {tokenizer}: no such file; pass the SentencePiece .model of the shards")
-        launch = plan_launch(gpus, cpu_procs, parallel, cpu_ok, smoke)
+        launch = plan_launch(gpus, cpu_procs, parallel, cpu_ok, smoke, runs_per_gpu)
     notes: list[str] = []
     if launch.note:
         _say(terminal, launch.note)
@@ -495,7 +516,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         _say(terminal, f"[rerun] {notes[-1]}")
 
     settings = {"name": name, "seeds": seeds, "gpus_requested": gpus, "ranks": launch.nproc,
-                "parallel": len(launch.slots), "slots": list(launch.slots),
+                "parallel": len(launch.slots), "slots": list(launch.slots), "runs_per_gpu": runs_per_gpu,
                 "device": launch.device or "cuda", "budget_s": float(budget_s), "smoke": smoke,
                 **({"node": launch.where} if launch.where else {}),
                 "data": str(data), "tokenizer": str(tokenizer), "source": source or {}}
@@ -579,7 +600,8 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
                  f"| {s.tokens_per_s_mean:,.0f} |" for s in result.step_times]
     if any(r.trained_now for res in configs for r in res.runs):
         how = (f"{settings['ranks']} rank(s) on {settings['device']} per run, {settings['parallel']} run(s) at a "
-               "time")
+               "time" + (f", {settings['runs_per_gpu']} per device taking turns to train"
+                         if settings.get("runs_per_gpu", 1) > 1 else ""))
     else:  # this call only read finished runs: its own launch plan says nothing about them
         how = "every run kept from an earlier call (their devices are under Step time)"
     lines = [
