@@ -140,6 +140,8 @@ done
 for name in "${reexports[@]}"; do reexport_one "$name" "${REMOVE[$name]}"; done
 
 python benchmarks/tables.py ablation "${rows[@]}" > "$RESULT/ablation.md"
+[ "$PARALLEL" = 1 ] || printf '\n%s\n' "Runs took turns on the GPU ($PARALLEL at once, \`trainer train --share-device\`):\
+ each trained alone, while another started up, compiled or compressed its artifact beside it." >> "$RESULT/ablation.md"
 cat "$RESULT/ablation.md"
 progress "done: $RESULT/ablation.md"
 exit $failed

@@ -178,8 +178,10 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     brotli = json.loads((folder / "brotli.json").read_text())
     assert brotli["export"]["compressor"] == "zstd" and brotli["export"]["byte_shuffle"] is False
     assert brotli["val_bpb_prequant"] == pytest.approx(base["val_bpb_prequant"], abs=1e-9)
-    rows = [[c.strip() for c in r.strip("|").split("|")] for r in (folder / "ablation.md").read_text().splitlines()[2:]]
+    text = (folder / "ablation.md").read_text()
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in text.splitlines()[2:] if r.startswith("|")]
     assert [r[0] for r in rows] == ["nothing (base)", "ema", "weight_decay", "brotli (base's weights re-exported)"]
+    assert "Runs took turns on the GPU (2 at once" in text
     assert rows[1][6] == f"{ema['val_bpb']:.4f}" and rows[1][7] == f"{ema['val_bpb'] - base['val_bpb']:+.4f}"
     assert rows[2][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
     assert rows[3][2:4] == rows[0][2:4] and rows[3][6] == f"{brotli['val_bpb']:.4f}"
