@@ -28,7 +28,7 @@ ATTENTION_CHOICES = ("auto", "flash", "sdpa", *SDPA_BACKENDS)
 def _load_flash():
     """A causal flash-attn kernel taking (B, T, H, D) tensors, or None when none is installed."""
     try:  # flash-attn-4 as a custom op: torch.compile keeps one graph
-        from trainer.flash_op import flash_attn_4
+        from trainer.flash_op import flash_attn_4  # not shipped: a training speed-up
 
         return flash_attn_4()
     except Exception:
