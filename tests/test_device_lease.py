@@ -76,3 +76,15 @@ def test_taking_turns_hands_on_only_a_held_lease(tmp_path, holds):
         turns.ready()
     turns.done_with_device()
     assert not lease.held and any("handed the device on" in m for m in logged) == holds
+
+
+def test_a_warm_up_out_of_memory_beside_the_holder_waits_for_the_turn(tmp_path):
+    from trainer.device_lease import TakingTurns
+    from trainer.hooks import NoHooks
+
+    logged = []
+    turns = TakingTurns(NoHooks(), DeviceLease("host/gpu0", folder=tmp_path))
+    turns.attach(type("T", (), {"log": staticmethod(logged.append)})())
+    assert turns.warm_up_failed(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "warming up again once it holds the device" in logged[-1]
+    assert not turns.warm_up_failed(RuntimeError("CUDA error: an illegal memory access was encountered"))

@@ -27,6 +27,14 @@ from trainer.hooks import Hooks, SaveCheckpoint, StepLog, StopRequested
 LEASE_FOLDER = Path(tempfile.gettempdir()) / "recurrence_search_leases"
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc says the GPU is full: the caching allocator's error, or the driver's (a kernel launch)."""
+    # A compiled kernel's launch that finds no memory raises a plain RuntimeError from the driver; the
+    # allocator's cap (set_per_process_memory_fraction) does not cover the driver's own allocations.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "CUDA driver error: out of memory" in str(exc))
+
+
 def local_device_key(device: torch.device) -> str:
     """'host/gpu0' for CUDA device 0 of this machine (its physical index under CUDA_VISIBLE_DEVICES, as a search
     trial's key names it), 'host/cpu' for the CPU."""
@@ -79,22 +87,37 @@ class DeviceLease:
 
 class TakingTurns(Hooks):
     """Another run's hooks, plus a turn on a shared device: ready() waits for the lease, done_with_device()
-    hands it on (and the memory the caching allocator holds)."""
+    hands it on (and the memory the caching allocator holds). Until its turn a run on a GPU may use
+    `waiting_memory_fraction` of the GPU's memory, so the run that holds it keeps the rest; a warm-up that
+    does not fit there waits for the turn and warms up again."""
 
-    def __init__(self, inner: Hooks, lease: DeviceLease):
+    def __init__(self, inner: Hooks, lease: DeviceLease, waiting_memory_fraction: float = 0.5):
         self.inner, self.lease = inner, lease
+        self.waiting_memory_fraction = waiting_memory_fraction
         self.trainer = None
 
     def attach(self, trainer) -> None:
         self.trainer = trainer
         self.inner.attach(trainer)
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(self.waiting_memory_fraction)
 
     def warm_up_failed(self, error: BaseException) -> bool:
-        return self.inner.warm_up_failed(error)
+        """A warm-up beside the run that holds the device may not fit: warm up again once this run holds it."""
+        if self.inner.warm_up_failed(error):
+            return True
+        if not is_out_of_memory(error):
+            return False
+        self.trainer.log("warm-up ran out of GPU memory beside another run; warming up again once it holds the device")
+        return True
 
     def ready(self) -> None:
         self.inner.ready()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the warm-up's cached blocks: leave the memory to the holder
         waited_s = self.lease.acquire()
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(1.0)
         self.trainer.log(f"waited {waited_s:.1f}s for the device ({self.lease.key})")
 
     def should_stop(self) -> bool:

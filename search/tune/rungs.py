@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import torch
 
 from trainer import artifact
+from trainer.device_lease import is_out_of_memory
 from trainer.evaluate import EvalResult
 from trainer.hooks import NoHooks, SaveCheckpoint, StepLog
 from trainer.optim import cooldown_scales, lr_scale
@@ -54,14 +54,6 @@ class RungPlan:
         if self.every_s > 0:
             times.append((math.floor(train_s / self.every_s) + 1) * self.every_s)
         return min(times, default=None)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether exc says the GPU is full: the caching allocator's error, or the driver's (a kernel launch)."""
-    # A compiled kernel's launch that finds no memory raises a plain RuntimeError from the driver; the
-    # allocator's cap (set_per_process_memory_fraction) does not cover the driver's own allocations.
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "CUDA driver error: out of memory" in str(exc))
 
 
 def roundtrip_score(trainer: "Trainer") -> EvalResult:
