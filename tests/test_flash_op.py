@@ -158,3 +158,33 @@ def test_without_flash_attn_4_flash_is_refused_and_auto_takes_sdpa(monkeypatch):
     with pytest.raises(ValueError, match="not installed"):
         attention.pick_attention("flash")
     assert attention.pick_attention("auto")[0] == "sdpa"
+
+
+@pytest.fixture
+def failing_flash_attn(monkeypatch):
+    """A flash-attn whose kernels do not run on this device: its function raises as an unsupported GPU would."""
+    cute = types.ModuleType("flash_attn.cute")
+
+    def flash_attn_func(q, k, v, causal=False):
+        raise RuntimeError("no kernel for this architecture\nmore detail")
+
+    cute.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", None)  # no private kernels: the public function
+
+
+HEADS = (4, 2, 8)
+
+
+def test_auto_tries_flash_once_and_falls_back_to_sdpa_saying_why(failing_flash_attn):
+    name, attend = attention.pick_attention("auto", HEADS, torch.device("cpu"))
+    assert name == "sdpa (flash-attn failed: RuntimeError: no kernel for this architecture)"
+    assert attend is attention.sdpa_attention
+    with pytest.raises(ValueError, match=r"'flash' asks for flash-attn, which fails here \(RuntimeError: no kernel"):
+        attention.pick_attention("flash", HEADS, torch.device("cpu"))
+    assert attention.pick_attention("auto")[0] == "flash"  # not tried without a device: taken as installed
+
+
+def test_a_flash_attn_that_runs_passes_the_try(stand_in_flash_attn_4):
+    assert attention.pick_attention("auto", HEADS, torch.device("cpu"))[0] == "flash"

@@ -71,8 +71,22 @@ def _flash_attention(flash) -> Attention:
     return attend
 
 
-def pick_attention(choice: str = "auto") -> tuple[str, Attention]:
-    """The kernel for a train.attention value, and the name it is logged under."""
+def _probe(flash, heads: tuple[int, int, int], device: torch.device) -> str:
+    """'' when flash runs a causal forward and backward with these (heads, kv heads, head dim) on device, else why."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        q, k, v = (torch.randn(1, 128, n, heads[2], device=device, dtype=dtype, requires_grad=True)
+                   for n in (heads[0], heads[1], heads[1]))
+        flash(q, k, v).float().sum().backward()
+        return ""
+    except Exception as exc:  # any failure: the kernel does not run here
+        return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+
+
+def pick_attention(choice: str = "auto", heads: tuple[int, int, int] | None = None,
+                   probe_device: torch.device | None = None) -> tuple[str, Attention]:
+    """The kernel for a train.attention value, and the name it is logged under. With heads and probe_device,
+    flash-attn is first run once there: "auto" falls back to SDPA (and says why) where it fails."""
     if choice not in ATTENTION_CHOICES:
         raise ValueError(f"train.attention: '{choice}' is not one of {ATTENTION_CHOICES}")
     if choice in SDPA_BACKENDS:
@@ -80,11 +94,13 @@ def pick_attention(choice: str = "auto") -> tuple[str, Attention]:
     if choice == "sdpa":
         return "sdpa", sdpa_attention
     flash = _load_flash()
-    if flash is not None:
+    failure = _probe(flash, heads, probe_device) if flash is not None and heads and probe_device else ""
+    if flash is not None and not failure:
         return "flash", _flash_attention(flash)
     if choice == "flash":
         raise ValueError(
-            "train.attention: 'flash' asks for flash-attn, which is not installed here; "
+            f"train.attention: 'flash' asks for flash-attn, which fails here ({failure}); use 'auto' or 'sdpa'"
+            if failure else "train.attention: 'flash' asks for flash-attn, which is not installed here; "
             "install flash-attn-4 (pip install '.[flash]') or use 'auto'"
         )
-    return "sdpa", sdpa_attention
+    return ("sdpa" + (f" (flash-attn failed: {failure})" if failure else "")), sdpa_attention
