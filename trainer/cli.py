@@ -42,7 +42,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--share-device", action="store_true",
                    help="take turns on this machine's device with other --share-device runs and search trials: "
                    "start up and compile beside the run that trains, then train and evaluate alone, and hand the "
-                   "device on while the artifact compresses (both runs must fit in the device's memory)")
+                   "device on while the artifact compresses; until its turn a run may use half the GPU's memory")
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
