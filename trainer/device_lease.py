@@ -12,6 +12,7 @@ dies.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import re
 import socket
@@ -85,6 +86,29 @@ class DeviceLease:
             os.close(fd)
 
 
+def take_turn(lease: DeviceLease, should_stop: Callable[[], bool] | None = None) -> float:
+    """Wait for the lease, the warm-up's cached GPU memory left to the holder meanwhile; once held, the run may use
+    all of the GPU's memory. Returns the seconds waited (StopRequested as DeviceLease.acquire)."""
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.empty_cache()
+    waited_s = lease.acquire(should_stop=should_stop)
+    if gpu:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    return waited_s
+
+
+def hand_on(lease: DeviceLease) -> bool:
+    """Release a held lease, and the GPU memory the caching allocator holds with it; False when it was not held."""
+    if not lease.held:
+        return False
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+    lease.release()
+    return True
+
+
 class TakingTurns(Hooks):
     """Another run's hooks, plus a turn on a shared device: ready() waits for the lease, done_with_device()
     hands it on (and the memory the caching allocator holds). Until its turn a run on a GPU may use
@@ -113,11 +137,7 @@ class TakingTurns(Hooks):
 
     def ready(self) -> None:
         self.inner.ready()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the warm-up's cached blocks: leave the memory to the holder
-        waited_s = self.lease.acquire()
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(1.0)
+        waited_s = take_turn(self.lease)
         self.trainer.log(f"waited {waited_s:.1f}s for the device ({self.lease.key})")
 
     def should_stop(self) -> bool:
@@ -134,8 +154,5 @@ class TakingTurns(Hooks):
 
     def done_with_device(self) -> None:
         self.inner.done_with_device()
-        if self.lease.held:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.lease.release()
+        if hand_on(self.lease):
             self.trainer.log(f"handed the device on ({self.lease.key})")

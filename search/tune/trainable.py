@@ -28,6 +28,7 @@ from search.analysis import device_use
 
 from search import store
 from search.tune.lease import DeviceLease, device_key
+from trainer.device_lease import hand_on, take_turn
 from search.tune.rungs import RungPlan, TrialHooks
 from search.tune.searcher import import_object
 from search.vocabulary import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL
@@ -214,12 +215,12 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
     worker_trial = start_clean()
     out_dir, device = run_dir(settings), device_key()
     lease = DeviceLease(device) if settings.trials_per_gpu > 1 else None
-    clock = {"started_at": time.time(), "acquired_at": None, "train_s": 0.0, "wait_s": 0.0}
+    clock = {"started_at": time.time(), "acquired_at": None, "released_at": None, "train_s": 0.0, "wait_s": 0.0}
 
     def record_device_time(**extra) -> None:
-        device_use.write_entry(out_dir, device=device, released_at=clock.get("released_at") or time.time(),
-                               worker_trial=worker_trial, trials_per_gpu=settings.trials_per_gpu,
-                               **{k: v for k, v in clock.items() if k != "released_at"}, **extra)
+        device_use.write_entry(out_dir, device=device, worker_trial=worker_trial,
+                               trials_per_gpu=settings.trials_per_gpu,
+                               **{**clock, "released_at": clock["released_at"] or time.time()}, **extra)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         clock["train_s"] = metrics.get("final_train_s", metrics.get("train_s", clock["train_s"]))
@@ -229,36 +230,27 @@ def trial_function(config: dict, settings: SearchSettings) -> None:
             record_device_time(provisional=True)
         _tune_report({**metrics, WORKER_TRIAL: worker_trial}, checkpoint_dir)
 
-    shares_gpu = lease is not None and torch.cuda.is_available()
-    if shares_gpu:
+    if lease is not None and torch.cuda.is_available():
         # Until its turn a trial may use 1/N of the GPU's memory (a warm-up past it waits for the turn and warms
         # up again, TrialHooks.warm_up_failed), so the trial that holds the GPU keeps the rest.
         torch.cuda.set_per_process_memory_fraction(1 / settings.trials_per_gpu)
 
     def before_training() -> None:
         if lease is not None:
-            if shares_gpu:
-                torch.cuda.empty_cache()  # the warm-up's cached blocks: leave the GPU's memory to the holder
-            clock["wait_s"] = lease.acquire(should_stop=tune_stop_requested)
-            if shares_gpu:
-                torch.cuda.set_per_process_memory_fraction(1.0)
+            clock["wait_s"] = take_turn(lease, should_stop=tune_stop_requested)
         clock["acquired_at"] = time.time()
 
-    def hand_on() -> None:
-        if lease is not None and lease.held:
-            if shares_gpu:  # hand the next holder the memory too, not only the turn
-                gc.collect()
-                torch.cuda.empty_cache()
-            lease.release()
+    def give_back() -> None:
+        if lease is not None and hand_on(lease):  # the turn and the GPU memory, to the next holder
             clock["released_at"] = time.time()
 
     checkpoint = tune.get_checkpoint()
     try:
         with frames_released_on_exit(), (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume:
             run_training(config, settings, report, Path(resume) if resume else None, out_dir,
-                         should_stop=tune_stop_requested, before_training=before_training, after_device=hand_on)
+                         should_stop=tune_stop_requested, before_training=before_training, after_device=give_back)
     finally:
-        hand_on()
+        give_back()
         if clock["acquired_at"] is not None:  # it got as far as training
             record_device_time()
 
