@@ -122,19 +122,19 @@ start_one() {  # run_one, or with PARALLEL > 1 in the background once fewer than
 
 start_one base "" --save-weights
 rows=(--base "$RESULT/base")
-reexports=()
+trained=(base) reexports=()
 for name in $NAMES; do
   if export_only "${REMOVE[$name]}"; then
     reexports+=("$name")
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name.json")
   else
     start_one "$name" "${REMOVE[$name]}"
+    trained+=("$name")
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
   fi
 done
 wait
-for name in base $NAMES; do  # a background run's failure is known by its missing metrics.json
-  [ "$name" = base ] || ! export_only "${REMOVE[$name]}" || continue
+for name in "${trained[@]}"; do  # a background run's failure is known by its missing metrics.json
   [ -f "$RESULT/$name/metrics.json" ] || failed=1
 done
 for name in "${reexports[@]}"; do reexport_one "$name" "${REMOVE[$name]}"; done
