@@ -9,6 +9,7 @@ the largest prefix whose artifact measured under the limit is kept, after at mos
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from trainer import artifact

@@ -5,8 +5,9 @@ caller passes its own Hooks.
 The Trainer calls, in order: attach(trainer) once it is built; warm_up_failed(error) only if the warm-up raised;
 ready() once compiled and warm, just before the timed training; then at every step should_stop(), at each log
 line on_log(step), and whenever the training seconds reach next_report_s(train_s), report(metrics,
-save_checkpoint); after the final evaluations done_with_device(), while the artifact may still be compressing. A hook may call the Trainer's public methods (evaluate, snapshot, rewind, train_step,
-counted_as_eval, log) from report(), to score a report its own way.
+save_checkpoint); after the final evaluations done_with_device(), while the artifact may still be compressing.
+A hook may call the Trainer's public methods (evaluate, snapshot, rewind, train_step, counted_as_eval, log) from
+report(), to score a report its own way.
 """
 from __future__ import annotations
 

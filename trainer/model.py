@@ -222,7 +222,8 @@ class GPT(nn.Module):
         # the residual stream is float32 unless residual_dtype asks for bf16 (faster, rounds every sum).
         self.cfg, self.compute_dtype, self.residual_dtype = cfg, compute_dtype, residual_dtype
         gpu = torch.device("cuda") if torch.cuda.is_available() else None  # flash-attn is tried once there
-        self.attention_kernel, attend = pick_attention(attention, (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), gpu)
+        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.attention_kernel, attend = pick_attention(attention, heads, gpu)
         self.schedule = build_schedule(cfg)
         depth = len(self.schedule)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-
 from trainer import artifact
 from trainer.device_lease import is_out_of_memory
 from trainer.evaluate import EvalResult
