@@ -2,8 +2,9 @@
 # Ablation: what each technique of the record's recipe buys. The base config, then one run per technique with that
 # technique removed (the --set overrides below), each for the same wall-clock budget on one GPU, one seed; a table of
 # val_bpb (raw weights, after averaging, after the round trip), artifact bytes and ms/step, each beside the base's.
-# An ablation of export settings only (gptq, brotli) re-exports the base's trained weights (`trainer export`):
-# training never reads them, so it is the same as training again, without the seed noise or the GPU time.
+# An ablation of export settings only (gptq, brotli) re-exports the base's trained weights (`trainer export`) once the
+# base has finished: training never reads them, so it is the same as training again, without the seed noise or the
+# GPU time.
 #
 # Usage: DATA=<shard folder> TOKENIZER=<SentencePiece .model> OUT=<results folder> bash benchmarks/ablation.sh
 #
@@ -15,7 +16,8 @@
 #   SETS       more --set overrides for every run, space-separated (e.g. "train.eval_stride=0": no sliding score)
 #   PARALLEL   runs at once on the GPU (default 1). With 2, each run starts up and compiles while another trains,
 #              then trains and evaluates alone (`trainer train --share-device`) and hands the GPU on while its
-#              artifact compresses: about twice the runs per GPU-hour, each still training its budget alone
+#              artifact compresses: about twice the runs per GPU-hour, each still training its budget alone; a
+#              re-export takes its turn the same way (`trainer export --share-device`)
 #   SMOKE=1    every run on the CPU with `trainer train --smoke` (checks the overrides, not the figures)
 #
 # Ablations (name: what is removed, as --set overrides):
@@ -98,46 +100,51 @@ export_only() {  # true when every override of $1 is an export setting
   for item in $1; do [[ $item == export.* ]] || return 1; done
 }
 
-reexport_one() {  # name, then its overrides: the base's weights exported with them
-  local name=$1 args=()
+reexport_one() {  # name, then its overrides (after them, more `trainer export` arguments): the base's weights
+  local name=$1 args=()  # exported with them, once the base (trained beside it with PARALLEL > 1) has finished
   if [ -f "$RESULT/$name.json" ]; then progress "$name: re-exported earlier, kept"; return; fi
+  while [ ! -f "$RESULT/base/metrics.json" ] && kill -0 "$base_pid" 2>/dev/null; do sleep 5; done
   if [ ! -f "$RESULT/base/weights.pt" ]; then
-    failed=1; echo "$SCRIPT: $name needs the base's weights.pt; remove $RESULT/base to train it again" >&2; return
+    echo "$SCRIPT: $name needs the base's weights.pt; remove $RESULT/base to train it again" >&2; return
   fi
   set_args "$2" args
   progress "$name: the base's weights exported with $2"
-  if python -m trainer export "$RESULT/base" "${args[@]}" --data "$DATA" --tokenizer "$TOKENIZER" "${device[@]}" \
-      --out "$RESULT/$name.ptz" > "$RESULT/$name.log" 2>&1; then
+  if python -m trainer export "$RESULT/base" "${args[@]}" "${@:3}" --data "$DATA" --tokenizer "$TOKENIZER" \
+      "${device[@]}" --out "$RESULT/$name.ptz" > "$RESULT/$name.log" 2>&1; then
     tail -n 1 "$RESULT/$name.log"
   else
-    failed=1; echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
+    echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
   fi
 }
 
-start_one() {  # run_one, or with PARALLEL > 1 in the background once fewer than PARALLEL runs are going
-  if [ "$PARALLEL" = 1 ]; then run_one "$@"; return; fi
+start_one() {  # run_one or reexport_one and its arguments; with PARALLEL > 1 in the background, taking turns on
+  local what=$1  # the GPU (--share-device), once fewer than PARALLEL are going
+  shift
+  if [ "$PARALLEL" = 1 ]; then "$what" "$@"; return; fi
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
-  run_one "$@" --share-device &
+  "$what" "$@" --share-device &
 }
 
-start_one base "" --save-weights
+base_pid=""  # the base's process while it trains in the background (PARALLEL > 1)
+start_one run_one base "" --save-weights
+[ "$PARALLEL" = 1 ] || base_pid=$!
 rows=(--base "$RESULT/base")
-trained=(base) reexports=()
+results=("$RESULT/base/metrics.json")
 for name in $NAMES; do
   if export_only "${REMOVE[$name]}"; then
-    reexports+=("$name")
+    start_one reexport_one "$name" "${REMOVE[$name]}"
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name.json")
+    results+=("$RESULT/$name.json")
   else
-    start_one "$name" "${REMOVE[$name]}"
-    trained+=("$name")
+    start_one run_one "$name" "${REMOVE[$name]}"
     rows+=(--run "$name" "${REMOVE[$name]}" "$RESULT/$name")
+    results+=("$RESULT/$name/metrics.json")
   fi
 done
 wait
-for name in "${trained[@]}"; do  # a background run's failure is known by its missing metrics.json
-  [ -f "$RESULT/$name/metrics.json" ] || failed=1
+for result in "${results[@]}"; do  # a background run's failure is known by its missing result
+  [ -f "$result" ] || failed=1
 done
-for name in "${reexports[@]}"; do reexport_one "$name" "${REMOVE[$name]}"; done
 
 python benchmarks/tables.py ablation "${rows[@]}" > "$RESULT/ablation.md"
 [ "$PARALLEL" = 1 ] || printf '\n%s\n' "Runs took turns on the GPU ($PARALLEL at once, \`trainer train --share-device\`):\

@@ -159,7 +159,7 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     config["train"] = {"average": "ema", "muon_weight_decay": 0.04, "adam_weight_decay": 0.04}
     tiny_config.write_text(yaml.safe_dump(config))
     (tmp_path / "tmp").mkdir()
-    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "ema weight_decay brotli",
+    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "CONFIG": str(tiny_config), "ONLY": "brotli ema weight_decay",
            "SETS": "train.eval_stride=0", "PARALLEL": "2", "TMPDIR": str(tmp_path / "tmp")}
     result = run_script(BENCH / "ablation.sh", env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -173,19 +173,22 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     assert ema["config"]["train"]["average"] == "none" and base["config"]["train"]["average"] == "ema"
     assert decay["config"]["train"]["muon_weight_decay"] == 0 == decay["config"]["train"]["adam_weight_decay"]
     assert base["config"]["train"]["eval_stride"] == 0 == ema["config"]["train"]["eval_stride"]
-    # An export-only ablation re-exports the base's weights instead of training again.
+    # An export-only ablation re-exports the base's weights instead of training again, once the base has finished
+    # (listed first, it waited beside the base for its weights), taking its turn on the device too.
     assert (folder / "base" / "weights.pt").is_file() and not (folder / "brotli").exists()
     brotli = json.loads((folder / "brotli.json").read_text())
+    assert (folder / "brotli.json").stat().st_mtime > (folder / "base" / "metrics.json").stat().st_mtime
+    assert brotli["device_wait_s"] >= 0
     assert brotli["export"]["compressor"] == "zstd" and brotli["export"]["byte_shuffle"] is False
     assert brotli["val_bpb_prequant"] == pytest.approx(base["val_bpb_prequant"], abs=1e-9)
     text = (folder / "ablation.md").read_text()
     rows = [[c.strip() for c in r.strip("|").split("|")] for r in text.splitlines()[2:] if r.startswith("|")]
-    assert [r[0] for r in rows] == ["nothing (base)", "ema", "weight_decay", "brotli (base's weights re-exported)"]
+    assert [r[0] for r in rows] == ["nothing (base)", "brotli (base's weights re-exported)", "ema", "weight_decay"]
     assert "Runs took turns on the GPU (2 at once" in text
-    assert rows[1][6] == f"{ema['val_bpb']:.4f}" and rows[1][7] == f"{ema['val_bpb'] - base['val_bpb']:+.4f}"
-    assert rows[2][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
-    assert rows[3][2:4] == rows[0][2:4] and rows[3][6] == f"{brotli['val_bpb']:.4f}"
-    assert rows[3][9] == f"{brotli['artifact_bytes'] - base['artifact_bytes']:+,}"
+    assert rows[2][6] == f"{ema['val_bpb']:.4f}" and rows[2][7] == f"{ema['val_bpb'] - base['val_bpb']:+.4f}"
+    assert rows[3][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
+    assert rows[1][2:4] == rows[0][2:4] and rows[1][6] == f"{brotli['val_bpb']:.4f}"
+    assert rows[1][9] == f"{brotli['artifact_bytes'] - base['artifact_bytes']:+,}"
     again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli", "PARALLEL": "1"}, timeout=600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
     assert "brotli: re-exported earlier, kept" in again.stdout

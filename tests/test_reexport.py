@@ -3,11 +3,14 @@ import json
 
 import pytest
 
+from tests.test_search_lease import holder
 from trainer import artifact
 from trainer import run_config as config
 from trainer.cli import main
 from trainer.reexport import export_name, reexport
 from trainer.components import WEIGHTS_FILE
+from trainer.data.shards import ShardError
+from trainer.device_lease import DeviceLease
 from trainer.train import train
 
 
@@ -79,3 +82,23 @@ def test_a_run_without_saved_weights_names_the_fix(tiny_corpus, tiny_config_dict
 def test_export_names_say_which_settings_changed():
     assert export_name([]) == "as_trained"
     assert export_name(["export.quant_bits=8", "export.embedding_bits=16"]) == "quant_bits_8__embedding_bits_16"
+
+
+def test_a_shared_device_export_waits_for_the_holder_then_gives_the_same_result(tiny_corpus, trained_run, tmp_path):
+    run_dir, metrics = trained_run
+    other = holder(tmp_path / "locks", "host/cpu", 1.5, tmp_path / "held")  # another run holds the device for 1.5 s
+    lease = DeviceLease("host/cpu", folder=tmp_path / "locks")
+    result = reexport(run_dir, [], tiny_corpus["data"], tiny_corpus["tokenizer"], device="cpu", lease=lease)
+    other.wait(timeout=30)
+    assert result["device_wait_s"] > 0.5
+    assert result["val_bpb"] == pytest.approx(metrics["val_bpb"], abs=1e-9)
+    assert (run_dir / "exports" / "as_trained.ptz").read_bytes() == (run_dir / "model.ptz").read_bytes()
+    assert not lease.held and DeviceLease("host/cpu", folder=tmp_path / "locks").acquire() < 0.5
+
+
+def test_a_shared_device_export_hands_the_device_on_even_when_it_fails(tiny_corpus, trained_run, tmp_path):
+    run_dir, _ = trained_run
+    lease = DeviceLease("host/cpu", folder=tmp_path / "locks")
+    with pytest.raises(ShardError, match="no files match"):
+        reexport(run_dir, [], tmp_path / "no_shards", tiny_corpus["tokenizer"], device="cpu", lease=lease)
+    assert not lease.held and DeviceLease("host/cpu", folder=tmp_path / "locks").acquire() < 0.5

@@ -59,6 +59,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
                    help="change one export setting, e.g. --set export.embedding_bits=8 (repeatable)")
     add_data_arguments(p, "folder with the run's fineweb_val_*.bin (and fineweb_train_*.bin for export.gptq)")
     p.add_argument("--out", type=Path, help="artifact path (default: RUN_DIR/exports/<settings>.ptz)")
+    p.add_argument("--share-device", action="store_true",
+                   help="take turns on this machine's device with `trainer train --share-device` runs and search "
+                   "trials: wait for the device, export and evaluate alone, hand it on while the artifact compresses")
 
 
 def add_influence_command(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +92,8 @@ def run_influence(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from trainer.reexport import describe, reexport
 
-    print(describe(reexport(args.run_dir, args.overrides, args.data, args.tokenizer, args.out, args.device)))
+    with _lease(args.share_device, args.device) as lease:
+        print(describe(reexport(args.run_dir, args.overrides, args.data, args.tokenizer, args.out, args.device, lease)))
     return 0
 
 
@@ -141,25 +145,35 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _turns(share_device: bool, device: str | None, inner):
-    """The run's hooks: inner (or none), taking turns on the device with --share-device; the lease goes back
-    however the run ends."""
+def _lease(share_device: bool, device: str | None):
+    """This machine's lease on the device (None without --share-device); released however the command ends."""
     if not share_device:
-        yield inner
+        yield None
         return
     import torch
 
-    from trainer.device_lease import DeviceLease, TakingTurns, local_device_key
-    from trainer.hooks import NoHooks
+    from trainer.device_lease import DeviceLease, local_device_key
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise config_mod.ConfigError("--share-device takes turns on one device: leave it out of torchrun runs")
-    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    lease = DeviceLease(local_device_key(resolved))
+    lease = DeviceLease(local_device_key(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))))
     try:
-        yield TakingTurns(inner or NoHooks(), lease)
+        yield lease
     finally:
         lease.release()
+
+
+@contextmanager
+def _turns(share_device: bool, device: str | None, inner):
+    """The run's hooks: inner (or none), taking turns on the device with --share-device."""
+    with _lease(share_device, device) as lease:
+        if lease is None:
+            yield inner
+            return
+        from trainer.device_lease import TakingTurns
+        from trainer.hooks import NoHooks
+
+        yield TakingTurns(inner or NoHooks(), lease)
 
 
 def build_parser() -> argparse.ArgumentParser:

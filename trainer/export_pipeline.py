@@ -1,7 +1,7 @@
 """The export at the end of training: calibration batches and GPTQ Hessians when asked for, then pack and write.
 
-The training loop calls export_artifact(model, cfg, stream, path) once; everything the export section asks for
-(GPTQ, mixed widths, the compressor) happens here or in what it calls. With export.upgrade_fit=measured the
+The training loop and `trainer export` call export_payload, then timed_write in a thread while they score the round
+trip; everything the export section asks for (GPTQ, mixed widths, the compressor) happens here or in what it calls. With export.upgrade_fit=measured the
 widths are chosen by compressing (trainer.fill), and the file bytes of the kept payload come along to be written.
 """
 from __future__ import annotations
@@ -101,9 +101,16 @@ def export_artifact(model: GPT, cfg: RunConfig, calibration_stream: TokenStream 
     calibration_stream: training tokens for GPTQ (read on from where it is; unused without export.gptq).
     """
     payload, info = export_payload(model, cfg, calibration_stream)
+    written, write_s = timed_write(payload, cfg, path, info.encoded)
+    return payload, dataclasses.replace(info, artifact=written, write_s=write_s)
+
+
+def timed_write(payload: bytes, cfg: RunConfig, path: Path,
+                blob: bytes | None = None) -> tuple[artifact.ArtifactInfo, float]:
+    """artifact.write (it can run in a thread), and its seconds."""
     start = time.perf_counter()
-    written = artifact.write(payload, cfg, path, info.encoded)
-    return payload, dataclasses.replace(info, artifact=written, write_s=time.perf_counter() - start)
+    info = artifact.write(payload, cfg, path, blob)
+    return info, time.perf_counter() - start
 
 
 def tensor_bits(payload: bytes) -> dict[str, int]:

@@ -6,9 +6,11 @@ val_bpb that training the same run with other export settings would have given.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -18,8 +20,9 @@ from trainer.bpb import byte_table, load_sentencepiece
 from trainer.model_config import ConfigError
 from trainer.components import WEIGHTS_FILE
 from trainer.data.shards import TokenStream, load_val_tokens
+from trainer.device_lease import DeviceLease, hand_on, take_turn
 from trainer.evaluate import evaluate
-from trainer.export_pipeline import export_artifact
+from trainer.export_pipeline import export_payload, timed_write
 from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
 from trainer.trainer import build_model
@@ -59,8 +62,11 @@ def run_config(run_dir: Path, overrides: list[str]) -> tuple[RunConfig, RunMetri
 
 
 def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path: Path,
-             out_path: Path | None = None, device: str | None = None) -> dict:
-    """Export run_dir's weights with the overrides, score the round trip on the whole val split, write JSON."""
+             out_path: Path | None = None, device: str | None = None, lease: DeviceLease | None = None) -> dict:
+    """Export run_dir's weights with the overrides, score the round trip on the whole val split, write JSON.
+
+    lease: a device shared with other runs; held from loading the weights to the end of the evaluation (the
+    artifact goes on compressing after it is handed on)."""
     run_dir = Path(run_dir)
     cfg, trained = run_config(run_dir, overrides)
     weights_path = run_dir / WEIGHTS_FILE
@@ -71,17 +77,29 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
-
-    model = build_model(cfg, dev)
-    model.load_state_dict(torch.load(weights_path, map_location=dev, weights_only=True))
-    train_tokens = cfg.export.gptq and cfg.export.gptq_calibration == "train"  # what GPTQ measures H on
-    calibration = TokenStream(data_dir, cfg.model.vocab_size) if train_tokens else None
-    payload, exported = export_artifact(model, cfg, calibration, out_path)
-    info = exported.artifact
-    model.load_state_dict(artifact.unpack(payload)[1])
-    table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
-    val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)
-    post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
+    wait_s = take_turn(lease) if lease is not None else 0.0
+    try:
+        model = build_model(cfg, dev)
+        model.load_state_dict(torch.load(weights_path, map_location=dev, weights_only=True))
+        train_tokens = cfg.export.gptq and cfg.export.gptq_calibration == "train"  # what GPTQ measures H on
+        calibration = TokenStream(data_dir, cfg.model.vocab_size) if train_tokens else None
+        payload, exported = export_payload(model, cfg, calibration)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # compress while the round trip is scored
+            written = pool.submit(timed_write, payload, cfg, out_path, exported.encoded)
+            model.load_state_dict(artifact.unpack(payload)[1])
+            table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
+            val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)
+            post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
+            del model  # so that handing the lease on also hands on the model's memory
+            if lease is not None:
+                hand_on(lease)
+            info, write_s = written.result()
+    finally:
+        if lease is not None:
+            lease.release()
+    if not artifact.holds(out_path, payload):
+        raise artifact.ArtifactError(f"{out_path} does not decompress to the payload that was evaluated")
+    exported = dataclasses.replace(exported, artifact=info, write_s=write_s)
 
     result = {
         "run_dir": str(run_dir),
@@ -101,6 +119,7 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
         "export_detail": exported.describe(),  # widths of the quantized tensors, the measured fill's tries, seconds
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "wall_s": time.perf_counter() - start,
+        "device_wait_s": wait_s,
     }
     out_path.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True))
     return result

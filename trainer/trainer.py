@@ -28,7 +28,7 @@ from trainer.components import build_components
 from trainer.data.sampler import ShuffledWindows
 from trainer.data.shards import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import EvalResult, evaluate
-from trainer.export_pipeline import check_export, export_payload
+from trainer.export_pipeline import check_export, export_payload, timed_write
 from trainer.flops import H100_BF16_DENSE_FLOPS, flops_per_token
 from trainer.hooks import Hooks, NoHooks, StepLog, StopRequested
 from trainer.metrics import METRICS_FILE, RunMetrics
@@ -391,7 +391,7 @@ class Trainer:
         calibration = TokenStream(self.data_dir, self.cfg.model.vocab_size) if from_train else None
         payload, exported = export_payload(self.model, self.cfg, calibration)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            written = (pool.submit(_timed_write, payload, self.cfg, artifact_path, exported.encoded)
+            written = (pool.submit(timed_write, payload, self.cfg, artifact_path, exported.encoded)
                        if self.rt.is_main else None)
             self.model.load_state_dict(artifact.unpack(payload)[1])
             export_s = time.perf_counter() - export_start
@@ -446,14 +446,6 @@ class Trainer:
         """out_dir/metrics.json (main rank)."""
         if self.rt.is_main:
             metrics.write(self.out_dir / METRICS_FILE)
-
-
-def _timed_write(payload: bytes, cfg: RunConfig, path: Path,
-                 blob: bytes | None = None) -> tuple[artifact.ArtifactInfo, float]:
-    """artifact.write, and its seconds."""
-    start = time.perf_counter()
-    info = artifact.write(payload, cfg, path, blob)
-    return info, time.perf_counter() - start
 
 
 def _configure_inductor() -> None:
