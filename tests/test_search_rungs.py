@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from search.settings import SearchSettings, SettingsError
-from search.tune.rungs import RungPlan, TrialHooks, is_out_of_memory
+from search.tune.rungs import RungPlan, TrialHooks
+from trainer.device_lease import is_out_of_memory
 from trainer import artifact
 from trainer import run_config as config
 from trainer.bpb import byte_table

@@ -86,6 +86,15 @@ class DeviceLease:
             os.close(fd)
 
 
+def warm_up_again(error: BaseException, log: Callable[[str], None], beside: str) -> bool:
+    """Whether a warm-up that raised error beside the `beside` holding the device ran out of its memory (then it
+    warms up again in its own turn); logged when so."""
+    if not is_out_of_memory(error):
+        return False
+    log(f"warm-up ran out of GPU memory beside another {beside}; warming up again once it holds the device")
+    return True
+
+
 def take_turn(lease: DeviceLease, should_stop: Callable[[], bool] | None = None) -> float:
     """Wait for the lease, the warm-up's cached GPU memory left to the holder meanwhile; once held, the run may use
     all of the GPU's memory. Returns the seconds waited (StopRequested as DeviceLease.acquire)."""
@@ -128,12 +137,7 @@ class TakingTurns(Hooks):
 
     def warm_up_failed(self, error: BaseException) -> bool:
         """A warm-up beside the run that holds the device may not fit: warm up again once this run holds it."""
-        if self.inner.warm_up_failed(error):
-            return True
-        if not is_out_of_memory(error):
-            return False
-        self.trainer.log("warm-up ran out of GPU memory beside another run; warming up again once it holds the device")
-        return True
+        return self.inner.warm_up_failed(error) or warm_up_again(error, self.trainer.log, "run")
 
     def ready(self) -> None:
         self.inner.ready()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from trainer import artifact
-from trainer.device_lease import is_out_of_memory
+from trainer.device_lease import warm_up_again
 from trainer.evaluate import EvalResult
 from trainer.hooks import NoHooks, SaveCheckpoint, StepLog
 from trainer.optim import cooldown_scales, lr_scale
@@ -84,11 +84,7 @@ class TrialHooks(NoHooks):
 
     def warm_up_failed(self, error: BaseException) -> bool:
         """Beside the trial that holds a shared GPU, a warm-up may not fit: take the turn, then warm up again."""
-        if self.take_turn is None or not is_out_of_memory(error):
-            return False
-        self.trainer.log("warm-up ran out of GPU memory beside another trial; warming up again once it holds the "
-                         "device")
-        return True
+        return self.take_turn is not None and warm_up_again(error, self.trainer.log, "trial")
 
     def ready(self) -> None:
         if self.take_turn is None:
