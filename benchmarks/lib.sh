@@ -2,7 +2,8 @@
 # Settings are environment variables. `bench_init QUESTION "$@"` handles --help, checks DATA, TOKENIZER and OUT,
 # makes them absolute and moves to the repository root (the scripts run `python -m trainer|search|spaces`); the
 # script then checks its own settings and calls `bench_start`, which creates RESULT=$OUT/QUESTION_<gpu>_<date>/,
-# gpu being the first GPU's model from nvidia-smi (h100, a100, ...) or cpu. Bad settings leave nothing behind.
+# gpu being the first GPU's model from nvidia-smi (h100, a100, ...) or cpu, date today's or RESULT_DATE (a folder of
+# an earlier day on the same GPU model, to go on with it). Bad settings leave nothing behind.
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
@@ -11,6 +12,9 @@ SCRIPT=$(basename "$0")
 # The calling script's header: its comment lines after the shebang, without the leading '# '.
 bench_usage() {
   awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+  echo
+  echo "Every benchmark script also takes RESULT_DATE=YYYY-MM-DD: go on with the results folder of that day (same"
+  echo "GPU model), keeping what it finished, instead of starting today's."
 }
 
 # One line naming the problem and the fix, then exit 2.
@@ -60,6 +64,11 @@ bench_init() {
 # After the script's own checks: the result folder, and the clock for progress lines.
 bench_start() {
   RESULT=$OUT/${BENCH_QUESTION}_$(gpu_name)_$(date +%F)
+  if [ -n "${RESULT_DATE:-}" ]; then
+    [[ $RESULT_DATE =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}$ ]] || bench_fail "RESULT_DATE=$RESULT_DATE is not a date: use the YYYY-MM-DD of the results folder to go on with"
+    RESULT=$OUT/${BENCH_QUESTION}_$(gpu_name)_$RESULT_DATE
+    [ -d "$RESULT" ] || bench_fail "RESULT_DATE=$RESULT_DATE: $RESULT is not a folder: name the date of a ${BENCH_QUESTION}_$(gpu_name)_<date> folder in OUT (same GPU model), or leave RESULT_DATE out"
+  fi
   mkdir -p "$RESULT" || bench_fail "cannot create $RESULT: set OUT to a folder you can write"
   BENCH_START=$SECONDS
   export PYTHONUNBUFFERED=1

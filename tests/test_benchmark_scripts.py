@@ -59,7 +59,7 @@ def test_every_shell_file_parses(path):
 def test_help_prints_the_header_and_exits_0(script):
     result = run_script(script, {}, "--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == header(script).strip()
+    assert result.stdout.startswith(header(script).strip() + "\n\nEvery benchmark script also takes RESULT_DATE=")
     for name in ("DATA=", "TOKENIZER=", "OUT=", "SMOKE=1"):
         assert name in result.stdout
 
@@ -189,10 +189,28 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     assert rows[3][9] == f"{decay['artifact_bytes'] - base['artifact_bytes']:+,}"
     assert rows[1][2:4] == rows[0][2:4] and rows[1][6] == f"{brotli['val_bpb']:.4f}"
     assert rows[1][9] == f"{brotli['artifact_bytes'] - base['artifact_bytes']:+,}"
-    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli", "PARALLEL": "1"}, timeout=600)
+    # Another day, RESULT_DATE goes on with the folder: the finished runs and re-exports are kept.
+    earlier = folder.with_name("ablation_cpu_2026-01-02")
+    folder.rename(earlier)
+    again = run_script(BENCH / "ablation.sh", {**env, "ONLY": "ema brotli", "PARALLEL": "1",
+                                               "RESULT_DATE": "2026-01-02"}, timeout=600)
     assert again.returncode == 0 and again.stdout.count("finished earlier, kept") == 2
-    assert "brotli: re-exported earlier, kept" in again.stdout
-    assert json.loads((folder / "ema" / "metrics.json").read_text()) == ema
+    assert "brotli: re-exported earlier, kept" in again.stdout and f"results in {earlier}" in again.stdout
+    assert json.loads((earlier / "ema" / "metrics.json").read_text()) == ema
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [earlier.name]
+
+
+@pytest.mark.parametrize("date, problem", [
+    ("2026-01-03", "RESULT_DATE=2026-01-03: {out}/ablation_cpu_2026-01-03 is not a folder: name the date of a "
+                   "ablation_cpu_<date> folder in OUT (same GPU model), or leave RESULT_DATE out"),
+    ("yesterday", "RESULT_DATE=yesterday is not a date: use the YYYY-MM-DD of the results folder to go on with"),
+])
+def test_a_result_date_names_an_existing_folder(tmp_path, tiny_corpus, date, problem):
+    out = tmp_path / "out"
+    result = run_script(BENCH / "ablation.sh", {**corpus_env(tiny_corpus, out), "RESULT_DATE": date})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"ablation.sh: {problem.format(out=out)}"
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_ablation_refuses_an_unknown_name(tmp_path, tiny_corpus):
