@@ -35,7 +35,7 @@
 #
 # Writes to $OUT/searched_vs_baseline_<gpu>_<date>/: searches/NAME/ (the search: trials, study.db, report/),
 # report.md, summary.json, frontier.csv/png (copied from its report), rerun/ (rerun.md, rerun.json, every run).
-# Run again, the same day, it resumes the search and keeps the rerun's finished runs.
+# Run again, the same day (another day: with RESULT_DATE), it resumes the search and keeps the rerun's finished runs.
 # Exit 1 if the search or the rerun failed (their logs are named), 2 on bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
