@@ -34,7 +34,8 @@
 #   gptq: export.gptq=false                    brotli: export.compressor=zstd export.byte_shuffle=false
 # Writes to $OUT/ablation_<gpu>_<date>/: one run folder per name (metrics.json, train.log; the base's also holds its
 # float weights, weights.pt), NAME.ptz/NAME.json per re-export, and ablation.md. Run again the same day (another day:
-# with RESULT_DATE), it keeps the runs and re-exports that finished and does the rest. Exit 1 if a run failed, 2 on bad settings.
+# with RESULT_DATE), it keeps the runs and re-exports that finished and does the rest. Exit 1 if a run failed, 2 on
+# bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 bench_init ablation "$@"

@@ -25,7 +25,8 @@
 #
 # Writes to $OUT/rung_fidelity_<gpu>_<date>/: searches/NAME/, report.md and summary.json (the fidelity table per
 # rung: Spearman, p, the winner's rank there, regret of a cut), frontier.csv/png, fidelity_pooled.md/.csv.
-# Run again, the same day (another day: with RESULT_DATE), it resumes the search. Exit 1 if the search failed (its log is named), 2 on bad settings.
+# Run again, the same day (another day: with RESULT_DATE), it resumes the search. Exit 1 if the search failed (its log
+# is named), 2 on bad settings.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 bench_init rung_fidelity "$@"
