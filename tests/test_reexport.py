@@ -14,6 +14,14 @@ from trainer.device_lease import DeviceLease
 from trainer.train import train
 
 
+def free(folder) -> bool:
+    """Whether the CPU's lease in folder is free: taken at once (and given back)."""
+    probe = DeviceLease("host/cpu", folder=folder)
+    waited_s = probe.acquire()
+    probe.release()
+    return waited_s < 0.5
+
+
 @pytest.fixture
 def trained_run(tiny_corpus, tiny_config_dict, tmp_path):
     """A tiny run trained with --save-weights, every matrix and the embedding quantized at int5."""
@@ -93,12 +101,28 @@ def test_a_shared_device_export_waits_for_the_holder_then_gives_the_same_result(
     assert result["device_wait_s"] > 0.5
     assert result["val_bpb"] == pytest.approx(metrics["val_bpb"], abs=1e-9)
     assert (run_dir / "exports" / "as_trained.ptz").read_bytes() == (run_dir / "model.ptz").read_bytes()
-    assert not lease.held and DeviceLease("host/cpu", folder=tmp_path / "locks").acquire() < 0.5
+    assert not lease.held and free(tmp_path / "locks")
 
 
 def test_a_shared_device_export_hands_the_device_on_even_when_it_fails(tiny_corpus, trained_run, tmp_path):
     run_dir, _ = trained_run
     lease = DeviceLease("host/cpu", folder=tmp_path / "locks")
-    with pytest.raises(ShardError, match="no files match"):
+    with pytest.raises(ShardError, match="no files match"):  # before its turn: no val shards
         reexport(run_dir, [], tmp_path / "no_shards", tiny_corpus["tokenizer"], device="cpu", lease=lease)
-    assert not lease.held and DeviceLease("host/cpu", folder=tmp_path / "locks").acquire() < 0.5
+    assert not lease.held and free(tmp_path / "locks")
+    (run_dir / WEIGHTS_FILE).write_bytes(b"not a state_dict")  # in its turn: weights that do not load
+    with pytest.raises(ValueError, match="damaged, not float weights torch can read"):
+        reexport(run_dir, [], tiny_corpus["data"], tiny_corpus["tokenizer"], device="cpu", lease=lease)
+    assert not lease.held and free(tmp_path / "locks")
+
+
+def test_damaged_weights_are_named_with_the_fix(tiny_corpus, trained_run, capsys):
+    run_dir, _ = trained_run
+    for damaged in (b"not a state_dict", (run_dir / WEIGHTS_FILE).read_bytes()[:1000], b""):
+        (run_dir / WEIGHTS_FILE).write_bytes(damaged)
+        assert main(["export", str(run_dir), "--data", str(tiny_corpus["data"]), "--tokenizer",
+                     str(tiny_corpus["tokenizer"]), "--device", "cpu"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {run_dir / WEIGHTS_FILE}: damaged, not float weights torch can read "
+            f"({'UnpicklingError' if damaged.startswith(b'not') else 'RuntimeError' if damaged else 'EOFError'}); "
+            "train the run again with --save-weights"]

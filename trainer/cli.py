@@ -150,13 +150,12 @@ def _lease(share_device: bool, device: str | None):
     if not share_device:
         yield None
         return
-    import torch
-
     from trainer.device_lease import DeviceLease, local_device_key
+    from trainer.runtime import default_device
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise config_mod.ConfigError("--share-device takes turns on one device: leave it out of torchrun runs")
-    lease = DeviceLease(local_device_key(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))))
+    lease = DeviceLease(local_device_key(default_device(device)))
     try:
         yield lease
     finally:

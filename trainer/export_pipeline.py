@@ -1,8 +1,9 @@
 """The export at the end of training: calibration batches and GPTQ Hessians when asked for, then pack and write.
 
 The training loop and `trainer export` call export_payload, then timed_write in a thread while they score the round
-trip; everything the export section asks for (GPTQ, mixed widths, the compressor) happens here or in what it calls. With export.upgrade_fit=measured the
-widths are chosen by compressing (trainer.fill), and the file bytes of the kept payload come along to be written.
+trip; everything the export section asks for (GPTQ, mixed widths, the compressor) happens here or in what it calls.
+With export.upgrade_fit=measured the widths are chosen by compressing (trainer.fill), and the file bytes of the kept
+payload come along to be written.
 """
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.model import GPT
 from trainer.model_config import ConfigError
 from trainer.run_config import RunConfig, TrainConfig, from_dict
-from trainer.trainer import build_model
+from trainer.runtime import default_device
+from trainer.trainer import build_model, load_weights
 
 ARTIFACT_FILE = "model.ptz"
 REPORT_STEM = "influence"
@@ -82,9 +83,7 @@ def load_run_model(run_dir: Path, device: torch.device) -> tuple[GPT, RunConfig,
         if cfg is None:
             raise FileNotFoundError(f"{metrics_path}: weights.pt needs the run's metrics.json for its config; pass "
                                     "the --out folder of a finished `trainer train` run")
-        model = build_model(cfg, device)
-        model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
-        return model, cfg, WEIGHTS_FILE
+        return load_weights(cfg, weights_path, device), cfg, WEIGHTS_FILE
     if not artifact_path.is_file():
         raise FileNotFoundError(f"{run_dir}: neither {WEIGHTS_FILE} nor {ARTIFACT_FILE}; pass the --out folder of a "
                                 "finished `trainer train` run")
@@ -99,7 +98,7 @@ def load_run_model(run_dir: Path, device: torch.device) -> tuple[GPT, RunConfig,
 def influence_report(run_dir: Path, data_dir: Path, tokenizer_path: Path, tokens: int = 65_536,
                      out_dir: Path | None = None, device: str | None = None) -> dict:
     """Compute the run's Block Influence on `tokens` val tokens; write influence.json/.csv/.md; return the JSON."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     model, cfg, source = load_run_model(run_dir, dev)
     vocab = load_sentencepiece(tokenizer_path).get_piece_size()
     if vocab != cfg.model.vocab_size:

@@ -25,7 +25,8 @@ from trainer.evaluate import evaluate
 from trainer.export_pipeline import export_payload, timed_write
 from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
-from trainer.trainer import build_model
+from trainer.runtime import default_device
+from trainer.trainer import load_weights
 
 EXPORTS_DIR = "exports"
 
@@ -75,20 +76,20 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
                                 "`trainer train --save-weights` (every `search rerun` run keeps them)")
     out_path = Path(out_path) if out_path else run_dir / EXPORTS_DIR / f"{export_name(overrides)}.ptz"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     start = time.perf_counter()
+    # What the CPU reads comes before the turn: a shared device waits for no file, and a missing one fails first.
+    table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
+    val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)
+    train_tokens = cfg.export.gptq and cfg.export.gptq_calibration == "train"  # what GPTQ measures H on
+    calibration = TokenStream(data_dir, cfg.model.vocab_size) if train_tokens else None
     wait_s = take_turn(lease) if lease is not None else 0.0
     try:
-        model = build_model(cfg, dev)
-        model.load_state_dict(torch.load(weights_path, map_location=dev, weights_only=True))
-        train_tokens = cfg.export.gptq and cfg.export.gptq_calibration == "train"  # what GPTQ measures H on
-        calibration = TokenStream(data_dir, cfg.model.vocab_size) if train_tokens else None
+        model = load_weights(cfg, weights_path, dev)
         payload, exported = export_payload(model, cfg, calibration)
         with ThreadPoolExecutor(max_workers=1) as pool:  # compress while the round trip is scored
             written = pool.submit(timed_write, payload, cfg, out_path, exported.encoded)
             model.load_state_dict(artifact.unpack(payload)[1])
-            table = byte_table(load_sentencepiece(tokenizer_path), cfg.model.vocab_size)
-            val_tokens = load_val_tokens(data_dir, cfg.model.vocab_size, cfg.train.final_val_tokens or None)
             post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
             del model  # so that handing the lease on also hands on the model's memory
             if lease is not None:

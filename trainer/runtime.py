@@ -30,6 +30,11 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
+def default_device(device: str | None = None) -> torch.device:
+    """The named device, else the GPU where there is one, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def setup_runtime(device: str | None) -> Runtime:
     """Join the process group started by torchrun or Ray Train, or run alone."""
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:

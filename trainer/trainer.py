@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import json
 import math
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -58,6 +59,18 @@ def build_model(cfg: RunConfig, device: torch.device) -> GPT:
     compute_dtype = torch.bfloat16 if on_gpu else torch.float32
     residual_dtype = getattr(torch, cfg.train.residual_dtype) if on_gpu else torch.float32
     return GPT(cfg.model, cfg.train.attention, compute_dtype, residual_dtype).to(device)
+
+
+def load_weights(cfg: RunConfig, path: Path, device: torch.device) -> GPT:
+    """The config's model holding the float weights a run saved (weights.pt); a file torch cannot read is named."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path}: damaged, not float weights torch can read ({type(exc).__name__}); train the run "
+                         "again with --save-weights") from exc
+    model = build_model(cfg, device)
+    model.load_state_dict(state)
+    return model
 
 
 class Trainer:

@@ -28,11 +28,11 @@ from search.analysis import device_use
 
 from search import store
 from search.tune.lease import DeviceLease, device_key
-from trainer.device_lease import hand_on, take_turn
 from search.tune.rungs import RungPlan, TrialHooks
 from search.tune.searcher import import_object
 from search.vocabulary import FAIL_REASON_KEY, FAILED_KEY, FINAL_KEY, NUMBER_KEY, WORKER_TRIAL
 from search.settings import SearchSettings, is_uri
+from trainer.device_lease import hand_on, take_turn
 from trainer.hooks import SaveCheckpoint, StopRequested
 from trainer.tensorboard_log import TrainingCurves
 
