@@ -8,7 +8,7 @@ from tests.weights import trained_like
 from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.data.shards import TokenStream
-from trainer.export_pipeline import export_artifact, export_payload
+from trainer.export_pipeline import BackgroundWrite, export_artifact, export_payload
 from trainer.gptq import calibration_batches, collect_hessians
 from trainer.model_config import ConfigError
 from trainer.sizing import size_model
@@ -83,6 +83,20 @@ def test_export_without_gptq_is_the_plain_pack(tiny_config_dict, tmp_path):
     payload, info = export_payload(model, cfg, None)
     assert payload == artifact.pack(model.state_dict(), cfg) and info.artifact is None and info.calibration_tokens == 0
     assert "payload not written" in info.describe()
+
+
+def test_background_write_gives_the_files_sizes_and_refuses_a_file_that_is_not_the_payload(tiny_config_dict, tmp_path):
+    cfg, model = tiny_run(tiny_config_dict)
+    payload, _ = export_payload(model, cfg, None)
+    info, write_s = BackgroundWrite(payload, cfg, tmp_path / "model.ptz").result()
+    blob = (tmp_path / "model.ptz").read_bytes()
+    assert info.model_bytes == len(blob) and info.payload_bytes == len(payload) and write_s >= 0
+    assert artifact.holds(tmp_path / "model.ptz", payload)
+    # A blob made from other weights (as a stale or mixed-up encoding would be) is caught, not reported as this one.
+    other = artifact.pack({k: v + 0.01 for k, v in model.state_dict().items()}, cfg)
+    stale = BackgroundWrite(payload, cfg, tmp_path / "stale.ptz", artifact.encode(other, cfg.export))
+    with pytest.raises(artifact.ArtifactError, match="stale.ptz does not decompress to the payload"):
+        stale.result()
 
 
 def test_gptq_needs_hessians_and_training_calibration_needs_a_stream(tiny_config_dict, tmp_path):

@@ -142,9 +142,9 @@ def test_done_with_device_comes_after_the_round_trip_evaluation_while_the_artifa
         tiny_corpus, tiny_config_dict, tmp_path, monkeypatch):
     import threading
 
-    from trainer import trainer as trainer_module
+    from trainer import export_pipeline
 
-    handed_on, write = threading.Event(), trainer_module.timed_write
+    handed_on, write = threading.Event(), export_pipeline.timed_write
 
     def write_once_handed_on(*args, **kwargs):  # the write finishes only after the hook: it must not wait for it
         assert handed_on.wait(timeout=60), "done_with_device was not called while the artifact was being written"
@@ -160,7 +160,7 @@ def test_done_with_device_comes_after_the_round_trip_evaluation_while_the_artifa
             self.calls.append(("done_with_device", (tmp_path / "model.ptz").exists()))
             handed_on.set()
 
-    monkeypatch.setattr(trainer_module, "timed_write", write_once_handed_on)
+    monkeypatch.setattr(export_pipeline, "timed_write", write_once_handed_on)
     tiny_config_dict["train"].update(max_steps=4, budget_s=1000.0)
     hooks = DeviceRecorder()
     metrics = run(tiny_corpus, tiny_config_dict, tmp_path, hooks)

@@ -1,7 +1,7 @@
 """The export at the end of training: calibration batches and GPTQ Hessians when asked for, then pack and write.
 
-The training loop and `trainer export` call export_payload, then timed_write in a thread while they score the round
-trip; everything the export section asks for (GPTQ, mixed widths, the compressor) happens here or in what it calls.
+The training loop and `trainer export` call export_payload, then write it with BackgroundWrite while they score the
+round trip; everything the export section asks for (GPTQ, mixed widths, the compressor) happens here or in what it calls.
 With export.upgrade_fit=measured the widths are chosen by compressing (trainer.fill), and the file bytes of the kept
 payload come along to be written.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,25 @@ def timed_write(payload: bytes, cfg: RunConfig, path: Path,
     start = time.perf_counter()
     info = artifact.write(payload, cfg, path, blob)
     return info, time.perf_counter() - start
+
+
+class BackgroundWrite:
+    """Compress a payload to its artifact file in a thread while the caller scores the round trip (the codecs release
+    the GIL); result() waits for it and checks that the file decompresses to exactly that payload, so the score
+    reported is the file's."""
+
+    def __init__(self, payload: bytes, cfg: RunConfig, path: Path, blob: bytes | None = None):
+        self.payload, self.path = payload, Path(path)
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._written = pool.submit(timed_write, payload, cfg, self.path, blob)
+        pool.shutdown(wait=False)  # its one thread ends with the write
+
+    def result(self) -> tuple[artifact.ArtifactInfo, float]:
+        """The written artifact's sizes and the write's seconds; ArtifactError if the file differs from the payload."""
+        info, write_s = self._written.result()
+        if not artifact.holds(self.path, self.payload):
+            raise artifact.ArtifactError(f"{self.path} does not decompress to the payload that was evaluated")
+        return info, write_s
 
 
 def tensor_bits(payload: bytes) -> dict[str, int]:

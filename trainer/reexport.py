@@ -10,7 +10,6 @@ import dataclasses
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from trainer.components import WEIGHTS_FILE
 from trainer.data.shards import TokenStream, load_val_tokens
 from trainer.device_lease import DeviceLease, hand_on, take_turn
 from trainer.evaluate import evaluate
-from trainer.export_pipeline import export_payload, timed_write
+from trainer.export_pipeline import BackgroundWrite, export_payload
 from trainer.metrics import METRICS_FILE, RunMetrics
 from trainer.run_config import RunConfig, apply_overrides, from_dict, parse_override
 from trainer.runtime import default_device
@@ -87,19 +86,16 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
     try:
         model = load_weights(cfg, weights_path, dev)
         payload, exported = export_payload(model, cfg, calibration)
-        with ThreadPoolExecutor(max_workers=1) as pool:  # compress while the round trip is scored
-            written = pool.submit(timed_write, payload, cfg, out_path, exported.encoded)
-            model.load_state_dict(artifact.unpack(payload)[1])
-            post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
-            del model  # so that handing the lease on also hands on the model's memory
-            if lease is not None:
-                hand_on(lease)
-            info, write_s = written.result()
+        writing = BackgroundWrite(payload, cfg, out_path, exported.encoded)
+        model.load_state_dict(artifact.unpack(payload)[1])
+        post = evaluate(model, val_tokens, table, cfg.train.seq_len, cfg.train.val_batch_tokens, dev)
+        del model  # so that handing the lease on also hands on the model's memory
+        if lease is not None:
+            hand_on(lease)
+        info, write_s = writing.result()
     finally:
         if lease is not None:
             lease.release()
-    if not artifact.holds(out_path, payload):
-        raise artifact.ArtifactError(f"{out_path} does not decompress to the payload that was evaluated")
     exported = dataclasses.replace(exported, artifact=info, write_s=write_s)
 
     result = {

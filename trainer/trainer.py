@@ -14,7 +14,6 @@ import json
 import math
 import pickle
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +28,7 @@ from trainer.components import build_components
 from trainer.data.sampler import ShuffledWindows
 from trainer.data.shards import DistributedBatches, TokenStream, load_val_tokens
 from trainer.evaluate import EvalResult, evaluate
-from trainer.export_pipeline import check_export, export_payload, timed_write
+from trainer.export_pipeline import BackgroundWrite, check_export, export_payload
 from trainer.flops import H100_BF16_DENSE_FLOPS, flops_per_token
 from trainer.hooks import Hooks, NoHooks, StepLog, StopRequested
 from trainer.metrics import METRICS_FILE, RunMetrics
@@ -403,20 +402,16 @@ class Trainer:
         from_train = self.cfg.export.gptq and self.cfg.export.gptq_calibration == "train"
         calibration = TokenStream(self.data_dir, self.cfg.model.vocab_size) if from_train else None
         payload, exported = export_payload(self.model, self.cfg, calibration)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            written = (pool.submit(timed_write, payload, self.cfg, artifact_path, exported.encoded)
-                       if self.rt.is_main else None)
-            self.model.load_state_dict(artifact.unpack(payload)[1])
-            export_s = time.perf_counter() - export_start
-            with self.counted_as_eval():
-                post = self.evaluate(full=True)
-                sliding = self.evaluate_sliding() if self.tc.eval_stride else None
-            if self.rt.world_size == 1:
-                self.hooks.done_with_device()  # a brotli write takes minutes of CPU: the GPU need not wait for it
-            wait_start = time.perf_counter()
-            info, write_s = written.result() if written is not None else (None, 0.0)
-        if self.rt.is_main and not artifact.holds(artifact_path, payload):
-            raise artifact.ArtifactError(f"{artifact_path} does not decompress to the payload that was evaluated")
+        writing = BackgroundWrite(payload, self.cfg, artifact_path, exported.encoded) if self.rt.is_main else None
+        self.model.load_state_dict(artifact.unpack(payload)[1])
+        export_s = time.perf_counter() - export_start
+        with self.counted_as_eval():
+            post = self.evaluate(full=True)
+            sliding = self.evaluate_sliding() if self.tc.eval_stride else None
+        if self.rt.world_size == 1:
+            self.hooks.done_with_device()  # a brotli write takes minutes of CPU: the GPU need not wait for it
+        wait_start = time.perf_counter()
+        info, write_s = writing.result() if writing is not None else (None, 0.0)
         if self.rt.world_size > 1:  # other ranks learn the compressed size from rank 0 (no shared filesystem needed)
             model_bytes = torch.tensor([info.model_bytes if info is not None else 0], device=self.rt.device)
             dist.broadcast(model_bytes, src=0)
