@@ -113,9 +113,59 @@ def test_at_the_recurrence_switch_a_repeat_s_average_starts_as_its_block_s(tiny_
         assert torch.allclose(saved[name], average[name], rtol=1e-6, atol=1e-7), name
 
 
+def test_an_ema_restarted_at_the_recurrence_switch_averages_only_looped_steps(tiny_corpus, tiny_config_dict,
+                                                                             tmp_path):
+    tiny_config_dict["model"].update(LOOPED)
+    tiny_config_dict["train"].update(average="ema", ema_decay=0.5, recurrence_start_fraction=0.5, max_steps=8,
+                                     budget_s=1000.0, average_restart_at_recurrence=True)
+    trainer, _, probe = run(tiny_corpus, tiny_config_dict, tmp_path, save_weights=True)
+    assert probe.modes == [False] * 4 + [True] * 4
+    # The average is the weights after step 5 (the first looped step), then the EMA of steps 6..8.
+    average = {k: v.clone() for k, v in probe.weights[5].items()}
+    for k in range(6, 9):
+        ema_update(average, probe.weights[k], 0.5)
+    saved = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    for name in saved:
+        assert torch.allclose(saved[name], average[name], rtol=1e-6, atol=1e-7), name
+    assert "EMA: restarted at step 5, where recurrence switched on" in (tmp_path / "train.log").read_text()
+
+
+def test_a_run_that_ends_before_the_switch_keeps_its_average(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["model"].update(LOOPED)
+    tiny_config_dict["train"].update(average="ema", ema_decay=0.5, recurrence_start_fraction=0.9, max_steps=6,
+                                     budget_s=1000.0, average_restart_at_recurrence=True)
+    trainer, _, probe = run(tiny_corpus, tiny_config_dict, tmp_path, save_weights=True)
+    assert probe.modes == [False] * 6  # no looped step: the switch at the end does not restart the average
+    torch.manual_seed(1337)
+    average = {k: v.float().clone() for k, v in build(tiny_corpus, tiny_config_dict, tmp_path / "fresh")
+               .model.state_dict().items()}
+    for k in range(1, 7):
+        ema_update(average, probe.weights[k], 0.5)
+    for repeat, block in repeat_mlp_sources(trainer.cfg.model).items():
+        average[repeat] = average[block].clone()
+    saved = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    for name in saved:
+        assert torch.allclose(saved[name], average[name], rtol=1e-6, atol=1e-7), name
+    assert "restarted" not in (tmp_path / "train.log").read_text()
+
+
+def test_swa_restarted_at_the_recurrence_switch_drops_the_earlier_snapshots(tiny_corpus, tiny_config_dict, tmp_path):
+    tiny_config_dict["model"].update(LOOPED)
+    tiny_config_dict["train"].update(average="swa", swa_every_steps=2, swa_start_lr_scale=1.0, max_steps=8,
+                                     warmdown_steps=8, recurrence_start_fraction=0.5, budget_s=1000.0,
+                                     average_restart_at_recurrence=True)
+    trainer, _, probe = run(tiny_corpus, tiny_config_dict, tmp_path, save_weights=True)
+    swa = component(trainer, SWA)
+    assert swa.snapshot_steps == [6, 8] and swa.count == 2  # 2 and 4 were taken, then dropped at step 5
+    saved = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    for name, value in saved.items():
+        assert torch.allclose(value, (probe.weights[6][name] + probe.weights[8][name]) / 2), name
+
+
 @pytest.mark.parametrize("key, value, problem", [
     ("average", "mean", "is not one of"), ("ema_decay", 1.0, r"must be in \(0, 1\)"),
     ("swa_every_steps", 0, "at least 1"), ("swa_start_lr_scale", 0.0, r"must be in \(0, 1\]"),
+    ("average_restart_at_recurrence", True, "needs train.average"),
 ])
 def test_bad_averaging_settings_name_the_key(tiny_config_dict, key, value, problem):
     from trainer import run_config as config

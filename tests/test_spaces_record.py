@@ -13,7 +13,8 @@ RECORD = ROOT / "presets" / "record_0331_mini_recurrence.yaml"
 RECORD_POINT = {"pattern": "loop_middle", "unique_blocks": 11, "loop_middle.start": 4, "loop_middle.end": 5,
                 "loop_middle.repeats": 2, "untie_mlp": "repeats", "width": "d512_h8_kv4", "mlp_mult": 3,
                 "quant_bits": 5, "embedding_bits": 8, "model.parallel_from_block": 7, "model.xsa_last": 11,
-                "train.recurrence_start_fraction": 0.48, "export.upgrade": 32}
+                "train.recurrence_start_fraction": 0.48, "train.average": "ema",
+                "train.average_restart_at_recurrence": False, "export.upgrade": 32}
 # record_0331_fit.yaml: the same run with int6 embeddings and as many int6 upgrades as are predicted to fit.
 FIT = ROOT / "presets" / "record_0331_fit.yaml"
 FIT_POINT = {**RECORD_POINT, "embedding_bits": 6, "export.upgrade": "fill"}
@@ -77,3 +78,15 @@ def test_every_point_is_an_eleven_block_loop_below_the_lanes():
         widths.add((m.model_dim, m.head_dim))
         fits += space.predict(cfg).fits
     assert widths == {(512, 64), (576, 72)} and fits > 0
+
+
+def test_the_average_is_searched_and_restarted_only_where_it_can_be():
+    points = random_points(record_space())
+    assert {cfg.train.average for _, cfg in points} == {"ema", "none"}
+    restarted = [(params, cfg) for params, cfg in points if cfg.train.average_restart_at_recurrence]
+    assert restarted and all(cfg.train.average == "ema" and cfg.train.recurrence_start_fraction > 0
+                             for _, cfg in restarted)
+    # The knob is asked only where it means something: never with no average or a loop from step 0.
+    for params, cfg in points:
+        asked = "train.average_restart_at_recurrence" in params
+        assert asked == (cfg.train.average == "ema" and cfg.train.recurrence_start_fraction > 0)

@@ -72,6 +72,8 @@ class TrainConfig:
     ema_decay: float = 0.997
     swa_every_steps: int = 50
     swa_start_lr_scale: float = 0.2
+    # Start the average over at the step delayed recurrence switches on (train.recurrence_start_fraction).
+    average_restart_at_recurrence: bool = False
     # Decoupled weight decay, p <- p * (1 - lr * wd) before each update; Adam becomes AdamW when set.
     muon_weight_decay: float = 0.0
     adam_weight_decay: float = 0.0
@@ -133,6 +135,10 @@ class TrainConfig:
                  f"{QUANT_BITS} (the export's integer grids)")
         _require(0 <= self.recurrence_start_fraction < 1, "train.recurrence_start_fraction",
                  f"{self.recurrence_start_fraction} must be in [0, 1) (0: repeats from the start; the record: 0.48)")
+        if self.average_restart_at_recurrence:
+            _require(self.average != "none" and self.recurrence_start_fraction > 0,
+                     "train.average_restart_at_recurrence",
+                     "needs train.average (ema or swa) and train.recurrence_start_fraction > 0: set them, or drop it")
         _require(0 <= self.eval_stride <= self.seq_len, "train.eval_stride",
                  f"{self.eval_stride} must be 0 (off) or a stride in 1..seq_len={self.seq_len}")
 
