@@ -130,7 +130,9 @@ class BackgroundWrite:
         """The written artifact's sizes and the write's seconds; ArtifactError if the file differs from the payload."""
         info, write_s = self._written.result()
         if not artifact.holds(self.path, self.payload):
-            raise artifact.ArtifactError(f"{self.path} does not decompress to the payload that was evaluated")
+            raise artifact.ArtifactError(
+                f"{self.path} does not decompress to the payload that was evaluated (damaged on write): do not "
+                "submit it; delete it and export again (python -m trainer export RUN_DIR, from the run's weights.pt)")
         return info, write_s
 
 
