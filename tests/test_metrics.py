@@ -24,7 +24,8 @@ def sample() -> RunMetrics:
         virtual_layers=13, steps=1500, train_tokens=196_608_000, train_s=179.9, step_ms=119.9,
         tokens_per_s=1_092_874.0, peak_mem_bytes=40 * 2**30, compile_s=14.5, eval_s=6.25, export_s=9.75,
         wall_s=215.0, world_size=1, device="NVIDIA H100 80GB HBM3", config=RunConfig().to_dict(), startup_s=3.5,
-        wait_s=0.0, attention="fa3", flops_per_token=123_456_789, mfu=0.41)
+        wait_s=0.0, attention="fa3", flops_per_token=123_456_789, mfu=0.41,
+        upgraded_bits={"blocks.4.mlp.fc.weight": 6, "blocks.5.mlp.proj.weight": 6})
 
 
 def test_metrics_round_trip_through_the_file(tmp_path):
@@ -34,7 +35,7 @@ def test_metrics_round_trip_through_the_file(tmp_path):
     assert RunMetrics.read(path) == metrics
     data = json.loads(path.read_text())
     assert set(data) == {f.name for f in dataclasses.fields(RunMetrics)}  # every key, nothing else
-    assert data["metrics_version"] == METRICS_VERSION == 3 and data["val_bpb"] == 1.25
+    assert data["metrics_version"] == METRICS_VERSION == 4 and data["val_bpb"] == 1.25
     assert RunMetrics.read(path).seed == 1337
     assert not list(tmp_path.glob("*.partial"))  # written whole, then renamed
 
@@ -54,7 +55,7 @@ def test_every_metrics_file_in_the_repository_reads():
     assert OLDEST in paths and len(paths) >= 40  # the stored results of several question folders
     versions = {RunMetrics.read(p).metrics_version for p in paths}
     # The oldest results are version 1, the recipe-parity runs version 3: every version stored still reads.
-    assert versions == {1, METRICS_VERSION}
+    assert {1, 3} <= versions <= set(range(1, METRICS_VERSION + 1))
 
 
 def _written(tmp_path, change) -> Path:
@@ -71,7 +72,9 @@ def _written(tmp_path, change) -> Path:
     (lambda d: d.update(val_bpb="1.25"), r"val_bpb is '1.25', not float"),
     (lambda d: d.update(steps=1500.5), r"steps is 1500.5, not int"),
     (lambda d: d.update(over_limit=1), r"over_limit is 1, not bool"),
-    (lambda d: d.update(metrics_version=4), r"metrics_version 4 is not one this trainer reads \(1 to 3\)"),
+    (lambda d: d.update(metrics_version=5), r"metrics_version 5 is not one this trainer reads \(1 to 4\)"),
+    (lambda d: d.pop("upgraded_bits"), r"lacks \['upgraded_bits'\]"),  # version 4 always records it
+    (lambda d: d.update(upgraded_bits={"blocks.0.mlp.fc.weight": "6"}), r"upgraded_bits is .*not tensor names"),
     (lambda d: d.update(val_bpb_rung=1.0), r"unknown key\(s\) \['val_bpb_rung'\]"),
     (lambda d: d.update(config={"model": {}}), r"config has no train.seed"),
 ])
@@ -90,6 +93,14 @@ def test_a_version_1_file_still_needs_the_keys_version_1_always_had(tmp_path):
     assert RunMetrics.read(_written(tmp_path, as_version_1)).mfu is None
     with pytest.raises(MetricsError, match=r"lacks \['device'\]"):
         RunMetrics.read(_written(tmp_path, lambda d: (as_version_1(d), d.pop("device"))))
+
+
+def test_a_version_3_file_reads_without_the_allocation(tmp_path):
+    def as_version_3(d):
+        d.update(metrics_version=3)
+        d.pop("upgraded_bits")
+
+    assert RunMetrics.read(_written(tmp_path, as_version_3)).upgraded_bits is None
 
 
 def test_truncated_missing_and_non_object_files_are_one_clear_error(tmp_path):

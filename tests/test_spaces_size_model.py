@@ -432,3 +432,35 @@ def test_widest_fitting_bits_picks_the_most_bits_under_the_limit():
     assert size_model.widest_fitting_bits(small) == 8
     tight = load(PRESETS_DIR / "loop45_untied_mlp.yaml", ["export.limit_bytes=1000000"])
     assert size_model.widest_fitting_bits(tight) is None
+
+
+def test_a_mixed_width_run_is_priced_at_the_widths_its_file_holds(tmp_path):
+    from trainer.export_pipeline import off_width_bits, tensor_bits
+
+    cfg = from_dict({**tiny(bits=5).to_dict(), "export": {"quant_bits": 5, "upgrade_bits": 6, "upgrade": 2,
+                                                          "keep_float_max_numel": 1024}})
+    d = tmp_path / "mixed"
+    metrics = write_run(cfg, d, "laplace", seed=3, code_bytes=1000)
+    in_file = off_width_bits(tensor_bits(artifact.payload_of(d / "model.ptz")), cfg)
+    assert len(in_file) == 2 and set(in_file.values()) == {6}
+    run = calibration.read_run(d)
+    assert run.bits == in_file
+    cal = size_model.load_calibration()
+    at_file = size_model.predict_model_bytes(size_model.features(cfg, bits=in_file), cal)
+    at_config = size_model.predict_model_bytes(size_model.features(cfg), cal)
+    assert at_file > at_config  # two int6 matrices cost more than the all-int5 price the table used to show
+    assert f"| {round(at_file):,} | {run.model_bytes:,} |" in calibration.accuracy_table([run], cal)
+    # Without model.ptz nor a recorded allocation the widths are unknown: the table prices the worst case and says
+    # so; a fit refuses the run.
+    (d / "model.ptz").unlink()
+    unknown = calibration.read_run(d)
+    assert unknown.bits is None
+    worst = size_model.worst_case_upgrades(cfg, cal)
+    table = calibration.accuracy_table([unknown], cal)
+    assert "mixed (widths not recorded: priced at the worst case)" in table
+    assert f"| {round(size_model.predict_model_bytes(size_model.features(cfg, bits=worst), cal)):,} |" in table
+    with pytest.raises(Exception, match=r"\['mixed'\] exported mixed widths .* pass their model.ptz or drop them"):
+        calibration.fit([unknown])
+    # metrics.json of version 4 records the allocation: read without the file.
+    (d / "metrics.json").write_text(json.dumps({**metrics, "upgraded_bits": in_file}))
+    assert calibration.read_run(d).bits == in_file

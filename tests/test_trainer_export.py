@@ -11,7 +11,7 @@ from trainer import artifact, compress
 from trainer import run_config as config
 from trainer.components import WEIGHTS_FILE
 from trainer.data.shards import TokenStream
-from trainer.export_pipeline import export_payload
+from trainer.export_pipeline import export_payload, tensor_bits
 from trainer.model_config import ConfigError
 from trainer.trainer import Trainer, build_model
 
@@ -54,6 +54,9 @@ def test_a_measured_fill_writes_the_blob_it_measured(tiny_corpus, tiny_config_di
     # the trainer wrote the fill's own file bytes: the same ones a fresh export of the same weights measures
     assert (tmp_path / "model.ptz").read_bytes() == info.encoded and artifact.holds(tmp_path / "model.ptz", payload)
     assert metrics.model_bytes == len(info.encoded) and not metrics.over_limit
+    # metrics.json records the allocation the file holds: its int6 tensors, the ones off the config's int5
+    in_file = tensor_bits(artifact.payload_of(tmp_path / "model.ptz"))
+    assert metrics.upgraded_bits == {name: 6 for name, b in in_file.items() if b == 6} and len(metrics.upgraded_bits) == 3
     log = (tmp_path / "train.log").read_text()
     assert "upgrades by measured bytes: 3 -> " in log and "kept 3" in log and "3 at int6" in log
 

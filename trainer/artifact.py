@@ -206,10 +206,11 @@ def write(payload: bytes, cfg: ArtifactConfig, path: Path, blob: bytes | None = 
 
 def holds(path: Path, payload: bytes) -> bool:
     """True when the artifact at path decodes to exactly this payload."""
-    return _decompressed(path) == payload
+    return payload_of(path) == payload
 
 
-def _decompressed(path: Path) -> bytes:
+def payload_of(path: Path) -> bytes:
+    """The payload an artifact file decompresses to; ArtifactError naming the file if it is damaged."""
     blob = Path(path).read_bytes()
     if blob.startswith(codec.MAGIC):
         try:
@@ -226,7 +227,7 @@ def _decompressed(path: Path) -> bytes:
 
 
 def _read_payload(path: Path) -> tuple[dict, memoryview]:
-    return _parse_payload(_decompressed(path), str(path))
+    return _parse_payload(payload_of(path), str(path))
 
 
 def header_of(payload: bytes) -> dict:

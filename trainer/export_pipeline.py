@@ -40,6 +40,10 @@ class ExportInfo:
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # the file bytes, when already made
     fill: str = ""  # how export.upgrade_fit=measured chose the widths
 
+    def upgraded_bits(self, cfg: RunConfig) -> dict[str, int]:
+        """The tensors exported off their config width, with their widths (what metrics.json records)."""
+        return off_width_bits(self.bits, cfg)
+
     def describe(self) -> str:
         """One line: bytes, compressor, widths and seconds."""
         widths = sorted(set(self.bits.values()))
@@ -134,6 +138,12 @@ class BackgroundWrite:
                 f"{self.path} does not decompress to the payload that was evaluated (damaged on write): do not "
                 "submit it; delete it and export again (python -m trainer export RUN_DIR, from the run's weights.pt)")
         return info, write_s
+
+
+def off_width_bits(bits: dict[str, int], cfg: RunConfig) -> dict[str, int]:
+    """The tensors of an allocation exported off their config width (a mixed export's upgrades), with their widths."""
+    specs = {spec.name: spec for spec in tensor_layout(cfg.model)}
+    return {name: b for name, b in sorted(bits.items()) if b != bits_for(specs[name], cfg.export)}
 
 
 def tensor_bits(payload: bytes) -> dict[str, int]:

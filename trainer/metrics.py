@@ -3,7 +3,9 @@
 Versions 2 and 3 name themselves (metrics_version). Files without that key are version 1: they read the same, except
 the keys the trainer added while version 1 was current (startup_s, wait_s, attention, flops_per_token, mfu), which
 are None where such a file lacks them. Version 3 added val_bpb_prequant_raw and the sliding-window figures, None in
-older files and in runs without weight averaging or sliding evaluation. A damaged, truncated or foreign file
+older files and in runs without weight averaging or sliding evaluation. Version 4 added upgraded_bits (the tensors
+a mixed-width export wrote off their config width, {} for none; None in older files), which the size model's fit
+needs to price the file that was measured. A damaged, truncated or foreign file
 raises MetricsError naming it.
 """
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.json"
-METRICS_VERSION = 3
+METRICS_VERSION = 4
 # The version each optional key came with: a file of that version or later must hold it.
 ADDED_IN = {"startup_s": 2, "wait_s": 2, "attention": 2, "flops_per_token": 2, "mfu": 2,
-            "val_bpb_prequant_raw": 3, "val_bpb_sliding": 3, "val_loss_sliding": 3}
+            "val_bpb_prequant_raw": 3, "val_bpb_sliding": 3, "val_loss_sliding": 3, "upgraded_bits": 4}
 
 
 class MetricsError(ValueError):
@@ -67,6 +69,7 @@ class RunMetrics:
     val_bpb_prequant_raw: float | None = None  # the trained weights' before averaging (train.average)
     val_bpb_sliding: float | None = None  # the round trip's, by windows every train.eval_stride tokens
     val_loss_sliding: float | None = None
+    upgraded_bits: dict | None = None  # tensor name -> width, for the tensors exported off their config width
     metrics_version: int = METRICS_VERSION
 
     @property
@@ -107,6 +110,10 @@ class RunMetrics:
                                "`trainer train`: train the run again")
         hints = typing.get_type_hints(cls)
         values = {name: _checked(data[name], hints[name], f"{where}: {name}") for name in data}
+        bits = values.get("upgraded_bits")
+        if bits is not None and not all(isinstance(k, str) and _is_int(v) for k, v in bits.items()):
+            raise MetricsError(f"{where}: upgraded_bits is {bits!r}, not tensor names -> widths; the file is "
+                               "damaged: train the run again")
         train = values["config"].get("train")
         if not isinstance(train, dict) or not _is_int(train.get("seed")):
             raise MetricsError(f"{where}: config has no train.seed; the file was not written by `trainer train`")

@@ -113,6 +113,7 @@ def reexport(run_dir: Path, overrides: list[str], data_dir: Path, tokenizer_path
         "code_bytes": info.code_bytes,
         "limit_bytes": cfg.export.limit_bytes,
         "over_limit": not artifact.within_limit(info, cfg.export),
+        "upgraded_bits": exported.upgraded_bits(cfg),
         "export_detail": exported.describe(),  # widths of the quantized tensors, the measured fill's tries, seconds
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "wall_s": time.perf_counter() - start,

@@ -424,10 +424,10 @@ class Trainer:
         if sliding is not None:
             self.log(f"val_bpb_sliding {sliding.val_bpb:.4f} val_loss {sliding.val_loss:.4f} (round trip, windows "
                      f"of {self.tc.seq_len} every {self.tc.eval_stride} tokens, {sliding.tokens:,} tokens scored once)")
-        return self._metrics(pre, post, info, export_s, sliding)
+        return self._metrics(pre, post, info, export_s, sliding, exported.upgraded_bits(self.cfg))
 
-    def _metrics(self, pre: EvalResult, post: EvalResult, info: artifact.ArtifactInfo,
-                 export_s: float, sliding: EvalResult | None = None) -> RunMetrics:
+    def _metrics(self, pre: EvalResult, post: EvalResult, info: artifact.ArtifactInfo, export_s: float,
+                 sliding: EvalResult | None = None, upgraded_bits: dict[str, int] | None = None) -> RunMetrics:
         tokens_per_s, train_mfu = self._throughput()
         extra = {}
         for component in self.components:
@@ -447,7 +447,7 @@ class Trainer:
             wait_s=self.wait_s, eval_s=self.eval_s, export_s=export_s, wall_s=time.perf_counter() - self.wall_start,
             world_size=self.rt.world_size, attention=self.model.attention_kernel,
             device=torch.cuda.get_device_name(self.rt.device) if self.rt.on_gpu else "cpu", config=self.cfg.to_dict(),
-            **extra,
+            upgraded_bits=upgraded_bits, **extra,
         )
 
     def write_metrics(self, metrics: RunMetrics) -> None:

@@ -15,7 +15,9 @@ from trainer.metrics import MetricsError, read_record
 from trainer.model_config import ConfigError
 from trainer.run_config import RunConfig, TrainConfig, from_dict
 
-from trainer.sizing.size_model import FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes
+from trainer.export_pipeline import off_width_bits, tensor_bits
+from trainer.sizing.size_model import (FEATURES, FIXED_COEFFICIENTS, Calibration, features, predict_model_bytes,
+                                       upgrades_on, worst_case_upgrades)
 
 # The margin is this many times the fit's worst leave-one-config-out under-prediction, so an unseen config
 # whose error is somewhat worse than any seen one is still caught; never below MIN_MARGIN_FRACTION.
@@ -29,13 +31,29 @@ NOT_CONFIG_TRAIN_FIELDS = ("seed", "val_prefix_tokens", "val_batch_tokens", "fin
 
 @dataclass(frozen=True)
 class MeasuredRun:
-    """One run directory: its config, measured compressed model bytes, where that figure came from, and metrics."""
+    """One run directory: its config, measured compressed model bytes, where that figure came from, metrics, and the
+    tensors its export wrote off their config width (None: a mixed-width export that recorded none)."""
 
     name: str
     cfg: RunConfig
     model_bytes: int
     metrics: dict
     size_source: str = "model.ptz"
+    bits: dict[str, int] | None = dataclasses.field(default_factory=dict)
+
+    def priced_bits(self, calibration: Calibration | None = None) -> dict[str, int]:
+        """The allocation to price the measured file at: the recorded one, else the config's worst case."""
+        return self.bits if self.bits is not None else worst_case_upgrades(self.cfg, calibration)
+
+
+def recorded_bits(cfg: RunConfig, metrics: dict, model_path: Path) -> dict[str, int] | None:
+    """A run's off-width tensors: from metrics.json (version 4 on), else from its model.ptz; None when neither
+    says and the export could have mixed widths."""
+    if metrics.get("upgraded_bits") is not None:
+        return dict(metrics["upgraded_bits"])
+    if model_path.is_file():
+        return off_width_bits(tensor_bits(artifact.payload_of(model_path)), cfg)
+    return None if upgrades_on(cfg.export) else {}
 
 
 def read_run(run_dir: Path | str) -> MeasuredRun:
@@ -67,7 +85,8 @@ def read_run(run_dir: Path | str) -> MeasuredRun:
             f"{metrics_path}: payload_bytes {metrics['payload_bytes']} != {expected} computed now; "
             f"the artifact format changed since this run, so drop it or re-export it"
         )
-    return MeasuredRun(name=run_dir.name, cfg=cfg, model_bytes=int(metrics["model_bytes"]), metrics=metrics, size_source=source)
+    return MeasuredRun(name=run_dir.name, cfg=cfg, model_bytes=int(metrics["model_bytes"]), metrics=metrics,
+                       size_source=source, bits=recorded_bits(cfg, metrics, model_path))
 
 
 def _with_legacy_init(config: dict) -> dict:
@@ -186,7 +205,11 @@ def fit(runs: list[MeasuredRun], prior: Calibration | None = None) -> Calibratio
     """Fit bytes-per-unit coefficients and derive the safety margin from leave-one-config-out errors."""
     if not runs:
         raise ConfigError("calibrate: no runs given; pass one or more RUN_DIRs")
-    rows = np.array([list(features(r.cfg).values()) for r in runs], dtype=float)  # FEATURES order
+    unknown = [r.name for r in runs if r.bits is None]
+    if unknown:
+        raise ConfigError(f"calibrate: {unknown} exported mixed widths (export.upgrade) and recorded neither which "
+                          "(metrics.json before version 4) nor kept model.ptz; pass their model.ptz or drop them")
+    rows = np.array([list(features(r.cfg, bits=r.bits).values()) for r in runs], dtype=float)  # FEATURES order
     measured = np.array([r.model_bytes for r in runs], dtype=float)
     fit_idx = [i for i, f in enumerate(FEATURES) if rows[:, i].any()]
     carried = [f for i, f in enumerate(FEATURES) if i not in fit_idx and f not in FIXED_COEFFICIENTS]
@@ -311,11 +334,12 @@ def accuracy_table(runs: list[MeasuredRun], calibration: Calibration,
     errors, out_errors = [], []
     under, out_under = 0.0, 0.0  # worst measured / predicted - 1: what the margin must cover
     for r in runs:
-        predicted = predict_model_bytes(features(r.cfg), calibration)
+        predicted = predict_model_bytes(features(r.cfg, bits=r.priced_bits(calibration)), calibration)
         error = 100 * (predicted - r.model_bytes) / r.model_bytes
         errors.append(error)
         under = max(under, r.model_bytes / predicted - 1)
-        line = (f"| {r.name} | {r.cfg.train.budget_s:g} | {r.cfg.export.quant_bits} | {artifact.payload_bytes(r.cfg):,} "
+        name = r.name if r.bits is not None else f"{r.name} (widths not recorded: priced at the worst case)"
+        line = (f"| {name} | {r.cfg.train.budget_s:g} | {r.cfg.export.quant_bits} | {artifact.payload_bytes(r.cfg):,} "
                 f"| {round(predicted):,} | {r.model_bytes:,} | {error:+.2f} |")
         if with_out:
             out = held_out.get((r.name, r.model_bytes))
