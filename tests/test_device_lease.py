@@ -33,7 +33,9 @@ def test_a_shared_device_run_waits_for_the_holder_and_hands_the_device_on(tmp_pa
     temp.mkdir()
     folder = temp / "recurrence_search_leases"  # where the trainer looks, with TMPDIR=temp
     key = f"{socket.gethostname()}/cpu"
-    other = holder(folder, key, 3.0, tmp_path / "held")  # another run holds the CPU for 3 s
+    # Another run holds the CPU until 3 s after this one has started up (a slow machine's start-up can take longer
+    # than any fixed hold).
+    other = holder(folder, key, 3.0, tmp_path / "held", after=(tmp_path / "run" / "train.log", "] startup "))
     run = subprocess.run(
         [sys.executable, "-m", "trainer", "train", "--smoke", "--share-device", "--data", str(tiny_corpus["data"]),
          "--tokenizer", str(tiny_corpus["tokenizer"]), "--out", str(tmp_path / "run")],

@@ -19,8 +19,11 @@ from trainer.hooks import StopRequested
 REPO = Path(__file__).resolve().parent.parent
 
 
-def holder(folder: Path, key: str, hold_s: float, marker: Path, release: bool = True) -> subprocess.Popen:
-    """Another process that takes the lease, writes marker with the time it got it, holds it, then ends."""
+def holder(folder: Path, key: str, hold_s: float, marker: Path, release: bool = True,
+           after: tuple[Path, str] | None = None) -> subprocess.Popen:
+    """Another process that takes the lease, writes marker with the time it got it, holds it, then ends; with
+    after=(file, text) it holds for hold_s from when that text shows in that file (at most 300 s), not from the start."""
+    wait_for = (str(after[0]), after[1]) if after else None
     code = textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {str(REPO)!r})
@@ -28,6 +31,10 @@ def holder(folder: Path, key: str, hold_s: float, marker: Path, release: bool = 
         lease = DeviceLease({key!r}, folder={str(folder)!r})
         lease.acquire()
         open({str(marker)!r}, "w").write(repr(time.time()))
+        wait_for, deadline = {wait_for!r}, time.time() + 300
+        while wait_for and time.time() < deadline and not (
+                os.path.exists(wait_for[0]) and wait_for[1] in open(wait_for[0]).read()):
+            time.sleep(0.05)
         time.sleep({hold_s})
         if {release}:
             lease.release()
