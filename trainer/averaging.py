@@ -66,14 +66,16 @@ class WeightAverage(Component):
         """If recurrence switched on since the weights were last taken, start each repeat MLP's average as its
         block MLP's, or (restart_at_recurrence, and a looped step trained since) the whole average over."""
         on = trainer.model.recurrence_active
-        if self.recurrence_on is False and on and self.restart_at_recurrence and trained_since:
+        switched, self.recurrence_on = self.recurrence_on is False and on, on
+        if not switched:
+            return
+        if self.restart_at_recurrence and trained_since:
             self.restart(trainer)
             trainer.log(f"{self.name}: restarted at step {trainer.step}, where recurrence switched on")
-        elif self.recurrence_on is False and on:
-            for buffers in self._buffers():
-                for repeat, block in repeat_mlp_sources(trainer.model.cfg).items():
-                    buffers[repeat].copy_(buffers[block])
-        self.recurrence_on = on
+            return
+        for buffers in self._buffers():
+            for repeat, block in repeat_mlp_sources(trainer.model.cfg).items():
+                buffers[repeat].copy_(buffers[block])
 
     def on_train_end(self, trainer: "Trainer") -> None:
         self.follow_recurrence(trainer, trained_since=False)  # a switch now (training ended first) keeps the average
