@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the ignored folders device calls carry to the GPU machine (no network there, 64 MiB per call):
-#   .whl/        the zstandard wheel (the machine's image lacks it; everything else the trainer needs is there);
+#   .whl/        the zstandard and brotli wheels (the machine's image lacks them; it has the rest the trainer needs);
 #   .raypack/    ray 2.60.0 for CPython 3.12 without jars, rllib, serve, llm, the dashboard web client and
 #                *.map files, binaries stripped, as one zstd-19 tar (28 MB), plus the wheels ray.tune, optuna
 #                and sqlalchemy need that the machine lacks (jsonschema, pydantic, ...), and install.sh;
@@ -17,10 +17,13 @@ get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-versio
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$1" "${@:2}"; }
 get $W ray==2.60.0
 mkdir -p .whl .raypack/wheels .searchpack $S
-get .whl zstandard==0.25.0
-get .raypack/wheels optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 colorlog==6.12.0 \
+get .whl zstandard==0.25.0 brotli==1.2.1
+get .raypack/wheels optuna==5.0.0 alembic==1.20.1 mako==1.4.3 colorlog==6.12.0 \
   jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==0.30.0 \
   pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
+# SQLAlchemy's pure-Python wheel: 2.6 MB smaller than the compiled one, which keeps all three packs in one call.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py --platform any \
+  -d .raypack/wheels sqlalchemy==2.1.9
 python3 -m zipfile -e $W/ray-2.60.0-*.whl $S
 rm -rf $S/ray/jars $S/ray/rllib $S/ray/serve $S/ray/llm $S/ray/dashboard/client
 find $S/ray/dashboard -name '*.map' -delete
