@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import sys
@@ -65,15 +66,19 @@ PROGRESS_EVERY_S = 15.0
 
 
 def _predict_share(space, k: int, workers: int, size: int) -> tuple[int, int, int, int]:
-    """(configs, fitting, smallest and largest predicted bytes) over every workers-th point from the k-th;
-    the first share says how far it got every PROGRESS_EVERY_S (the others keep pace)."""
+    """(configs, fitting, smallest and largest predicted bytes) over the k-th of workers contiguous runs of
+    points (neighbours differ mostly in training knobs, so a run shares its size predictions); the first share
+    says how far it got every PROGRESS_EVERY_S (the others keep pace)."""
     total = fitting = 0
     low, high = None, None
     last = time.monotonic()
-    for i, assignment in enumerate(space.assignments()):
-        if i % workers != k:
-            continue
-        prediction = space.predict(space.build(assignment))
+    start, stop = k * size // workers, (k + 1) * size // workers
+    predictions = {}  # points differing only in train knobs build the same artifact: predict it once
+    for assignment in itertools.islice(space.assignments(), start, stop):
+        key = repr([(name, value) for name, value in assignment.items() if not name.startswith("train.")])
+        prediction = predictions.get(key)
+        if prediction is None:
+            prediction = predictions[key] = space.predict(space.build(assignment))
         total += 1
         fitting += prediction.fits
         size_bytes = prediction.predicted_artifact_bytes

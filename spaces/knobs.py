@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Union, get_args, get_origin
 
 from spaces import expr
 from spaces.choices import Categorical, FloatRange, IntRange, Options
+from trainer.model_config import type_hints
 from trainer.run_config import SECTIONS
 
 # Names an integer knob's expressions may use.
@@ -90,7 +91,7 @@ def field_hint(section: str, key: str) -> Any:
     if key not in {f.name for f in fields(cls)}:
         raise KnobError(f"{section}.{key}", f"{cls.__name__} has no key '{key}'",
                         f"use one of {sorted(f.name for f in fields(cls))}")
-    return get_type_hints(cls)[key]
+    return type_hints(cls)[key]
 
 
 def parse_knobs(raw: Any) -> tuple[Knob, ...]:

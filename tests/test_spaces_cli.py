@@ -52,3 +52,18 @@ def test_sample_prints_n_configs_with_bytes(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
     assert all(re.match(r"\s*[\d,]+ bytes \(headroom \+[\d,]+\)\s+blocks=\d+ order=\[", line) for line in lines)
+
+
+def test_show_shares_cover_every_point_once_and_match_direct_predictions(tmp_path):
+    from spaces.cli import _predict_share
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "knobs": {"train.matrix_lr": [0.02, 0.04], "model.xsa_last": [0, 1]}}))
+    space = load_space(path)
+    sizes = [space.predict(cfg).predicted_artifact_bytes for _, cfg in space.configs()]
+    fitting = sum(space.predict(cfg).fits for _, cfg in space.configs())
+    parts = [_predict_share(space, k, 3, space.size()) for k in range(3)]
+    assert sum(p[0] for p in parts) == space.size() == len(sizes)
+    assert sum(p[1] for p in parts) == fitting
+    assert (min(p[2] for p in parts), max(p[3] for p in parts)) == (min(sizes), max(sizes))
+    assert len(set(sizes)) > 1

@@ -464,3 +464,17 @@ def test_a_mixed_width_run_is_priced_at_the_widths_its_file_holds(tmp_path):
     # metrics.json of version 4 records the allocation: read without the file.
     (d / "metrics.json").write_text(json.dumps({**metrics, "upgraded_bits": in_file}))
     assert calibration.read_run(d).bits == in_file
+
+
+def test_training_settings_never_move_the_predicted_size():
+    """Predictions are shared between configs that differ only in training: the artifact holds no train field."""
+    base = from_dict({
+        "model": {"vocab_size": 64, "model_dim": 64, "num_heads": 2, "num_kv_heads": 1, "unique_blocks": 2},
+        "export": {"quant_bits": 5, "upgrade_bits": 6, "upgrade": 2, "keep_float_max_numel": 1024},
+    })
+    other = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=7, matrix_lr=0.01, budget_s=9.0))
+    assert artifact.header_bytes(base) == artifact.header_bytes(other)
+    assert size_model.worst_case_upgrades(base) == size_model.worst_case_upgrades(other) != {}
+    assert size_model.predict(base) == size_model.predict(other)
+    wider = dataclasses.replace(base, export=dataclasses.replace(base.export, quant_bits=6, upgrade=0))
+    assert size_model.predict(wider).predicted_artifact_bytes > size_model.predict(base).predicted_artifact_bytes

@@ -5,6 +5,7 @@ Frozen dataclasses validated once; the typed section parser here also serves the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -276,8 +277,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {hint}")
 
 
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """A config class's field types (evaluating annotations is slow: once per class)."""
+    return get_type_hints(cls)
+
+
 def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = get_type_hints(cls)
+    hints = type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -217,17 +217,41 @@ def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: 
     return _predict(cfg, calibration, code, tuple(sorted((bits or {}).items())))
 
 
+class _SizeKey:
+    """A config compared and hashed by its model and export sections alone: nothing else moves an artifact's
+    size, so configs differing only in training settings (most of a search space's points) share one prediction."""
+
+    __slots__ = ("cfg", "_sections")
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self._sections = (cfg.model, cfg.export)
+
+    def __hash__(self) -> int:
+        return hash(self._sections)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SizeKey) and self._sections == other._sections
+
+
+def _pricing(calibration: Calibration) -> tuple:
+    """The parts of a calibration a prediction reads, hashable (provenance left out)."""
+    return (tuple(sorted(calibration.coefficients.items())), calibration.safety_margin_fraction,
+            tuple(sorted(calibration.feature_margins.items())))
+
+
+def _calibration_of(pricing: tuple) -> Calibration:
+    coefficients, fraction, margins = pricing
+    return Calibration(dict(coefficients), fraction, {}, dict(margins))
+
+
 @functools.lru_cache(maxsize=65536)
-def _predict_cached(cfg: RunConfig, coefficients: tuple, fraction: float, margins: tuple, code: int,
-                    bits: tuple) -> SizePrediction:
-    calibration = Calibration(dict(coefficients), fraction, {}, dict(margins))
-    return _predict_uncached(cfg, calibration, code, dict(bits))
+def _predict_cached(key: _SizeKey, pricing: tuple, code: int, bits: tuple) -> SizePrediction:
+    return _predict_uncached(key.cfg, _calibration_of(pricing), code, dict(bits))
 
 
 def _predict(cfg: RunConfig, calibration: Calibration, code: int, bits: tuple = ()) -> SizePrediction:
-    key = tuple(sorted(calibration.coefficients.items()))
-    margins = tuple(sorted(calibration.feature_margins.items()))
-    return _predict_cached(cfg, key, calibration.safety_margin_fraction, margins, code, bits)
+    return _predict_cached(_SizeKey(cfg), _pricing(calibration), code, bits)
 
 
 def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int, bits: dict[str, int]) -> SizePrediction:
@@ -279,6 +303,12 @@ def worst_case_upgrades(cfg: RunConfig, calibration: Calibration | None = None,
     """
     calibration = calibration or load_calibration()
     code = current_code_bytes() if code_bytes is None else code_bytes
+    return dict(_worst_case_cached(_SizeKey(cfg), _pricing(calibration), code))
+
+
+@functools.lru_cache(maxsize=16384)
+def _worst_case_cached(size_key: _SizeKey, pricing: tuple, code: int) -> tuple[tuple[str, int], ...]:
+    cfg, calibration = size_key.cfg, _calibration_of(pricing)
     classes: dict[int, list[str]] = {}
     for spec in upgrade_candidates(cfg):
         classes.setdefault(spec.numel, []).append(spec.name)
@@ -303,12 +333,12 @@ def worst_case_upgrades(cfg: RunConfig, calibration: Calibration | None = None,
 
     totals = sorted(reach)
     if not fits(totals[0]):
-        return {}
+        return ()
     low, high = 0, len(totals) - 1  # totals[low] fits; find the last that does
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(totals[middle]) else (low, middle - 1)
-    return allocation(totals[low])
+    return tuple(allocation(totals[low]).items())
 
 
 def widest_fitting_bits(cfg: RunConfig, calibration: Calibration | None = None) -> int | None:
