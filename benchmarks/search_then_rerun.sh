@@ -26,6 +26,11 @@
 #   NAME            the search's name (default search_<BUDGET_S>s)
 #   STOP_AFTER_S    stop the search after this many seconds, as Ctrl-C would (default 0: run to the end);
 #                   `python -m search resume NAME --storage $RESULT/searches` goes on
+#   DRAIN_AFTER_S   launch no new trial after this many seconds and end when those in flight do (default 0: no
+#                   limit); for machines held for a fixed time, with STOP_AFTER_S as a backstop and SEEDS=0 until
+#                   the search has run all its trials. Run again (copying $RESULT to the next machine) to go on
+#   FROM_STUDY=1    resume from the search's study alone (its folder came from another machine, so Tune's state
+#                   is missing); implied by DRAIN_AFTER_S
 #   SMOKE=1         a tiny space (benchmarks/smoke_space.yaml), 4 CPU trials of 1.5 s and `rerun --smoke`
 #
 # Around the recurrence record on one GPU at 180 s (its schedule scaled as in benchmarks/configs/record_180s_1gpu.yaml):
@@ -54,6 +59,8 @@ GPUS=${GPUS:-1}
 PARALLEL=${PARALLEL:-1}
 RUNS_PER_GPU=${RUNS_PER_GPU:-1}
 STOP_AFTER_S=${STOP_AFTER_S:-0}
+DRAIN_AFTER_S=${DRAIN_AFTER_S:-0}
+FROM_STUDY=${FROM_STUDY:-0}
 WIDEST_BITS=${WIDEST_BITS:-1}
 [ -f "$SPACE" ] || bench_fail "SPACE=$SPACE is not a file: name a search space YAML (see spaces/README.md)"
 require_int TRIALS trials
@@ -67,6 +74,8 @@ require_int PARALLEL runs
 require_int RUNS_PER_GPU runs
 [ "$RUNS_PER_GPU" -ge 1 ] || bench_fail "RUNS_PER_GPU=0: pass 1 (a GPU per rerun run) or 2 (two taking turns)"
 require_int STOP_AFTER_S seconds
+require_int DRAIN_AFTER_S seconds
+case $FROM_STUDY in 0|1) ;; *) bench_fail "FROM_STUDY=$FROM_STUDY: use 1 (resume from the study alone) or 0" ;; esac
 [ -z "${GRACE_S:-}" ] || require_seconds GRACE_S
 [ -z "${BASELINE_CONFIG:-}" ] || [ -f "$BASELINE_CONFIG" ] || bench_fail "BASELINE_CONFIG=$BASELINE_CONFIG is not a file: name a run config YAML, e.g. spaces/presets/record_0331_fit.yaml"
 case $WIDEST_BITS in 0|1) ;; *) bench_fail "WIDEST_BITS=$WIDEST_BITS: use 1 (widest bits that fit) or 0 (as configured)" ;; esac
@@ -77,7 +86,7 @@ bench_start
 STORAGE=$RESULT/searches
 
 search=(--space "$SPACE" --name "$NAME" --trials "$TRIALS" --budget-s "$BUDGET_S" --seed 0 --enqueue-presets
-        --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S")
+        --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S" --drain-after-s "$DRAIN_AFTER_S")
 rerun=(--best --budget-s "$BUDGET_S" --seeds "$SEEDS" --seed-base "$SEED_BASE" --storage "$STORAGE"
        --out "$RESULT/rerun")
 set_args "$SETS" search
@@ -99,7 +108,10 @@ fi
 [ -z "${BASELINE_CONFIG:-}" ] || rerun+=(--baseline-config "$BASELINE_CONFIG")
 
 failed=0
-run_or_resume_search "$NAME" "$STORAGE" --stop-after-s "$STOP_AFTER_S"
+resume=(--stop-after-s "$STOP_AFTER_S")
+# A plain resume restores Tune's own state, which takes no deadline and stays on the machine that ran it.
+[ "$DRAIN_AFTER_S" != 0 ] || [ "$FROM_STUDY" = 1 ] && resume+=(--from-study --drain-after-s "$DRAIN_AFTER_S")
+run_or_resume_search "$NAME" "$STORAGE" "${resume[@]}"
 progress "report of $NAME"
 report_search "$NAME" "$STORAGE" && python -m search status "$NAME" --storage "$STORAGE" 2>&1 | head -n 12
 

@@ -287,3 +287,23 @@ def test_search_then_rerun_names_a_bad_rerun_setting(name, bad, line, tmp_path):
     result = run_script(BENCH / "search_then_rerun.sh", env)
     assert result.returncode == 2 and line in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_search_then_rerun_smoke_goes_on_from_the_study_elsewhere_then_reruns(tmp_path, tiny_corpus):
+    env = {**corpus_env(tiny_corpus, tmp_path / "out"), "SEEDS": "0"}
+    first = run_script(BENCH / "search_then_rerun.sh", env, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (folder,) = (tmp_path / "out").iterdir()
+    search = folder / "searches" / "smoke"
+    assert (search / "search.json").is_file() and (folder / "report.md").is_file()
+    assert not (folder / "rerun").exists()  # SEEDS=0: the search alone
+    # The folder moves to another machine without Tune's own state: only the study can go on.
+    for path in [*search.glob("tuner.pkl"), *search.glob("experiment_state*.json")]:
+        path.unlink()
+    again = run_script(BENCH / "search_then_rerun.sh", {**env, "FROM_STUDY": "1", "SEEDS": "2"}, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    log = (folder / "search.log").read_text()
+    assert "going on from the study" in log and "0 trial(s) left to launch" in log, log
+    rerun = json.loads((folder / "rerun" / "rerun.json").read_text())
+    assert rerun["seeds"] == [1338, 1339]
+    assert len(rerun["candidate"]["runs"]) == 2 == len(rerun["baseline"]["runs"])
