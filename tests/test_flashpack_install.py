@@ -41,8 +41,12 @@ def flashpack(root: Path) -> None:
     part1, part2 = root / ".flashpack" / "part1", root / ".flashpack" / "part2"
     part1.mkdir(parents=True)
     part2.mkdir()
-    cute = "from flash_attn_cu13 import kernel as flash_attn_func\n"
+    cute = "import cutlass\nfrom flash_attn_cu13 import kernel as flash_attn_func\n"
     make_wheel(part1, "flash_attn", {"flash_attn/__init__.py": "", "flash_attn/cute/__init__.py": cute})
+    # As nvidia-cutlass-dsl: its `cutlass` sits in a subfolder that a .pth file puts on sys.path.
+    pth = "import sys, os, cutlass_dsl; sys.path.insert(0, os.path.join(cutlass_dsl.__path__[0], 'dsl_packages'))\n"
+    make_wheel(part1, "cutlass_dsl", {"cutlass_dsl/__init__.py": "", "cutlass_dsl_packages.pth": pth,
+                                      "cutlass_dsl/dsl_packages/cutlass/__init__.py": ""})
     module = "def kernel():\n    return 1\n" + "# pad\n" * 4000  # the split falls inside its bytes
     big = make_wheel(root, "flash_attn_cu13", {"flash_attn_cu13.py": module})
     data = big.read_bytes()
@@ -60,6 +64,7 @@ def test_both_parts_install_offline_and_import(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "flash-attn-4 imports"
     assert (site / "flash_attn_cu13.py").read_text().startswith("def kernel():")  # the joined wheel, intact
+    assert (site / "pythonpath.txt").read_text().strip() == str(site / "cutlass_dsl" / "dsl_packages")
 
 
 @pytest.mark.skipif(Path("/tmp/flashpack_part1").exists(), reason="an earlier call left part 1 in /tmp/flashpack_part1")
