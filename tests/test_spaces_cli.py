@@ -60,8 +60,8 @@ def test_show_shares_cover_every_point_once_and_match_direct_predictions(tmp_pat
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**SMALL, "knobs": {"train.matrix_lr": [0.02, 0.04], "model.xsa_last": [0, 1]}}))
     space = load_space(path)
-    sizes = [space.predict(cfg).predicted_artifact_bytes for _, cfg in space.configs()]
-    fitting = sum(space.predict(cfg).fits for _, cfg in space.configs())
+    predictions = [space.predict(cfg) for _, cfg in space.configs()]
+    sizes, fitting = [p.predicted_artifact_bytes for p in predictions], sum(p.fits for p in predictions)
     parts = [_predict_share(space, k, 3, space.size()) for k in range(3)]
     assert sum(p[0] for p in parts) == space.size() == len(sizes)
     assert sum(p[1] for p in parts) == fitting

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from trainer import artifact
 from trainer.compress import CONTAINER_BYTES
-from trainer.model_config import QUANT_BITS, ConfigError, ExportConfig
+from trainer.model_config import QUANT_BITS, ArtifactConfig, ConfigError, ExportConfig
 from trainer.run_config import RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
 from trainer.schedule import TensorSpec, tensor_layout, unique_params
@@ -142,13 +142,13 @@ def code_bits(bits: int) -> float:
     return math.log2(qmax(bits) / qmax(REFERENCE_BITS))
 
 
-def priced_at_full_width(spec: TensorSpec, cfg: RunConfig) -> bool:
+def priced_at_full_width(spec: TensorSpec, cfg: ArtifactConfig) -> bool:
     """Whether a tensor's codes are priced at their full bit width: every block matrix of a weight_init: uniform
     config (those not starting at zero are drawn uniform; the zero-initialised ones are bounded, see above)."""
     return cfg.model.weight_init == "uniform" and spec.role == "matrix"
 
 
-def features(cfg: RunConfig, payload_bytes: int | None = None, bits: dict[str, int] | None = None) -> dict[str, float]:
+def features(cfg: ArtifactConfig, payload_bytes: int | None = None, bits: dict[str, int] | None = None) -> dict[str, float]:
     """Values of each feature for a config (the regression inputs; code_* are centred, so may be negative).
 
     bits: widths of quantized tensors exported off their config width (a mixed allocation).
@@ -217,23 +217,6 @@ def predict(cfg: RunConfig, calibration: Calibration | None = None, code_bytes: 
     return _predict(cfg, calibration, code, tuple(sorted((bits or {}).items())))
 
 
-class _SizeKey:
-    """A config compared and hashed by its model and export sections alone: nothing else moves an artifact's
-    size, so configs differing only in training settings (most of a search space's points) share one prediction."""
-
-    __slots__ = ("cfg", "_sections")
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self._sections = (cfg.model, cfg.export)
-
-    def __hash__(self) -> int:
-        return hash(self._sections)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _SizeKey) and self._sections == other._sections
-
-
 def _pricing(calibration: Calibration) -> tuple:
     """The parts of a calibration a prediction reads, hashable (provenance left out)."""
     return (tuple(sorted(calibration.coefficients.items())), calibration.safety_margin_fraction,
@@ -245,16 +228,21 @@ def _calibration_of(pricing: tuple) -> Calibration:
     return Calibration(dict(coefficients), fraction, {}, dict(margins))
 
 
+def _sized(cfg: RunConfig) -> ArtifactConfig:
+    """The sections an artifact's size depends on: configs differing only in training share its predictions."""
+    return ArtifactConfig(cfg.model, cfg.export)
+
+
 @functools.lru_cache(maxsize=65536)
-def _predict_cached(key: _SizeKey, pricing: tuple, code: int, bits: tuple) -> SizePrediction:
-    return _predict_uncached(key.cfg, _calibration_of(pricing), code, dict(bits))
+def _predict_cached(sized: ArtifactConfig, pricing: tuple, code: int, bits: tuple) -> SizePrediction:
+    return _predict_uncached(sized, _calibration_of(pricing), code, dict(bits))
 
 
 def _predict(cfg: RunConfig, calibration: Calibration, code: int, bits: tuple = ()) -> SizePrediction:
-    return _predict_cached(_SizeKey(cfg), _pricing(calibration), code, bits)
+    return _predict_cached(_sized(cfg), _pricing(calibration), code, bits)
 
 
-def _predict_uncached(cfg: RunConfig, calibration: Calibration, code: int, bits: dict[str, int]) -> SizePrediction:
+def _predict_uncached(cfg: ArtifactConfig, calibration: Calibration, code: int, bits: dict[str, int]) -> SizePrediction:
     payload = artifact.payload_bytes(cfg, bits=bits)
     bound = zstd_bound_bytes(payload)
     values = features(cfg, payload, bits)
@@ -281,12 +269,12 @@ def upgrades_on(export: ExportConfig) -> bool:
     return export.upgrade_bits > export.quant_bits and export.upgrade != 0
 
 
-def upgrade_candidates(cfg: RunConfig) -> list[TensorSpec]:
+def upgrade_candidates(cfg: ArtifactConfig) -> list[TensorSpec]:
     """The tensors an upgrade may widen: the quantized block matrices (the embedding has its own width)."""
     return [s for s in tensor_layout(cfg.model) if s.role == "matrix" and is_quantized(s, cfg.export)]
 
 
-def upgrade_cap(cfg: RunConfig) -> int:
+def upgrade_cap(cfg: ArtifactConfig) -> int:
     """The most matrices an export may upgrade: all candidates for "fill", else export.upgrade of them."""
     count = len(upgrade_candidates(cfg))
     return count if cfg.export.upgrade == "fill" else min(int(cfg.export.upgrade), count)
@@ -303,12 +291,11 @@ def worst_case_upgrades(cfg: RunConfig, calibration: Calibration | None = None,
     """
     calibration = calibration or load_calibration()
     code = current_code_bytes() if code_bytes is None else code_bytes
-    return dict(_worst_case_cached(_SizeKey(cfg), _pricing(calibration), code))
+    return dict(_worst_case_cached(_sized(cfg), _pricing(calibration), code))
 
 
 @functools.lru_cache(maxsize=16384)
-def _worst_case_cached(size_key: _SizeKey, pricing: tuple, code: int) -> tuple[tuple[str, int], ...]:
-    cfg, calibration = size_key.cfg, _calibration_of(pricing)
+def _worst_case_cached(cfg: ArtifactConfig, pricing: tuple, code: int) -> tuple[tuple[str, int], ...]:
     classes: dict[int, list[str]] = {}
     for spec in upgrade_candidates(cfg):
         classes.setdefault(spec.numel, []).append(spec.name)
@@ -329,7 +316,7 @@ def _worst_case_cached(size_key: _SizeKey, pricing: tuple, code: int) -> tuple[t
         return dict.fromkeys(names, cfg.export.upgrade_bits)
 
     def fits(total: int) -> bool:
-        return _predict(cfg, calibration, code, tuple(sorted(allocation(total).items()))).fits
+        return _predict_cached(cfg, pricing, code, tuple(sorted(allocation(total).items()))).fits
 
     totals = sorted(reach)
     if not fits(totals[0]):
