@@ -112,7 +112,7 @@ reexport_one() {  # name, then its overrides (after them, more `trainer export` 
   progress "$name: the base's weights exported with $2"
   if python -m trainer export "$RESULT/base" "${args[@]}" "${@:3}" --data "$DATA" --tokenizer "$TOKENIZER" \
       "${device[@]}" --out "$RESULT/$name.ptz" > "$RESULT/$name.log" 2>&1; then
-    tail -n 1 "$RESULT/$name.log"
+    progress "$name: $(grep "val_bpb" "$RESULT/$name.log" | tail -n 1)"
   else
     echo "$SCRIPT: $name failed: $(tail -n 1 "$RESULT/$name.log") (log: $RESULT/$name.log)" >&2
   fi

@@ -96,12 +96,13 @@ set_args() {
 
 # Train one run: `bench_train LABEL RUN_DIR LOG [trainer train arguments...]` runs `python -m trainer train` on
 # DATA and TOKENIZER into RUN_DIR, its output to LOG. Done: prints the last line of its train.log matching $SHOW
-# (default "training done"). Failed: names the log, sets failed=1 and returns 1.
+# (default "training done") after LABEL, so runs finishing side by side are told apart. Failed: names the log, sets
+# failed=1 and returns 1.
 bench_train() {
   local label=$1 run_dir=$2 log=$3
   shift 3
   if python -m trainer train --data "$DATA" --tokenizer "$TOKENIZER" --out "$run_dir" "$@" > "$log" 2>&1; then
-    grep -E "${SHOW:-training done}" "$run_dir/train.log" | tail -n 1
+    progress "$label: $(grep -E "${SHOW:-training done}" "$run_dir/train.log" | tail -n 1)"
     return 0
   fi
   failed=1

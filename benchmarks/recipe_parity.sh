@@ -64,7 +64,7 @@ rows=()
 for seed in $SEEDS; do
   if [[ " $WHICH " == *" ours "* ]]; then
     progress "ours, seed $seed: $CONFIG, $STEPS steps"
-    bench_train "our run, seed $seed," "$RESULT/ours_s$seed" "$RESULT/ours_s$seed.log" "${ours[@]}" \
+    bench_train "our run, seed $seed" "$RESULT/ours_s$seed" "$RESULT/ours_s$seed.log" "${ours[@]}" \
       --set "train.seed=$seed"
     rows+=(--run "$RESULT/ours_s$seed")
   fi

@@ -164,6 +164,8 @@ def test_ablation_smoke_runs_the_base_and_each_ablation_and_keeps_finished_runs(
     result = run_script(BENCH / "ablation.sh", env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (folder,) = (tmp_path / "out").iterdir()
+    for name in ("base", "ema", "weight_decay", "brotli"):  # each result line names its run
+        assert re.search(rf"^\[ablation\.sh \+\d+s\] {name}: .*val_bpb .*round trip", result.stdout, re.M), result.stdout
     for name in ("base", "ema", "weight_decay"):  # two at a time, taking turns on the device
         log = (folder / name / "train.log").read_text()
         assert "for the device (" in log and "handed the device on" in log, log
