@@ -14,10 +14,10 @@ RECORD_POINT = {"pattern": "loop_middle", "unique_blocks": 11, "loop_middle.star
                 "loop_middle.repeats": 2, "untie_mlp": "repeats", "width": "d512_h8_kv4", "mlp_mult": 3,
                 "quant_bits": 5, "embedding_bits": 8, "model.parallel_from_block": 7, "model.xsa_last": 11,
                 "train.recurrence_start_fraction": 0.48, "train.average": "ema",
-                "train.average_restart_at_recurrence": False, "export.upgrade": 32}
-# record_0331_fit.yaml: the same run with int6 embeddings and as many int6 upgrades as are predicted to fit.
+                "train.average_restart_at_recurrence": False, "export.upgrade": 32, "export.gptq": True}
+# record_0331_fit.yaml: the same run with int6 embeddings, no GPTQ and as many int6 upgrades as are predicted to fit.
 FIT = ROOT / "presets" / "record_0331_fit.yaml"
-FIT_POINT = {**RECORD_POINT, "embedding_bits": 6, "export.upgrade": "fill"}
+FIT_POINT = {**RECORD_POINT, "embedding_bits": 6, "export.upgrade": "fill", "export.gptq": False}
 
 
 def random_points(space, trials: int = 150) -> list:

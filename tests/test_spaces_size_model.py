@@ -48,6 +48,24 @@ def test_fanin_feature_counts_codes_by_row_length():
     assert narrow["code_log2_fanin"] < 0 and narrow["code_bits"] == 0  # int6 is the reference width
 
 
+def test_gptq_codes_are_the_quantized_block_matrices_and_cost_bytes():
+    """GPTQ rounds the quantized block matrices (those GPTQ collects Hessians for); its codes compress worse, so the
+    same model predicts more bytes with it, by the fitted bytes per code, and nothing else moves."""
+    record = load(PRESETS_DIR / "record_0331_mini_recurrence.yaml")
+    plain = dataclasses.replace(record, export=dataclasses.replace(record.export, gptq=False, upgrade=0))
+    rounded = dataclasses.replace(plain, export=dataclasses.replace(plain.export, gptq=True))
+    with_gptq, without = size_model.features(rounded), size_model.features(plain)
+    matrices = [s for s in tensor_layout(record.model) if s.role == "matrix" and is_quantized(s, record.export)]
+    assert len(matrices) == 66 and with_gptq["gptq_codes"] == sum(s.numel for s in matrices) and without["gptq_codes"] == 0
+    same = [f for f in size_model.FEATURES if f not in ("gptq_codes", "header_bytes")]  # the header spells the flag
+    assert [with_gptq[f] for f in same] == [without[f] for f in same]
+    cal = size_model.load_calibration()
+    lo, hi = calibration.BOUNDS["gptq_codes"]
+    assert lo < cal.coefficients["gptq_codes"] < hi
+    extra = size_model.predict(rounded, cal).predicted_model_bytes - size_model.predict(plain, cal).predicted_model_bytes
+    assert extra == pytest.approx(cal.coefficients["gptq_codes"] * with_gptq["gptq_codes"], abs=3)
+
+
 # Presets that document a run as it was, though our size model predicts it over the limit (the preset says why).
 PREDICTED_OVER = {"record_0331_mini_recurrence"}
 
@@ -197,9 +215,9 @@ def test_loo_with_a_single_run_coefficient_gives_a_finite_small_margin(tmp_path)
     dirs = _tiny_runs(tmp_path, shapes=shapes, bit_widths=(6,))
     write_run(tiny(bits=8, **SHAPES[0]), tmp_path / "lone-int8", "laplace", seed=99, code_bytes=1000)
     runs = [calibration.read_run(d) for d in [*dirs, tmp_path / "lone-int8"]]
-    cal = calibration.fit(runs)
+    cal = calibration.fit(runs, prior=size_model.load_calibration())
     fit_info = cal.provenance["fit"]
-    assert cal.provenance["carried_over_from_prior"] == []
+    assert cal.provenance["carried_over_from_prior"] == ["gptq_codes"]  # no run here exports with GPTQ
     assert fit_info["config_out_excluded_runs"] == {"lone-int8": ["code_bits"]}
     assert math.isfinite(cal.safety_margin_fraction) and calibration.MIN_MARGIN_FRACTION <= cal.safety_margin_fraction < 0.05
     lo, hi = calibration.BOUNDS["code_bits"]
@@ -230,11 +248,15 @@ def test_config_out_keeps_sibling_seeds_out_of_a_fold():
     sets the margin from that."""
     law = size_model.Calibration(
         {"codes": 0.7, "code_bits": 0.12, "code_log2_fanin": -0.02, "zero_init_codes": -0.03, "zero_init_log2_fanin": -0.05,
-         "scales_fp16": 1.0, "floats_fp16": 1.9, "scalars_fp16": 2.0, "header_bytes": 0.3, "frame": 20.0,
-         "uniform_code_bytes": 1.0}, 0.0, {})
+         "gptq_codes": 0.01, "scales_fp16": 1.0, "floats_fp16": 1.9, "scalars_fp16": 2.0, "header_bytes": 0.3,
+         "frame": 20.0, "uniform_code_bytes": 1.0}, 0.0, {})
     shapes = SHAPES + [dict(dim=32, blocks=2), dict(dim=128, blocks=3), dict(dim=64, blocks=3, order=(0, 1, 2, 2)),
                        dict(dim=96, blocks=1)]
-    runs = [_law_run(f"s{i}-int{bits}", tiny(bits=bits, **shape), 0.002 * math.sin(7 * (3 * i + bits)), law)
+    def exported(bits, **shape):  # the int5 exports round with GPTQ, so every coefficient is fitted
+        cfg = tiny(bits=bits, **shape)
+        return dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, gptq=bits == 5))
+
+    runs = [_law_run(f"s{i}-int{bits}", exported(bits, **shape), 0.002 * math.sin(7 * (3 * i + bits)), law)
             for i, shape in enumerate(shapes) for bits in (5, 6, 8)]
     odd = tiny(dim=256, blocks=1, bits=6)
     siblings = [_law_run(f"odd-seed{seed}", dataclasses.replace(odd, train=dataclasses.replace(odd.train, seed=seed)),
@@ -281,6 +303,8 @@ def test_read_run_works_without_model_ptz(tmp_path):
 
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "size_calibration_h100_2026-11-25"
+# The record's recipe at 180 s (GPTQ, brotli): the runs that recorded their export widths.
+ABLATION_DIR = RESULTS_DIR.parent / "ablation_h100_2026-12-07"
 
 
 def test_shipped_calibration_is_fitted_on_h100_runs_and_its_margin_covers_them():
@@ -312,7 +336,8 @@ def test_shipped_calibration_is_what_calibrate_writes_from_the_runs_in_the_repos
     predictions."""
     shipped = size_model.load_calibration()
     names = [r["name"] for r in shipped.provenance["runs"]]
-    dirs = {d.name: d for folder in ("runs_normal_init", "runs_180s") for d in (RESULTS_DIR / folder).iterdir()}
+    folders = [RESULTS_DIR / "runs_normal_init", RESULTS_DIR / "runs_180s", ABLATION_DIR]
+    dirs = {d.name: d for folder in folders for d in folder.iterdir() if (d / "metrics.json").is_file()}
     assert set(names) <= set(dirs)
     refit = calibration.fit([calibration.read_run(dirs[n]) for n in names])
     assert refit.coefficients == pytest.approx(shipped.coefficients, rel=1e-6, abs=1e-9)

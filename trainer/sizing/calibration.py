@@ -106,6 +106,8 @@ BOUNDS = {
     "codes": (0.0, 1.0), "code_bits": (0.0, 0.25), "code_log2_fanin": (-0.125, 0.125),
     # A zero-initialised matrix's code differs from the others by under 2 bits (H100: 0.3-0.6 bits).
     "zero_init_codes": (-0.25, 0.25), "zero_init_log2_fanin": (-0.125, 0.125),
+    # GPTQ moves a code to a neighbour value at most, so under a bit of entropy (H100: about 0.1 bit).
+    "gptq_codes": (0.0, 0.125),
     "scales_fp16": (0.0, 2.0), "floats_fp16": (0.0, 2.0), "scalars_fp16": (0.0, 2.0),
     "header_bytes": (0.0, 1.0), "frame": (0.0, 1024.0),
     **{f: (v, v) for f, v in FIXED_COEFFICIENTS.items()},

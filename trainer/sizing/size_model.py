@@ -7,8 +7,10 @@ per bit of grid resolution (`code_bits`, per log2(qmax) beyond int6's), plus a c
 row length (`code_log2_fanin`, negative for trained weights: a longer heavy-tailed row has its max further
 out, so its codes crowd near 0). Output projections start at zero and hold only what training wrote, which
 compresses differently (measured on H100: 4.8-5.0 bits per int6 code against 5.3 for q/k/v/fc), so they get
-their own offset and row-length slope (`zero_init_codes`, `zero_init_log2_fanin`). fp16 scales, fp16 weight matrices kept float, fp16 control scalars, the
-header and the zstd frame each get their own bytes-per-unit.
+their own offset and row-length slope (`zero_init_codes`, `zero_init_log2_fanin`). GPTQ's rounding (export.gptq)
+compresses worse than rounding to nearest: the same H100 weights exported both ways differed by 2.1% (BENCHMARKS.md,
+ablation), so each block-matrix code GPTQ rounds adds its own bytes (`gptq_codes`). fp16 scales, fp16 weight
+matrices kept float, fp16 control scalars, the header and the zstd frame each get their own bytes-per-unit.
 
 The fit assumes Gaussian-initialised matrices (model.weight_init: normal, the default), whose codes start
 close to where training leaves them. A uniformly initialised matrix's codes are incompressible until
@@ -52,8 +54,8 @@ EMBEDDING_WIDTHS = (16, 8)
 REFERENCE_BITS = 6  # code_bits is centred here: an int6 code adds 0 to it
 REFERENCE_FANIN = 512  # code_log2_fanin is centred here: a 512-long row adds 0 to it
 # Regression features, in a fixed order (see the module docstring for what each one measures).
-FEATURES = ("codes", "code_bits", "code_log2_fanin", "zero_init_codes", "zero_init_log2_fanin", "scales_fp16",
-            "floats_fp16", "scalars_fp16", "header_bytes", "frame", "uniform_code_bytes")
+FEATURES = ("codes", "code_bits", "code_log2_fanin", "zero_init_codes", "zero_init_log2_fanin", "gptq_codes",
+            "scales_fp16", "floats_fp16", "scalars_fp16", "header_bytes", "frame", "uniform_code_bytes")
 # Features whose bytes per unit are known exactly, not fitted: a code priced at its full bit width costs it.
 FIXED_COEFFICIENTS = {"uniform_code_bytes": 1.0}
 
@@ -170,6 +172,8 @@ def features(cfg: ArtifactConfig, payload_bytes: int | None = None, bits: dict[s
             if spec.starts_at_zero:  # holds only what training wrote: its own offset and row-length slope
                 values["zero_init_codes"] += spec.numel
                 values["zero_init_log2_fanin"] += spec.numel * log2_fanin
+            if cfg.export.gptq and spec.role == "matrix":  # GPTQ rounds the block matrices (trainer.gptq)
+                values["gptq_codes"] += spec.numel
         elif spec.role == "scalar":
             values["scalars_fp16"] += spec.numel
         else:
