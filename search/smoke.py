@@ -28,8 +28,10 @@ def smoke_overrides(base: RunConfig) -> list[str]:
 
 
 def space_base_config(space, overrides: list[str]) -> RunConfig:
-    """The space's base config with the given --set items applied (what every trial starts from)."""
-    return from_dict(apply_overrides(space.base, overrides), where=f"{getattr(space, 'path', 'space')} base")
+    """The space's first point with the given --set items applied: every trial's train settings but the knobs',
+    and a valid model (a base alone may lack what the patterns set, e.g. depths its value embeddings name)."""
+    first = space.build(next(space.assignments()))
+    return from_dict(apply_overrides(first.to_dict(), overrides), where=f"{getattr(space, 'path', 'space')} base")
 
 
 def embedded_data(progress=print) -> tuple[str, str]:

@@ -213,3 +213,26 @@ def test_a_search_without_early_stopping_trains_every_trial_and_ranks_all_their_
         assert row.regret_kept >= 0 and (row.best_final_rank > 3 or row.regret_kept == 0)  # keeps ceil(5/2)
     report = write_report(settings, "md")["table"].read_text()
     assert "early stopping: none" in report and "best_final_rank" in report
+
+
+def test_a_space_whose_base_alone_is_no_valid_config_runs_from_the_cli(tmp_path, tiny_corpus):
+    """The record space's base names value-embedding depths 9 and 10, valid only with the 11 blocks its patterns
+    give; the driver's data and memory checks start from a point of the space, never from the base alone."""
+    import yaml
+
+    space = yaml.safe_load(write_space(tmp_path).read_text())
+    space["base"]["model"].update(value_embed_dim=8, value_embed_layers=[9, 10])
+    space.update(unique_blocks=[11], patterns={"none": {}}, width=[16], untie_mlp=["none"])
+    path = write_space(tmp_path, space)
+    storage = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "search_fixtures.py"), "run", "--space", str(path), "--name", "deep",
+         "--storage", str(storage), "--trials", "1", "--gpus-per-trial", "0", "--budget-s", "1", "--seed", "0",
+         "--ray-address", "local", "--data", str(tiny_corpus["data"]), "--tokenizer", str(tiny_corpus["tokenizer"])],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from search import store
+
+    study = load_study(store.load_settings("deep", str(storage)))
+    [trial] = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert trial.user_attrs["run_config"]["model"]["value_embed_layers"] == [9, 10]
