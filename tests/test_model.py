@@ -88,6 +88,21 @@ def test_batched_orthogonalization_matches_one_at_a_time():
     assert s.min() > 0.5 and s.max() < 1.3
 
 
+def test_orthogonalization_runs_in_bf16_on_gpus_and_float32_on_the_cpu():
+    """A CPU's bf16 matmul is many times slower than its float32 one (a record-sized smoke step took minutes)."""
+    from trainer.optim import orthogonalize, update_dtype
+
+    assert update_dtype(torch.device("cuda", 0)) == torch.bfloat16 and update_dtype(torch.device("cpu")) == torch.float32
+    torch.manual_seed(0)
+    grad = torch.randn(16, 40)
+    out = orthogonalize(grad, 5)
+    assert out.dtype == torch.float32
+    # The same iteration as on a GPU, less bf16's rounding.
+    x = grad.bfloat16()
+    emulated = orthogonalize(x.float(), 5)
+    assert torch.allclose(out, emulated, atol=2e-2)
+
+
 def test_forward_traces_as_one_graph_for_torch_compile():
     # A graph break inside the virtual-layer loop makes torch.compile run the whole forward eagerly
     # (seen on an H100: compiled 627 ms/step vs eager 637). Recurrent schedules must trace in one piece.
