@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import multiprocessing
 import os
 import sys
@@ -44,16 +43,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     for knob in space.knobs:
         print(f"  {knob.name}: {knob.describe()}")
     sys.stdout.flush()
-    size = space.size()
-    workers = max(1, min(os.cpu_count() or 1, size // 2000))
-    progress(f"predicting the size of {size:,} configs on {workers} process(es)")
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        parts = pool.starmap(_predict_share, [(space, k, workers, size) for k in range(workers)])
-    total, fitting = sum(p[0] for p in parts), sum(p[1] for p in parts)
-    low, high = min(p[2] for p in parts), max(p[3] for p in parts)
+    artifacts, size = _distinct_artifacts(space)
+    workers = max(1, min(os.cpu_count() or 1, len(artifacts) // 500))
+    progress(f"{size:,} configs build {len(artifacts):,} distinct artifacts; predicting their sizes on {workers} "
+             "process(es)")
+    total = fitting = 0
+    low = high = None
+    for (fits, size_bytes), (_, points) in zip(_predictions(space, artifacts, workers), artifacts):
+        total += points
+        fitting += points * fits
+        low = size_bytes if low is None else min(low, size_bytes)
+        high = size_bytes if high is None else max(high, size_bytes)
     limit = int((space.base.get("export") or {}).get("limit_bytes", 16_000_000))
     print(f"size: {total:,} configs; {fitting:,} predicted to fit under {limit:,} bytes (with safety margin)")
-    print(f"predicted artifact bytes: {low:,} .. {high:,}")
+    print(f"predicted artifact bytes: {low or 0:,} .. {high or 0:,}")
     return 0
 
 
@@ -65,30 +68,41 @@ def progress(message: str) -> None:
 PROGRESS_EVERY_S = 15.0
 
 
-def _predict_share(space, k: int, workers: int, size: int) -> tuple[int, int, int, int]:
-    """(configs, fitting, smallest and largest predicted bytes) over the k-th of workers contiguous runs of
-    points (neighbours differ mostly in training knobs, so a run shares its size predictions); the first share
-    says how far it got every PROGRESS_EVERY_S (the others keep pace)."""
-    total = fitting = 0
-    low, high = None, None
-    last = time.monotonic()
-    start, stop = k * size // workers, (k + 1) * size // workers
-    predictions = {}  # points differing only in train knobs build the same artifact: predict it once
-    for assignment in itertools.islice(space.assignments(), start, stop):
+def _distinct_artifacts(space) -> tuple[list[tuple[dict, int]], int]:
+    """([(an assignment, how many points build its artifact)], points): one walk of the space. Points differing
+    only in train knobs build the same artifact, so each is predicted once."""
+    counts: dict[str, list] = {}
+    size, last = 0, time.monotonic()
+    for assignment in space.assignments():
         key = repr([(name, value) for name, value in assignment.items() if not name.startswith("train.")])
-        prediction = predictions.get(key)
-        if prediction is None:
-            prediction = predictions[key] = space.predict(space.build(assignment))
-        total += 1
-        fitting += prediction.fits
-        size_bytes = prediction.predicted_artifact_bytes
-        low = size_bytes if low is None else min(low, size_bytes)
-        high = size_bytes if high is None else max(high, size_bytes)
-        if k == 0 and time.monotonic() - last > PROGRESS_EVERY_S:
+        entry = counts.setdefault(key, [assignment, 0])
+        entry[1] += 1
+        size += 1
+        if time.monotonic() - last > PROGRESS_EVERY_S:
             last = time.monotonic()
-            done = min(total * workers, size)
-            progress(f"~{done:,} of {size:,} configs predicted ({100 * done / size:.0f}%)")
-    return total, fitting, low if low is not None else 0, high if high is not None else 0
+            progress(f"{size:,} configs walked, {len(counts):,} distinct artifacts so far")
+    return [(assignment, points) for assignment, points in counts.values()], size
+
+
+_SHOWN = None  # the space being shown, inherited by forked prediction workers
+
+
+def _predict_one(assignment: dict) -> tuple[bool, int]:
+    prediction = _SHOWN.predict(_SHOWN.build(assignment))
+    return prediction.fits, prediction.predicted_artifact_bytes
+
+
+def _predictions(space, artifacts: list[tuple[dict, int]], workers: int):
+    """(fits, predicted bytes) of each artifact, in order, from `workers` forked processes; progress on stderr."""
+    global _SHOWN
+    _SHOWN = space
+    last = time.monotonic()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for done, result in enumerate(pool.imap(_predict_one, (a for a, _ in artifacts), chunksize=64), 1):
+            if time.monotonic() - last > PROGRESS_EVERY_S:
+                last = time.monotonic()
+                progress(f"{done:,} of {len(artifacts):,} artifacts predicted ({100 * done / len(artifacts):.0f}%)")
+            yield result
 
 
 def cmd_check(args: argparse.Namespace) -> int:

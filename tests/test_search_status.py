@@ -44,7 +44,7 @@ def test_spaces_show_counts_every_point_and_reports_progress_on_stderr(tmp_path)
     assert f"size: {len(predictions):,} configs; {fitting:,} predicted to fit" in proc.stdout
     sizes = [p.predicted_artifact_bytes for p in predictions]
     assert f"predicted artifact bytes: {min(sizes):,} .. {max(sizes):,}" in proc.stdout
-    assert "[spaces] predicting the size of" in proc.stderr and "[spaces]" not in proc.stdout
+    assert f"[spaces] {len(predictions):,} configs build" in proc.stderr and "[spaces]" not in proc.stdout
     check = subprocess.run([sys.executable, "-m", "spaces", "check", str(space_file)], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0 and f"OK ({len(predictions):,} configs)" in check.stdout

@@ -54,16 +54,18 @@ def test_sample_prints_n_configs_with_bytes(tmp_path, capsys):
     assert all(re.match(r"\s*[\d,]+ bytes \(headroom \+[\d,]+\)\s+blocks=\d+ order=\[", line) for line in lines)
 
 
-def test_show_shares_cover_every_point_once_and_match_direct_predictions(tmp_path):
-    from spaces.cli import _predict_share
+def test_show_predicts_each_distinct_artifact_once_and_matches_direct_predictions(tmp_path):
+    from spaces.cli import _distinct_artifacts, _predictions
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({**SMALL, "knobs": {"train.matrix_lr": [0.02, 0.04], "model.xsa_last": [0, 1]}}))
     space = load_space(path)
     predictions = [space.predict(cfg) for _, cfg in space.configs()]
     sizes, fitting = [p.predicted_artifact_bytes for p in predictions], sum(p.fits for p in predictions)
-    parts = [_predict_share(space, k, 3, space.size()) for k in range(3)]
-    assert sum(p[0] for p in parts) == space.size() == len(sizes)
-    assert sum(p[1] for p in parts) == fitting
-    assert (min(p[2] for p in parts), max(p[3] for p in parts)) == (min(sizes), max(sizes))
+    artifacts, size = _distinct_artifacts(space)
+    assert size == space.size() == len(sizes) == sum(points for _, points in artifacts)
+    assert len(artifacts) == size // 2  # the train knob's two values build one artifact; the model knob's two do not
+    results = list(_predictions(space, artifacts, workers=3))
+    assert sum(fits * points for (fits, _), (_, points) in zip(results, artifacts)) == fitting
+    assert (min(b for _, b in results), max(b for _, b in results)) == (min(sizes), max(sizes))
     assert len(set(sizes)) > 1
