@@ -47,15 +47,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     workers = max(1, min(os.cpu_count() or 1, len(artifacts) // 500))
     progress(f"{size:,} configs build {len(artifacts):,} distinct artifacts; predicting their sizes on {workers} "
              "process(es)")
-    total = fitting = 0
+    fitting = 0
     low = high = None
     for (fits, size_bytes), (_, points) in zip(_predictions(space, artifacts, workers), artifacts):
-        total += points
         fitting += points * fits
         low = size_bytes if low is None else min(low, size_bytes)
         high = size_bytes if high is None else max(high, size_bytes)
     limit = int((space.base.get("export") or {}).get("limit_bytes", 16_000_000))
-    print(f"size: {total:,} configs; {fitting:,} predicted to fit under {limit:,} bytes (with safety margin)")
+    print(f"size: {size:,} configs; {fitting:,} predicted to fit under {limit:,} bytes (with safety margin)")
     print(f"predicted artifact bytes: {low or 0:,} .. {high or 0:,}")
     return 0
 

@@ -88,19 +88,21 @@ def test_batched_orthogonalization_matches_one_at_a_time():
     assert s.min() > 0.5 and s.max() < 1.3
 
 
-def test_orthogonalization_runs_in_bf16_on_gpus_and_float32_on_the_cpu():
+def test_orthogonalization_runs_in_bf16_on_gpus_and_float32_on_the_cpu(monkeypatch):
     """A CPU's bf16 matmul is many times slower than its float32 one (a record-sized smoke step took minutes)."""
-    from trainer.optim import orthogonalize, update_dtype
+    from trainer import optim
 
-    assert update_dtype(torch.device("cuda", 0)) == torch.bfloat16 and update_dtype(torch.device("cpu")) == torch.float32
+    assert optim.update_dtype(torch.device("cuda", 0)) == torch.bfloat16
+    assert optim.update_dtype(torch.device("cpu")) == torch.float32
     torch.manual_seed(0)
     grad = torch.randn(16, 40)
-    out = orthogonalize(grad, 5)
+    out = optim.orthogonalize(grad, 5)
     assert out.dtype == torch.float32
-    # The same iteration as on a GPU, less bf16's rounding.
-    x = grad.bfloat16()
-    emulated = orthogonalize(x.float(), 5)
-    assert torch.allclose(out, emulated, atol=2e-2)
+    # The CPU's float32 update agrees with the bf16 one a GPU computes, to bf16's rounding compounded over the
+    # five steps (0.032 at most here, on entries up to 0.57).
+    monkeypatch.setattr(optim, "update_dtype", lambda device: torch.bfloat16)
+    on_gpu = optim.orthogonalize(grad, 5)
+    assert on_gpu.dtype == torch.bfloat16 and torch.allclose(out, on_gpu.float(), atol=0.05)
 
 
 def test_forward_traces_as_one_graph_for_torch_compile():
