@@ -20,6 +20,7 @@
 #   WIDEST_BITS     1 (default): the rerun exports both configs at the widest bits that fit; 0: as configured
 #   SEEDS           seeds per config in the rerun (default 3; 0 runs the search only)
 #   SEED_BASE       first rerun seed (default 1338)
+#   MIN_LEAD_BPB    the rerun also tests a val_bpb lead above this (e.g. 0.01; default 0: the plain tests only)
 #   GPUS            GPUs per rerun run (default 1); PARALLEL runs train at once (default 1)
 #   RUNS_PER_GPU    rerun runs sharing each GPU, taking turns to train (default 1; 2 with GPUS=1 compiles and
 #                   compresses one run while another trains)
@@ -55,6 +56,7 @@ SETS=${SETS-train.batch_tokens=131072 train.warmdown_steps=750}
 SEARCH_SETS=${SEARCH_SETS-train.rung_roundtrip=true export.zstd_level=1}
 SEEDS=${SEEDS:-3}
 SEED_BASE=${SEED_BASE:-1338}
+MIN_LEAD_BPB=${MIN_LEAD_BPB:-0}
 GPUS=${GPUS:-1}
 PARALLEL=${PARALLEL:-1}
 RUNS_PER_GPU=${RUNS_PER_GPU:-1}
@@ -69,6 +71,7 @@ require_int TRIALS_PER_GPU trials
 require_int CPUS_PER_TRIAL CPUs
 require_int SEEDS seeds
 require_int SEED_BASE
+[[ $MIN_LEAD_BPB =~ ^(0|0?\.[0-9]+)$ ]] || bench_fail "MIN_LEAD_BPB=$MIN_LEAD_BPB is no val_bpb lead: pass a number below 1, e.g. 0.01"
 require_int GPUS GPUs
 require_int PARALLEL runs
 require_int RUNS_PER_GPU runs
@@ -88,7 +91,7 @@ STORAGE=$RESULT/searches
 search=(--space "$SPACE" --name "$NAME" --trials "$TRIALS" --budget-s "$BUDGET_S" --seed 0 --enqueue-presets
         --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE" --stop-after-s "$STOP_AFTER_S" --drain-after-s "$DRAIN_AFTER_S")
 rerun=(--best --budget-s "$BUDGET_S" --seeds "$SEEDS" --seed-base "$SEED_BASE" --storage "$STORAGE"
-       --out "$RESULT/rerun")
+       --out "$RESULT/rerun" --min-lead-bpb "$MIN_LEAD_BPB")
 set_args "$SETS" search
 set_args "$SETS" rerun
 set_args "$SEARCH_SETS" search
@@ -98,7 +101,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
           --reduction-factor 2 --seed 0 --gpus-per-trial 0 --cpus-per-trial 1 --ray-address local
           --data "$DATA" --tokenizer "$TOKENIZER" --storage "$STORAGE")
   rerun=(--best --smoke --gpus 0 --budget-s 5 --seeds 2 --seed-base "$SEED_BASE" --storage "$STORAGE"
-         --out "$RESULT/rerun")
+         --out "$RESULT/rerun" --min-lead-bpb "$MIN_LEAD_BPB")
 else
   search+=(--gpus-per-trial 1 --trials-per-gpu "$TRIALS_PER_GPU" --cpus-per-trial "$CPUS_PER_TRIAL")
   [ -z "${GRACE_S:-}" ] || search+=(--grace-s "$GRACE_S")

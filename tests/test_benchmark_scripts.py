@@ -281,6 +281,7 @@ def test_tables_reads_the_challenge_trainers_log(tmp_path):
 @pytest.mark.parametrize("name, bad, line", [
     ("BASELINE_CONFIG", "nowhere.yaml", "BASELINE_CONFIG=nowhere.yaml is not a file: name a run config YAML"),
     ("WIDEST_BITS", "2", "WIDEST_BITS=2: use 1 (widest bits that fit) or 0 (as configured)"),
+    ("MIN_LEAD_BPB", "1%", "MIN_LEAD_BPB=1% is no val_bpb lead: pass a number below 1, e.g. 0.01"),
 ])
 def test_search_then_rerun_names_a_bad_rerun_setting(name, bad, line, tmp_path):
     tokenizer = tmp_path / "tok.model"
@@ -302,10 +303,12 @@ def test_search_then_rerun_smoke_goes_on_from_the_study_elsewhere_then_reruns(tm
     # The folder moves to another machine without Tune's own state: only the study can go on.
     for path in [*search.glob("tuner.pkl"), *search.glob("experiment_state*.json")]:
         path.unlink()
-    again = run_script(BENCH / "search_then_rerun.sh", {**env, "FROM_STUDY": "1", "SEEDS": "2"}, timeout=900)
+    again = run_script(BENCH / "search_then_rerun.sh", {**env, "FROM_STUDY": "1", "SEEDS": "2",
+                                                         "MIN_LEAD_BPB": "0.01"}, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     log = (folder / "search.log").read_text()
     assert "going on from the study" in log and "0 trial(s) left to launch" in log, log
     rerun = json.loads((folder / "rerun" / "rerun.json").read_text())
     assert rerun["seeds"] == [1338, 1339]
     assert len(rerun["candidate"]["runs"]) == 2 == len(rerun["baseline"]["runs"])
+    assert rerun["welch"]["val_bpb_lead"]["margin"] == 0.01

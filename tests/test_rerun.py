@@ -150,6 +150,35 @@ def test_kept_run_of_another_config_is_refused(finished, tiny_corpus, tmp_path):
               terminal=None)
 
 
+def test_min_lead_tests_a_lead_above_the_margin(finished, tiny_corpus, tmp_path, capsys):
+    """--min-lead-bpb X adds the one-sided Welch test of baseline - candidate > X beside the plain ones."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    per = {label: [metrics_of(out / label / f"seed{s}")["val_bpb"] for s in (1, 2)]
+           for label in ("candidate", "baseline")}
+    margin = 0.01
+    code = cli(["tiny", "--config", str(write_yaml(tmp_path / "cand.yaml", CANDIDATE)), "--baseline-config",
+                str(write_yaml(tmp_path / "base.yaml", BASELINE)), "--gpus", "0", "--seeds", "2", "--seed-base", "1",
+                "--budget-s", "60", "--min-lead-bpb", str(margin), *corpus_args(tiny_corpus), "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "rerun.json").read_text())
+    expected = welch_one_sided(per["candidate"], per["baseline"], margin=margin)
+    lead = data["welch"]["val_bpb_lead"]
+    assert lead["margin"] == margin and lead["p_value"] == expected.p_value and lead["t"] == expected.t
+    # A lead above a positive margin is never likelier than a lead above zero.
+    assert lead["p_value"] > data["welch"]["val_bpb"]["p_value"]
+    assert f"val_bpb lead above {margin:g}: one-sided Welch t={expected.t:.3f}" in (out / "rerun.md").read_text()
+    # Without the option the test is absent, not a copy of the plain one.
+    result = rerun(from_dict(CANDIDATE), from_dict(BASELINE), [1, 2], 0, 60.0, tiny_corpus["data"],
+                   tiny_corpus["tokenizer"], out, name="tiny", terminal=None)
+    assert result.comparison.val_bpb_lead is None
+    assert "val_bpb_lead" not in json.loads((out / "rerun.json").read_text())["welch"]
+    capsys.readouterr()
+    assert cli(["tiny", "--config", str(tmp_path / "cand.yaml"), "--gpus", "0", "--min-lead-bpb", "-0.01",
+                *corpus_args(tiny_corpus), "--out", str(out)]) == 2
+    assert "--min-lead-bpb -0.01" in capsys.readouterr().err
+
+
 def test_runs_from_two_kinds_of_device_give_no_test(finished, tiny_corpus, tmp_path):
     """A kept run carried from a machine with another GPU: every figure is still written, but no Welch test, since
     in one wallclock budget a faster chip trains more steps (BENCHMARKS.md, Chip differences)."""

@@ -150,6 +150,9 @@ def add_rerun_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-s", type=float, default=600.0, help="training seconds per run (default 600)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per config (default 3; >= 2 for the tests)")
     p.add_argument("--seed-base", type=int, default=1337, help="first seed; the others follow (default 1337)")
+    p.add_argument("--min-lead-bpb", type=float, default=0.0, metavar="X",
+                   help="also test that the candidate's val_bpb is lower than the baseline's by more than X "
+                   "(one-sided Welch; e.g. 0.01). Default 0: the plain tests only")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting in both configs, e.g. --set train.compile=false")
     p.add_argument("--data", default=None, help=f"shard folder (default: the search's, else {DEFAULT_DATA})")
@@ -252,7 +255,7 @@ def run_rerun_command(args: argparse.Namespace) -> int:
         result = rerun(candidate, baseline, [args.seed_base + i for i in range(args.seeds)], gpus, args.budget_s,
                        Path(data), Path(tokenizer), out, name=args.name, cpu_procs=args.cpu_procs,
                        parallel=args.parallel, smoke=smoke_run, source=source, cpu_ok=cpu_ok, node=node,
-                       runs_per_gpu=args.runs_per_gpu)
+                       runs_per_gpu=args.runs_per_gpu, min_lead_bpb=args.min_lead_bpb)
     except (RerunError, ConfigError, SettingsError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,7 @@ class Comparison:
     val_loss: WelchResult  # nats, margin 0: is the candidate better at all?
     val_bpb: WelchResult  # margin 0
     record: RecordVerdict  # val_loss, margin 0.005 nats at p < 0.01
+    val_bpb_lead: WelchResult | None = None  # margin --min-lead-bpb: is the candidate better by at least that?
 
 
 @dataclass(frozen=True)
@@ -402,14 +403,16 @@ def mixed_devices_note(results: list[ConfigResult]) -> str | None:
             "and run the same command there")
 
 
-def compare(candidate: ConfigResult, baseline: ConfigResult) -> Comparison:
-    """One-sided Welch tests (candidate lower is better) and the record criterion; needs >= 2 seeds a side."""
+def compare(candidate: ConfigResult, baseline: ConfigResult, min_lead_bpb: float = 0.0) -> Comparison:
+    """One-sided Welch tests (candidate lower is better), the record criterion and, for a positive min_lead_bpb,
+    a test of a val_bpb lead above it; needs >= 2 seeds a side."""
     c_loss, b_loss = [r.metrics.val_loss for r in candidate.runs], [r.metrics.val_loss for r in baseline.runs]
     c_bpb, b_bpb = [r.metrics.val_bpb for r in candidate.runs], [r.metrics.val_bpb for r in baseline.runs]
     return Comparison(
         val_loss=welch_one_sided(c_loss, b_loss),
         val_bpb=welch_one_sided(c_bpb, b_bpb),
         record=record_criterion(c_loss, b_loss),
+        val_bpb_lead=welch_one_sided(c_bpb, b_bpb, margin=min_lead_bpb) if min_lead_bpb > 0 else None,
     )
 
 
@@ -443,16 +446,21 @@ def narrow_export_notes(configs: list[tuple[str, RunConfig]]) -> list[str]:
 def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gpus: int, budget_s: float,
           data: Path, tokenizer: Path, out_dir: Path, *, name: str = "rerun", cpu_procs: int = 1,
           parallel: int = 1, smoke: bool = False, info: SubmissionInfo | None = None, source: dict | None = None,
-          terminal: TextIO | None = sys.stdout, cpu_ok: bool = True, node=None, runs_per_gpu: int = 1) -> RerunResult:
+          terminal: TextIO | None = sys.stdout, cpu_ok: bool = True, node=None, runs_per_gpu: int = 1,
+          min_lead_bpb: float = 0.0) -> RerunResult:
     """Train candidate (and baseline) for each seed the same way, compare them, write rerun.json/md and record/.
 
     cpu_ok False refuses to train on a CPU (see plan_launch). node (a search.rerun.remote.NodePlacement): train
-    each run on a Ray node instead of here, where the data and tokenizer are checked."""
+    each run on a Ray node instead of here, where the data and tokenizer are checked. min_lead_bpb > 0 adds a test
+    of the candidate's val_bpb lead being above it."""
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise RerunError(f"seeds {seeds}: pass at least one seed, each once")
     if budget_s <= 0:
         raise RerunError(f"--budget-s {budget_s}: must be positive training seconds")
+    if not 0 <= min_lead_bpb < 1:
+        raise RerunError(f"--min-lead-bpb {min_lead_bpb}: pass a val_bpb lead from 0 (no such test) to below 1, "
+                         "e.g. 0.01")
     out_dir = Path(out_dir).resolve()
     train_one = train_seed
     if node is not None:  # paths are the node's: neither resolved nor checked here
@@ -492,7 +500,7 @@ def rerun(candidate: RunConfig, baseline: RunConfig | None, seeds: list[int], gp
         notes.append(mixed)
         _say(terminal, f"note: {mixed}")
     elif base is not None and len(seeds) >= 2:
-        comparison = compare(cand, base)
+        comparison = compare(cand, base, min_lead_bpb)
     elif base is not None:
         notes.append("one seed per config: Welch's test needs at least 2, so no significance was computed")
     trained_now = [r.trained_now for res in results for r in res.runs]
@@ -565,7 +573,8 @@ def result_dict(result: RerunResult, settings: dict) -> dict:
         "step_time": [dataclasses.asdict(s) for s in result.step_times],
         "welch": None if comp is None else {
             "test": "one-sided Welch t-test, H1: mean(baseline) - mean(candidate) > margin",
-            "val_loss_nats": _welch_dict(comp.val_loss), "val_bpb": _welch_dict(comp.val_bpb)},
+            "val_loss_nats": _welch_dict(comp.val_loss), "val_bpb": _welch_dict(comp.val_bpb),
+            **({"val_bpb_lead": _welch_dict(comp.val_bpb_lead)} if comp.val_bpb_lead else {})},
         "record_criterion": None if comp is None else {
             "min_gain_nats": comp.record.min_gain_nats, "alpha": comp.record.alpha,
             **_welch_dict(comp.record.welch), "passes": comp.record.passes, "explain": comp.record.explain()},
@@ -629,6 +638,10 @@ def result_markdown(result: RerunResult, settings: dict) -> str:
         for metric, w in (("val_loss (nats)", comp.val_loss), ("val_bpb", comp.val_bpb)):
             lines.append(f"- {metric}: baseline - candidate = {w.mean_gain:+.5f}; one-sided Welch t={w.t:.3f}, "
                          f"dof={w.dof:.1f}, p={w.p_value:.4g} (H1: the candidate is lower)")
+        if comp.val_bpb_lead is not None:
+            w = comp.val_bpb_lead
+            lines.append(f"- val_bpb lead above {w.margin:g}: one-sided Welch t={w.t:.3f}, dof={w.dof:.1f}, "
+                         f"p={w.p_value:.4g} (H1: baseline - candidate > {w.margin:g})")
         lines.append(f"- record criterion: {comp.record.explain()}")
     if result.record_dir is not None:
         lines += ["", f"Submission folder: `{result.record_dir}`"]
