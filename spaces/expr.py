@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
@@ -20,11 +21,16 @@ def evaluate(source: int | str, names: dict[str, int]) -> int:
         return source
     if not isinstance(source, str):
         raise ExprError(f"{source!r} is not an integer or expression")
+    return _eval(_parsed(source), names, source)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(source: str) -> ast.AST:
+    """The expression's syntax tree (cached: a space's walk evaluates the same few bounds at every point)."""
     try:
-        tree = ast.parse(source, mode="eval")
+        return ast.parse(source, mode="eval").body
     except SyntaxError:
         raise ExprError(f"cannot parse {source!r}; write e.g. 'n - 2' or 'min(n - 1, start + 3)'") from None
-    return _eval(tree.body, names, source)
 
 
 def names_used(source: int | str) -> set[str]:

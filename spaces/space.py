@@ -6,6 +6,7 @@ enumeration (`configs`), random `sample` and rebuilding a config from an assignm
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -140,14 +141,18 @@ class SearchSpace:
         if self.knobs:
             n, order = self._order(a)
             env = {"n": n, "depth": len(order)}
-            for knob in self.knobs:
-                if knob.asked(lambda section, key: self._value_so_far(a, section, key)):
-                    choose(knob.name, knob.options(env))
-        return a
+            decided = self._decided(a)  # kept up to date as knobs are chosen (a `when` may name an earlier knob)
 
-    def _value_so_far(self, a: dict[str, Any], section: str, key: str) -> Any:
-        """The value section.key has once the decisions in `a` are made: a choice, else base, else the default."""
-        return self._decided(a).get((section, key), _base_or_default(self.base, section, key))
+            def so_far(section: str, key: str) -> Any:
+                """section.key once the decisions so far are made: a choice, else base, else the default."""
+                if (section, key) in decided:
+                    return decided[(section, key)]
+                return _base_or_default(self.base, section, key)
+
+            for knob in self.knobs:
+                if knob.asked(so_far):
+                    decided[(knob.section, knob.key)] = knob.value(choose(knob.name, knob.options(env)), env)
+        return a
 
     def _decided(self, a: dict[str, Any]) -> dict[tuple[str, str], Any]:
         """{(section, key): value} of every decision in assignment a (patterns, axes and knobs)."""
@@ -377,6 +382,11 @@ def _base_or_default(base: dict, section: str, key: str) -> Any:
     if key in values:
         value = values[key]
         return tuple(value) if isinstance(value, list) else value
+    return _default(section, key)
+
+
+@functools.lru_cache(maxsize=None)
+def _default(section: str, key: str) -> Any:
     return next(f.default for f in fields(SECTIONS[section]) if f.name == key)
 
 

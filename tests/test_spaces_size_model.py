@@ -40,6 +40,23 @@ def test_feature_counts_add_up_to_the_exact_payload(path):
     assert f["header_bytes"] == len(artifact.MAGIC) + 4 + len(artifact.header_bytes(cfg))
 
 
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_allocations_are_priced_on_the_exact_payload_of_their_header(path):
+    """The size model prices an allocation without writing its header again; the bytes are the header's own."""
+    import random
+
+    cfg = load(path)
+    sized = artifact.ArtifactConfig(cfg.model, cfg.export)
+    candidates = [s.name for s in size_model.upgrade_candidates(sized)]
+    rng = random.Random(path.stem)
+    for _ in range(5):
+        bits = {name: rng.choice([5, 6, 8]) for name in rng.sample(candidates, rng.randint(1, len(candidates)))}
+        assert size_model._payload_bytes(sized, bits) == artifact.payload_bytes(sized, bits=bits)
+        assert size_model.features(sized, bits=bits) == size_model.features(
+            sized, artifact.payload_bytes(sized, bits=bits), bits)
+    assert size_model.predict(cfg).unique_params == unique_params(cfg.model)
+
+
 def test_fanin_feature_counts_codes_by_row_length():
     """Baseline (width 512, MLP x2): only the 9 MLP down-projections have rows longer than 512 (1024 = 2x)."""
     f = size_model.features(load(PRESETS_DIR / "baseline.yaml"))

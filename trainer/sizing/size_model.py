@@ -44,7 +44,7 @@ from trainer.compress import CONTAINER_BYTES
 from trainer.model_config import QUANT_BITS, ArtifactConfig, ConfigError, ExportConfig
 from trainer.run_config import RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
-from trainer.schedule import TensorSpec, tensor_layout, unique_params
+from trainer.schedule import TensorSpec, tensor_layout
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 # Embedding exports wider than the matrices, widest first: float16, int8. The tied embedding is also the output
@@ -157,9 +157,9 @@ def features(cfg: ArtifactConfig, payload_bytes: int | None = None, bits: dict[s
     """
     values = dict.fromkeys(FEATURES, 0.0)
     data_bytes = 0
-    for spec in tensor_layout(cfg.model):
-        data_bytes += stored_bytes(spec, cfg.export)
-        if is_quantized(spec, cfg.export):
+    for spec, quantized, stored in _layout(cfg):
+        data_bytes += stored
+        if quantized:
             width = (bits or {}).get(spec.name) or bits_for(spec, cfg.export)
             values["scales_fp16"] += spec.shape[0]
             if priced_at_full_width(spec, cfg):
@@ -179,10 +179,33 @@ def features(cfg: ArtifactConfig, payload_bytes: int | None = None, bits: dict[s
         else:
             values["floats_fp16"] += spec.numel  # a weight matrix small enough to stay float16
     # Header = whatever the exact payload holds beyond the tensor data (magic, length, JSON).
-    payload = artifact.payload_bytes(cfg, bits=bits) if payload_bytes is None else payload_bytes
+    payload = _payload_bytes(cfg, bits) if payload_bytes is None else payload_bytes
     values["header_bytes"] = payload - data_bytes
     values["frame"] = 1
     return values
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(cfg: ArtifactConfig) -> tuple[tuple[TensorSpec, bool, int], ...]:
+    """Each tensor of the artifact: (spec, quantized, stored bytes). Cached: the many allocations one config's
+    worst case prices, and a space's many configs of one shape, share it."""
+    return tuple((s, is_quantized(s, cfg.export), stored_bytes(s, cfg.export)) for s in tensor_layout(cfg.model))
+
+
+@functools.lru_cache(maxsize=4096)
+def _config_payload_bytes(cfg: ArtifactConfig) -> int:
+    return artifact.payload_bytes(cfg)
+
+
+def _payload_bytes(cfg: ArtifactConfig, bits: dict[str, int] | None) -> int:
+    """artifact.payload_bytes(cfg, bits=bits) without writing the header again: an allocation changes only the
+    digits of the tensor table's "bits" entries (format 3 records them; the data bytes do not depend on them)."""
+    payload = _config_payload_bytes(cfg)
+    if not bits or artifact.header_format(cfg.export) < 3:
+        return payload
+    configured = {s.name: bits_for(s, cfg.export) for s, quantized, _ in _layout(cfg) if quantized}
+    return payload + sum(len(str(width)) - len(str(configured[name]))
+                         for name, width in bits.items() if name in configured)
 
 
 def zstd_bound_bytes(payload_bytes: int) -> int:
@@ -247,7 +270,7 @@ def _predict(cfg: RunConfig, calibration: Calibration, code: int, bits: tuple = 
 
 
 def _predict_uncached(cfg: ArtifactConfig, calibration: Calibration, code: int, bits: dict[str, int]) -> SizePrediction:
-    payload = artifact.payload_bytes(cfg, bits=bits)
+    payload = _payload_bytes(cfg, bits)
     bound = zstd_bound_bytes(payload)
     values = features(cfg, payload, bits)
     model = min(math.ceil(predict_model_bytes(values, calibration)) + CONTAINER_BYTES, bound)
@@ -256,7 +279,7 @@ def _predict_uncached(cfg: ArtifactConfig, calibration: Calibration, code: int, 
     total = model + code
     limit = cfg.export.limit_bytes
     return SizePrediction(
-        unique_params=unique_params(cfg.model),
+        unique_params=sum(s.numel for s, _, _ in _layout(cfg)),
         payload_bytes=payload,
         predicted_model_bytes=model,
         code_bytes=code,
@@ -275,7 +298,7 @@ def upgrades_on(export: ExportConfig) -> bool:
 
 def upgrade_candidates(cfg: ArtifactConfig) -> list[TensorSpec]:
     """The tensors an upgrade may widen: the quantized block matrices (the embedding has its own width)."""
-    return [s for s in tensor_layout(cfg.model) if s.role == "matrix" and is_quantized(s, cfg.export)]
+    return [s for s, quantized, _ in _layout(cfg) if s.role == "matrix" and quantized]
 
 
 def upgrade_cap(cfg: ArtifactConfig) -> int:
