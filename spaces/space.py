@@ -141,17 +141,21 @@ class SearchSpace:
         if self.knobs:
             n, order = self._order(a)
             env = {"n": n, "depth": len(order)}
-            decided = self._decided(a)  # kept up to date as knobs are chosen (a `when` may name an earlier knob)
+            decided: dict[tuple[str, str], Any] = {}  # built at the first `when`, then kept up to date
 
             def so_far(section: str, key: str) -> Any:
                 """section.key once the decisions so far are made: a choice, else base, else the default."""
+                if not decided:
+                    decided.update(self._decided(a))
                 if (section, key) in decided:
                     return decided[(section, key)]
                 return _base_or_default(self.base, section, key)
 
             for knob in self.knobs:
                 if knob.asked(so_far):
-                    decided[(knob.section, knob.key)] = knob.value(choose(knob.name, knob.options(env)), env)
+                    value = knob.value(choose(knob.name, knob.options(env)), env)
+                    if decided:  # else the first `when` builds it from `a`, this choice included
+                        decided[(knob.section, knob.key)] = value
         return a
 
     def _decided(self, a: dict[str, Any]) -> dict[tuple[str, str], Any]:

@@ -574,7 +574,7 @@ def result_dict(result: RerunResult, settings: dict) -> dict:
         "welch": None if comp is None else {
             "test": "one-sided Welch t-test, H1: mean(baseline) - mean(candidate) > margin",
             "val_loss_nats": _welch_dict(comp.val_loss), "val_bpb": _welch_dict(comp.val_bpb),
-            **({"val_bpb_lead": _welch_dict(comp.val_bpb_lead)} if comp.val_bpb_lead else {})},
+            **({"val_bpb_lead": _welch_dict(comp.val_bpb_lead)} if comp.val_bpb_lead is not None else {})},
         "record_criterion": None if comp is None else {
             "min_gain_nats": comp.record.min_gain_nats, "alpha": comp.record.alpha,
             **_welch_dict(comp.record.welch), "passes": comp.record.passes, "explain": comp.record.explain()},

@@ -44,7 +44,7 @@ from trainer.compress import CONTAINER_BYTES
 from trainer.model_config import QUANT_BITS, ArtifactConfig, ConfigError, ExportConfig
 from trainer.run_config import RunConfig
 from trainer.quant import bits_for, is_quantized, qmax, stored_bytes
-from trainer.schedule import TensorSpec, tensor_layout
+from trainer.schedule import TensorSpec, tensor_layout, unique_params
 
 CALIBRATION_PATH = Path(__file__).resolve().parent / "size_calibration.json"
 # Embedding exports wider than the matrices, widest first: float16, int8. The tied embedding is also the output
@@ -192,6 +192,9 @@ def _layout(cfg: ArtifactConfig) -> tuple[tuple[TensorSpec, bool, int], ...]:
     return tuple((s, is_quantized(s, cfg.export), stored_bytes(s, cfg.export)) for s in tensor_layout(cfg.model))
 
 
+_unique_params = functools.lru_cache(maxsize=4096)(unique_params)
+
+
 @functools.lru_cache(maxsize=4096)
 def _config_payload_bytes(cfg: ArtifactConfig) -> int:
     return artifact.payload_bytes(cfg)
@@ -279,7 +282,7 @@ def _predict_uncached(cfg: ArtifactConfig, calibration: Calibration, code: int, 
     total = model + code
     limit = cfg.export.limit_bytes
     return SizePrediction(
-        unique_params=sum(s.numel for s, _, _ in _layout(cfg)),
+        unique_params=_unique_params(cfg.model),
         payload_bytes=payload,
         predicted_model_bytes=model,
         code_bytes=code,
