@@ -9,7 +9,8 @@
 #   SPACE           search space (default spaces/default.yaml)
 #   TRIALS          trials to launch (default 24)
 #   BUDGET_S        training seconds per trial and per rerun run (default 180)
-#   GRACE_S         first ASHA rung in training seconds (default: the search's own, budget / 3)
+#   GRACE_S         first ASHA rung in training seconds (default: the search's own, budget / 3); resuming with
+#                   DRAIN_AFTER_S or FROM_STUDY=1, it moves the rung for the trials still to launch
 #   TRIALS_PER_GPU  trials sharing a GPU, taking turns to train (default 2; 80 GB GPUs)
 #   CPUS_PER_TRIAL  CPUs per trial (default 8)
 #   SETS            --set overrides for every trial and both rerun configs (default: the settings of the figures
@@ -113,7 +114,10 @@ fi
 failed=0
 resume=(--stop-after-s "$STOP_AFTER_S")
 # A plain resume restores Tune's own state, which takes no deadline and stays on the machine that ran it.
-[ "$DRAIN_AFTER_S" != 0 ] || [ "$FROM_STUDY" = 1 ] && resume+=(--from-study --drain-after-s "$DRAIN_AFTER_S")
+if [ "$DRAIN_AFTER_S" != 0 ] || [ "$FROM_STUDY" = 1 ]; then
+  resume+=(--from-study --drain-after-s "$DRAIN_AFTER_S")
+  [ -z "${GRACE_S:-}" ] || resume+=(--grace-s "$GRACE_S")  # moves an existing search's rung for trials to come
+fi
 run_or_resume_search "$NAME" "$STORAGE" "${resume[@]}"
 progress "report of $NAME"
 report_search "$NAME" "$STORAGE" && python -m search status "$NAME" --storage "$STORAGE" 2>&1 | head -n 12

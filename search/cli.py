@@ -355,6 +355,10 @@ def add_resume(sub: argparse._SubParsersAction) -> None:
                    help="go on from the study alone, without Tune's experiment state (lost, or left on another "
                    "machine): trials that were in flight start again from scratch as new trials, finished ones "
                    "are kept, and the sampler learns from all of them")
+    p.add_argument("--grace-s", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="with --from-study: move the first ASHA rung to this many training seconds for the trials "
+                   "still to launch (default 0: keep it), e.g. when the report's rung fidelity shows the rung does "
+                   "not rank; finished trials keep their rungs and the report reads both")
     _stop_after_args(p)
     _storage_arg(p)
     p.set_defaults(func=cmd_resume)
@@ -377,6 +381,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     settings = store.load_settings(args.name, args.storage)
     driver.refuse_if_alive(settings)
     _close_orphans(settings)
+    if args.grace_s:
+        if not args.from_study:
+            raise SettingsError("--grace-s works with `resume --from-study`; a plain resume restores Tune's own "
+                                "scheduler and its rungs: add --from-study, or leave the flag out")
+        moved = settings.with_first_rung(args.grace_s)
+        if moved is not settings:
+            store.save_settings(moved)
+            print(f"[search] {settings.name}: first rung moved from {settings.rung_s:g} s to {moved.rung_s:g} s "
+                  f"for the trials still to launch ({moved.early_stopping_text})", flush=True)
+        settings = moved
     if args.ray_address is not None:
         settings = dataclasses.replace(settings, ray_address=args.ray_address)
     if args.drain_after_s and not args.from_study:

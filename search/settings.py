@@ -48,6 +48,9 @@ class SearchSettings:
     trials_per_gpu: int = 1
     budget_s: float = 600.0  # training seconds per trial; ASHA's time axis
     grace_s: float = 0.0  # first ASHA rung in training seconds; 0: budget_s / reduction_factor (saved resolved)
+    # First rungs the search used before `resume --from-study --grace-s` moved it, oldest first: the trials that
+    # ran then reported there, so the report's rung fidelity still reads those reports.
+    earlier_grace_s: tuple[float, ...] = ()
     reduction_factor: float = 3.0
     early_stopping: str = "asha"  # one of EARLY_STOPPING
     # Trainer reports (a val-prefix evaluation and a checkpoint each) come at ASHA's rungs only; > 0 adds one
@@ -114,12 +117,27 @@ class SearchSettings:
         return tuple(self.rung_s * self.reduction_factor**k for k in range(count))
 
     @property
+    def reported_milestones_s(self) -> tuple[float, ...]:
+        """Every rung any of the search's trials reported at: the current ones and those before a moved rung."""
+        earlier = (dataclasses.replace(self, grace_s=g, earlier_grace_s=()).asha_milestones_s
+                   for g in self.earlier_grace_s)
+        return tuple(sorted(set(self.asha_milestones_s).union(*earlier)))
+
+    def with_first_rung(self, grace_s: float) -> "SearchSettings":
+        """These settings with the first rung moved to grace_s for the trials still to launch (earlier ones kept)."""
+        if grace_s == self.rung_s:
+            return self
+        return dataclasses.replace(self, grace_s=grace_s,
+                                   earlier_grace_s=(*self.earlier_grace_s, self.rung_s)).validate()
+
+    @property
     def early_stopping_text(self) -> str:
         """How trials are stopped, for the CLI and the report: 'ASHA, rungs at 60 s (x3)' or 'none: ...'."""
         rungs = ", ".join(f"{t:g}" for t in self.asha_milestones_s)
+        moved = "".join(f"; first rung moved from {g:g} s on a resume" for g in self.earlier_grace_s)
         if self.early_stopping == "none":
-            return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only)"
-        return f"ASHA, rungs at {rungs} s (x{self.reduction_factor:g})"
+            return f"none: every trial trains to the budget (rungs at {rungs} s scored for fidelity only){moved}"
+        return f"ASHA, rungs at {rungs} s (x{self.reduction_factor:g}){moved}"
 
     @property
     def asha_max_t(self) -> float:
@@ -148,6 +166,8 @@ class SearchSettings:
         _need(self.budget_s > 0, "--budget-s", "must be positive training seconds")
         _need(self.reduction_factor > 1, "--reduction-factor", "must be above 1 (3 is usual)")
         _need(0 <= self.grace_s < self.budget_s, "--grace-s", "must be below --budget-s (0 picks budget/rf)")
+        _need(all(0 < g < self.budget_s for g in self.earlier_grace_s), "earlier_grace_s",
+              "earlier first rungs must lie inside the budget")
         _need(self.report_every_s >= 0, "--report-every-s", "must be 0 (reports at ASHA rungs only) or positive")
         _need(isinstance(self.rung_roundtrip, bool), "--rung-roundtrip",
               f"{self.rung_roundtrip!r} must be true or false")
@@ -191,6 +211,7 @@ class SearchSettings:
             raise SettingsError(f"{where}: unknown key(s) {unknown}; it was written by another version")
         data["overrides"] = tuple(data.get("overrides", ()))
         data["enqueue"] = tuple(data.get("enqueue", ()))
+        data["earlier_grace_s"] = tuple(data.get("earlier_grace_s", ()))
         if not data.get("grace_s"):
             # Saved before the first rung was written resolved, when 0 meant budget/rf^2: keep its rungs.
             data["grace_s"] = data.get("budget_s", cls.budget_s) / data.get("reduction_factor", cls.reduction_factor) ** 2

@@ -269,16 +269,32 @@ def test_drain_after_s_launches_nothing_more_and_lets_trials_in_flight_finish(tm
     assert 1 <= len(launched) < settings.trials  # a trial takes longer than 2 s: the first ones only
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in launched)  # none cut short
 
-    refused = subprocess.run(driver + ["resume", name, "--drain-after-s", "5", "--storage", str(storage)], cwd=REPO,
-                             env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "--from-study" in refused.stderr, refused.stderr[-2000:]
-    again = subprocess.run(driver + ["resume", name, "--from-study", "--storage", str(storage)], cwd=REPO,
-                           env=cli_env(), capture_output=True, text=True, timeout=400)
+    for flags in (["--drain-after-s", "5"], ["--grace-s", "1"]):  # Tune's own state keeps its deadline and rungs
+        refused = subprocess.run(driver + ["resume", name, *flags, "--storage", str(storage)], cwd=REPO,
+                                 env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "--from-study" in refused.stderr, refused.stderr[-2000:]
+    # The rest launch with the first rung moved from 0.5 s (rungs 0.5 and 1 s) to 1 s.
+    again = subprocess.run(driver + ["resume", name, "--from-study", "--grace-s", "1", "--storage", str(storage)],
+                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "first rung moved from 0.5 s to 1 s" in again.stdout
+    moved = store.load_settings(name, str(storage))
+    assert (moved.rung_s, moved.earlier_grace_s) == (1.0, (0.5,))
     after = load_study(settings).get_trials(deepcopy=False)
     assert not [t for t in after if t.user_attrs.get("requeued_as_new_trial")]  # nothing was in flight
     assert len([t for t in after if t.user_attrs.get("tune_trial_id")]) == settings.trials
     assert all(t.state != TrialState.RUNNING for t in after)
+    first = {t.number for t in launched}
+    for t in after:
+        times = [s for s, _ in t.user_attrs.get("rungs") or []]
+        if t.number in first:
+            assert times and times[0] < 1.0  # reported at the 0.5 s rung
+        elif t.user_attrs.get("tune_trial_id"):
+            assert times and min(times) >= 1.0, (t.number, times)  # the moved rung only
+    fidelity = json.loads((storage / name / "report" / "summary.json").read_text())
+    assert fidelity["rungs_s"] == [1.0] and fidelity["earlier_first_rungs_s"] == [0.5]
+    report = (storage / name / "report" / "report.md").read_text()
+    assert "first rung moved from 0.5 s on a resume" in report
 
 
 @pytest.mark.parametrize("argv", [

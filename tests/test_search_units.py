@@ -129,6 +129,25 @@ def test_reports_come_where_ashas_rungs_are(tmp_path, changes, rungs):
     assert periodic.every_s == 15 and periodic.at_s == s.asha_milestones_s
 
 
+def test_a_moved_first_rung_keeps_the_earlier_rungs_for_the_report(tmp_path):
+    """`resume --from-study --grace-s`: new trials report at the new rungs; the earlier ones stay readable."""
+    from search.tune.tuner import make_scheduler
+
+    s = _settings(tmp_path, budget_s=180).validate()
+    assert s.with_first_rung(60.0) is s  # the rung it has: nothing moves
+    moved = s.with_first_rung(120.0)
+    assert (moved.rung_s, moved.earlier_grace_s, moved.asha_milestones_s) == (120, (60,), (120,))
+    assert moved.reported_milestones_s == (60, 120)
+    assert RungPlan.from_settings(moved).at_s == (120,)  # trials launched from now report at 120 s only
+    assert tuple(m for m, _ in make_scheduler(moved)._brackets[0]._rungs) == (120,)
+    assert "rungs at 120 s (x3); first rung moved from 60 s on a resume" in moved.early_stopping_text
+    assert SearchSettings.from_json(moved.to_json()) == moved
+    again = moved.with_first_rung(20.0)  # moved twice: both earlier schedules stay (20 s: 20 and 60 s)
+    assert again.earlier_grace_s == (60, 120) and again.reported_milestones_s == (20, 60, 120)
+    with pytest.raises(SettingsError, match="--grace-s: must be below --budget-s"):
+        s.with_first_rung(180.0)
+
+
 def test_report_every_s_is_persisted_and_old_search_json_loads_with_its_periodic_reports(tmp_path):
     s = _settings(tmp_path, budget_s=180, report_every_s=30.0).validate()
     assert SearchSettings.from_json(s.to_json()).report_every_s == 30

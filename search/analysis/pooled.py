@@ -61,7 +61,7 @@ def pooled_fidelity(searches: Sequence[tuple[SearchSettings, optuna.Study]]) -> 
     frames, at_all, finals_all, prequant_all, before_all, asha_all = [], {}, {}, {}, {}, set()
     for settings, study in searches:
         at, finals, prequant, at_before = study_rung_values(study, settings)
-        asha = settings.asha_milestones_s
+        asha = settings.reported_milestones_s
         rows = score_milestones(at, finals, asha, prequant, at_before, keep_fraction=1 / settings.reduction_factor)
         frames.append(fidelity_frame(rows).assign(search=settings.name))
         for pooled, own in ((at_all, at), (before_all, at_before)):  # per milestone

@@ -140,6 +140,7 @@ def summary(df: pd.DataFrame, settings: SearchSettings) -> dict:
         "limit_bytes": settings.limit_bytes,
         "early_stopping": settings.early_stopping,
         "rungs_s": list(settings.asha_milestones_s),
+        "earlier_first_rungs_s": list(settings.earlier_grace_s),
         "time": totals(df[list(TIME_COLUMNS)].to_dict("records")),
     }
 
@@ -194,9 +195,9 @@ def study_rung_values(study: optuna.Study, settings: SearchSettings) -> tuple[di
     rung values before their cooldown (--rung-cooldown-fraction; empty without)."""
     trials = study.get_trials(deepcopy=False)
     at = milestone_values({t.number: trial_rungs(t) for t in trials}, settings.report_every_s,
-                          settings.asha_milestones_s)
+                          settings.reported_milestones_s)
     at_before = milestone_values({t.number: t.user_attrs.get(RUNGS_BEFORE_COOLDOWN, []) for t in trials},
-                                 settings.report_every_s, settings.asha_milestones_s)
+                                 settings.report_every_s, settings.reported_milestones_s)
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     finals = {t.number: float(t.user_attrs["val_bpb"]) for t in done if t.user_attrs.get("val_bpb") is not None}
     prequant = {t.number: float(t.user_attrs["val_bpb_prequant"]) for t in done
@@ -208,7 +209,7 @@ def study_fidelity(study: optuna.Study, settings: SearchSettings) -> list[RungFi
     """Rung fidelity of a search: per report milestone, Spearman of rung vs final val_bpb over completed trials
     (and vs the final pre-quantization val_bpb: rungs are unquantized, so that one leaves out the export)."""
     at, finals, prequant, at_before = study_rung_values(study, settings)
-    return score_milestones(at, finals, settings.asha_milestones_s, prequant, at_before,
+    return score_milestones(at, finals, settings.reported_milestones_s, prequant, at_before,
                             keep_fraction=1 / settings.reduction_factor)
 
 
