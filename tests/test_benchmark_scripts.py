@@ -303,11 +303,13 @@ def test_search_then_rerun_smoke_goes_on_from_the_study_elsewhere_then_reruns(tm
     # The folder moves to another machine without Tune's own state: only the study can go on.
     for path in [*search.glob("tuner.pkl"), *search.glob("experiment_state*.json")]:
         path.unlink()
-    again = run_script(BENCH / "search_then_rerun.sh", {**env, "FROM_STUDY": "1", "SEEDS": "2",
+    again = run_script(BENCH / "search_then_rerun.sh", {**env, "FROM_STUDY": "1", "SEEDS": "2", "GRACE_S": "1",
                                                          "MIN_LEAD_BPB": "0.01"}, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     log = (folder / "search.log").read_text()
     assert "going on from the study" in log and "0 trial(s) left to launch" in log, log
+    assert "first rung moved from 0.5 s to 1 s" in log  # GRACE_S reaches the resume
+    assert json.loads((search / "search.json").read_text())["earlier_grace_s"] == [0.5]
     rerun = json.loads((folder / "rerun" / "rerun.json").read_text())
     assert rerun["seeds"] == [1338, 1339]
     assert len(rerun["candidate"]["runs"]) == 2 == len(rerun["baseline"]["runs"])
