@@ -146,6 +146,8 @@ def test_a_moved_first_rung_keeps_the_earlier_rungs_for_the_report(tmp_path):
     assert again.earlier_grace_s == (60, 120) and again.reported_milestones_s == (20, 60, 120)
     with pytest.raises(SettingsError, match="--grace-s: must be below --budget-s"):
         s.with_first_rung(180.0)
+    with pytest.raises(SettingsError, match="earlier_grace_s: earlier first rungs must lie inside the budget"):
+        replace(moved, earlier_grace_s=(200.0,)).validate()  # a hand-edited search.json
 
 
 def test_report_every_s_is_persisted_and_old_search_json_loads_with_its_periodic_reports(tmp_path):
